@@ -1,1 +1,252 @@
-//! placeholder
+//! Roadie's database layer, shared by `roadie-server` and `roadie-worker`.
+//!
+//! One [`Store`] handle speaks to either backend through sqlx's `Any`
+//! driver: SQLite (the embedded default, one WAL file) or Postgres (for more
+//! than one host). Queries live in `sql/*.sql`, one file per operation; they
+//! are written once in the dialect both backends share (`$N` parameters,
+//! `ON CONFLICT`, `RETURNING`), and only where a dialect forces it does an
+//! operation carry one text per backend.
+//!
+//! Every write bumps the change-log revision and appends one row per changed
+//! entry to `changes` in the same transaction; nothing else writes entries.
+//!
+//! This crate knows nothing of gRPC or configuration files: callers hand it
+//! validated values and a clock reading (`now`, milliseconds since the epoch),
+//! which keeps time-dependent rules testable.
+//!
+//! # Layout
+//! - [`entry`]: the cache operations (`entry_get`, `entry_put`, …).
+//! - [`change`]: the change log (`change_list_since`, revisions).
+//! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
+
+pub mod change;
+pub mod entry;
+pub mod error;
+mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::{path::Path, str::FromStr, sync::Once, time::Duration};
+
+use sqlx::{
+    AnyPool, Executor,
+    any::{AnyConnectOptions, AnyPoolOptions},
+};
+
+pub use change::{Change, ChangeKind};
+pub use entry::{
+    Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
+};
+pub use error::StoreError;
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file in WAL mode.
+    Sqlite,
+    /// A Postgres database, shareable by many hosts.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a store URL names, or `None` for an unknown scheme.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Lower-case name, as reported in `Stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://path/to/file.db` or `postgres://user@host:port/db`.
+    pub url: String,
+    /// Upper bound of pooled connections.
+    pub max_connections: u32,
+    /// How long an operation waits for a connection before the store counts
+    /// as unavailable: keeps a dead database from hanging callers.
+    pub acquire_timeout: Duration,
+    /// How long SQLite waits on another process's write lock.
+    pub busy_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Options with the defaults for `url`.
+    pub fn new(url: impl Into<String>) -> StoreOptions {
+        StoreOptions {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A cheap-to-clone handle on the database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl Store {
+    /// Opens the database, creating the SQLite file and its directory when
+    /// missing, and applies pending migrations.
+    pub async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+        let backend = Backend::from_url(&options.url).ok_or_else(|| {
+            StoreError::Config(format!(
+                "unsupported store url scheme: {}",
+                redact(&options.url)
+            ))
+        })?;
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(&options.url)?,
+            Backend::Postgres => options.url.clone(),
+        };
+        let connect_options = AnyConnectOptions::from_str(&url)?;
+        let busy_ms = options.busy_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // synchronous=NORMAL is durable across process crashes in WAL mode;
+                        // foreign_keys makes entry_tags follow deleted entries.
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(connect_options)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => &MIGRATOR_SQLITE,
+            Backend::Postgres => &MIGRATOR_POSTGRES,
+        };
+        migrator.run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// The backend this store talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying pool, for operations that live in other crates' tests.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes a SQLite URL create its file (and the file's directory) on first use.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|error| {
+                StoreError::Config(format!("cannot create {}: {error}", dir.display()))
+            })?;
+        }
+    }
+    let query = if query.split('&').any(|p| p.starts_with("mode=")) {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// The URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/roadie.db");
+        let url = sqlite_url(&format!("sqlite://{}", path.display())).expect("url");
+        assert_eq!(url, format!("sqlite://{}?mode=rwc", path.display()));
+        assert!(path.parent().expect("parent").is_dir());
+        assert_eq!(
+            sqlite_url("sqlite::memory:").expect("url"),
+            "sqlite://:memory:?mode=rwc"
+        );
+        assert!(
+            sqlite_url("sqlite://x.db?mode=ro")
+                .expect("url")
+                .ends_with("?mode=ro")
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("sqlite://./data/roadie.db"),
+            "sqlite://./data/roadie.db"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+SELECT MIN(revision) FROM changes

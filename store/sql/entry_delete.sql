@@ -1,0 +1,1 @@
+DELETE FROM entries WHERE key = $1 RETURNING policy, tags, provider

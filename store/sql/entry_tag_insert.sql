@@ -1,0 +1,1 @@
+INSERT INTO entry_tags (tag, key) VALUES ($1, $2) ON CONFLICT DO NOTHING

@@ -1,0 +1,1 @@
+DELETE FROM entry_tags WHERE key = $1

@@ -1,0 +1,1 @@
+SELECT value FROM roadie_revision WHERE id = 1

@@ -1,0 +1,673 @@
+//! Cache entries: reads, conditional writes, deletions by selector, eviction.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Any, Row, Transaction, any::AnyRow};
+
+use crate::{
+    Backend, Store, StoreError,
+    change::{ChangeKind, from_i64, to_i64},
+    sql::sql,
+};
+
+/// Where a fetched entry came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The provider's configured name.
+    pub provider: String,
+    /// The upstream HTTP status.
+    pub upstream_status: u16,
+    /// The upstream ETag.
+    pub etag: Option<String>,
+    /// The upstream Last-Modified.
+    pub last_modified: Option<String>,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The cached bytes.
+    pub value: Vec<u8>,
+    /// Media type of `value`.
+    pub media_type: String,
+    /// Policy name.
+    pub policy: String,
+    /// Tags, in the order written.
+    pub tags: Vec<String>,
+    /// 0 to 100.
+    pub confidence: u8,
+    /// Fingerprint of the source, if any.
+    pub fingerprint: Option<String>,
+    /// The caller's string map.
+    pub metadata: BTreeMap<String, String>,
+    /// A cached "not found" or "failed".
+    pub negative: bool,
+    /// First written, ms since the epoch.
+    pub created_at: i64,
+    /// Last written, ms since the epoch.
+    pub updated_at: i64,
+    /// End of freshness, ms since the epoch; `None`: never.
+    pub expires_at: Option<i64>,
+    /// Revision of the last write.
+    pub revision: u64,
+    /// Set for fetched entries.
+    pub provenance: Option<Provenance>,
+}
+
+impl Entry {
+    /// Bytes the entry counts against its policy's budget.
+    pub fn size(&self) -> u64 {
+        self.value.len() as u64
+    }
+
+    /// True once `now` is past the entry's expiry.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// A write, with its conditions.
+#[derive(Debug, Clone)]
+pub struct EntryPut {
+    /// The key.
+    pub key: String,
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// Media type.
+    pub media_type: String,
+    /// Policy name (validated by the caller).
+    pub policy: String,
+    /// Tags, replacing the stored ones.
+    pub tags: Vec<String>,
+    /// 0 to 100.
+    pub confidence: u8,
+    /// Fingerprint of the source.
+    pub fingerprint: Option<String>,
+    /// String map.
+    pub metadata: BTreeMap<String, String>,
+    /// Store as a negative entry.
+    pub negative: bool,
+    /// End of freshness; `None`: never.
+    pub expires_at: Option<i64>,
+    /// Provenance of fetched entries.
+    pub provenance: Option<Provenance>,
+    /// Drop this write when the stored entry has a higher confidence.
+    pub keep_higher_confidence: bool,
+    /// Write only when the stored revision equals this (0: only when absent).
+    pub if_revision: Option<u64>,
+    /// The change kind to log (`Put`, `Fetch` or `Negative`).
+    pub kind: ChangeKind,
+    /// The clock, ms since the epoch.
+    pub now: i64,
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutResult {
+    /// Written at this revision.
+    Written {
+        /// The new revision.
+        revision: u64,
+    },
+    /// Dropped: the stored entry has a higher confidence.
+    KeptHigherConfidence {
+        /// The stored entry's revision.
+        revision: u64,
+        /// The stored entry's confidence.
+        confidence: u8,
+    },
+    /// Dropped: the stored revision is not the expected one.
+    RevisionMismatch {
+        /// The stored revision (0: absent).
+        revision: u64,
+    },
+}
+
+/// What a conditional delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteResult {
+    /// Deleted at this revision.
+    Deleted {
+        /// The revision of the deletion.
+        revision: u64,
+    },
+    /// There was no such entry.
+    Absent,
+    /// Not deleted: the stored revision is not the expected one.
+    RevisionMismatch {
+        /// The stored revision.
+        revision: u64,
+    },
+}
+
+/// Which entries an invalidation removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Exactly this key.
+    Key(String),
+    /// Every key starting with this prefix.
+    KeyPrefix(String),
+    /// Every entry carrying this tag.
+    Tag(String),
+    /// Every entry under this policy.
+    Policy(String),
+    /// Every entry under this policy carrying this tag.
+    PolicyTag {
+        /// Policy name.
+        policy: String,
+        /// Tag.
+        tag: String,
+    },
+    /// Everything.
+    All,
+    /// Negative entries past their expiry, and other entries expired before
+    /// `stale_before` (kept until then so readers may still take them stale).
+    Expired {
+        /// The clock.
+        now: i64,
+        /// Expired entries older than this go.
+        stale_before: i64,
+    },
+}
+
+/// Entries and bytes stored under one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyUsage {
+    /// Policy name.
+    pub policy: String,
+    /// Entry count.
+    pub entries: u64,
+    /// Sum of value sizes.
+    pub bytes: u64,
+}
+
+/// What an eviction pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// Entries evicted.
+    pub count: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Access statistics for one key, flushed in batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The key read.
+    pub key: String,
+    /// The latest read, ms since the epoch.
+    pub at: i64,
+    /// Reads since the last flush.
+    pub count: u64,
+}
+
+impl Store {
+    /// The entry under `key`, whatever its freshness.
+    pub async fn entry_get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let row = sqlx::query(sql!("entry_get"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// The entries found among `keys`, in no particular order.
+    pub async fn entry_get_many(&self, keys: &[String]) -> Result<Vec<Entry>, StoreError> {
+        // Chunked to stay well inside every backend's parameter limit.
+        let mut entries = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let params = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let text = sql!("entry_get_many").replace("KEYS", &params);
+            let mut query = sqlx::query(&text);
+            for key in chunk {
+                query = query.bind(key);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                entries.push(entry_from_row(&row)?);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Writes an entry unless its conditions say otherwise.
+    pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let base = revision_lock(&mut tx).await?;
+        let stored = sqlx::query(sql!("entry_meta"))
+            .bind(&put.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let stored = match stored {
+            Some(row) => Some((
+                from_i64(row.try_get("revision")?),
+                confidence_from(row.try_get("confidence")?),
+            )),
+            None => None,
+        };
+        if let Some(expected) = put.if_revision {
+            let actual = stored.map_or(0, |(revision, _)| revision);
+            if actual != expected {
+                return Ok(PutResult::RevisionMismatch { revision: actual });
+            }
+        }
+        if let Some((revision, confidence)) = stored {
+            if put.keep_higher_confidence && confidence > put.confidence {
+                return Ok(PutResult::KeptHigherConfidence {
+                    revision,
+                    confidence,
+                });
+            }
+        }
+
+        let revision = base + 1;
+        let tags =
+            serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let metadata =
+            serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let provenance = put.provenance.as_ref();
+        sqlx::query(sql!("entry_upsert"))
+            .bind(&put.key)
+            .bind(put.value.as_slice())
+            .bind(&put.media_type)
+            .bind(&put.policy)
+            .bind(&tags)
+            .bind(i64::from(put.confidence))
+            .bind(put.fingerprint.as_deref())
+            .bind(&metadata)
+            .bind(put.negative)
+            .bind(put.now)
+            .bind(put.expires_at)
+            .bind(to_i64(revision))
+            .bind(provenance.map(|p| p.provider.as_str()))
+            .bind(provenance.map(|p| i64::from(p.upstream_status)))
+            .bind(provenance.and_then(|p| p.etag.as_deref()))
+            .bind(provenance.and_then(|p| p.last_modified.as_deref()))
+            .bind(i64::try_from(put.value.len()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql!("entry_tags_delete"))
+            .bind(&put.key)
+            .execute(&mut *tx)
+            .await?;
+        for tag in &put.tags {
+            sqlx::query(sql!("entry_tag_insert"))
+                .bind(tag)
+                .bind(&put.key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        change_insert(
+            &mut tx,
+            revision,
+            put.kind,
+            &put.key,
+            &put.policy,
+            &tags,
+            provenance.map(|p| p.provider.as_str()),
+            put.now,
+        )
+        .await?;
+        revision_set(&mut tx, revision).await?;
+        tx.commit().await?;
+        Ok(PutResult::Written { revision })
+    }
+
+    /// Deletes one entry, optionally only at an expected revision.
+    pub async fn entry_delete(
+        &self,
+        key: &str,
+        if_revision: Option<u64>,
+        now: i64,
+    ) -> Result<DeleteResult, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let base = revision_lock(&mut tx).await?;
+        if let Some(expected) = if_revision {
+            let stored: Option<i64> = sqlx::query_scalar(sql!("entry_meta"))
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match stored.map(from_i64) {
+                None => return Ok(DeleteResult::Absent),
+                Some(actual) if actual != expected => {
+                    return Ok(DeleteResult::RevisionMismatch { revision: actual });
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(row) = sqlx::query(sql!("entry_delete"))
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(DeleteResult::Absent);
+        };
+        let revision = base + 1;
+        let policy: String = row.try_get("policy")?;
+        let tags: String = row.try_get("tags")?;
+        let provider: Option<String> = row.try_get("provider")?;
+        change_insert(
+            &mut tx,
+            revision,
+            ChangeKind::Delete,
+            key,
+            &policy,
+            &tags,
+            provider.as_deref(),
+            now,
+        )
+        .await?;
+        revision_set(&mut tx, revision).await?;
+        tx.commit().await?;
+        Ok(DeleteResult::Deleted { revision })
+    }
+
+    /// Deletes every entry `selector` matches, logging one change of `kind`
+    /// per entry. Returns the count and the last revision (0 if none).
+    pub async fn entry_invalidate(
+        &self,
+        selector: &Selector,
+        kind: ChangeKind,
+        now: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let base = revision_lock(&mut tx).await?;
+        // Writers are serialised by the revision lock, so both statements see
+        // the same set of entries.
+        let (condition, binds) = selector_condition(self.backend, selector, 4);
+        let text = sql!("entry_invalidate_log").replace("SELECTOR", &condition);
+        let mut log = sqlx::query(&text)
+            .bind(to_i64(base))
+            .bind(kind.as_str())
+            .bind(now);
+        for bind in &binds {
+            log = bind.bind_to(log);
+        }
+        let logged = log.execute(&mut *tx).await?.rows_affected();
+
+        let (condition, binds) = selector_condition(self.backend, selector, 1);
+        let text = sql!("entry_invalidate_delete").replace("SELECTOR", &condition);
+        let mut delete = sqlx::query(&text);
+        for bind in &binds {
+            delete = bind.bind_to(delete);
+        }
+        let deleted = delete.execute(&mut *tx).await?.rows_affected();
+        if deleted != logged {
+            // Cannot happen while every writer takes the revision lock; refuse
+            // to commit a log that disagrees with the entries.
+            return Err(StoreError::Corrupt(format!(
+                "invalidation logged {logged} changes but deleted {deleted} entries"
+            )));
+        }
+        if deleted == 0 {
+            return Ok((0, 0));
+        }
+        let last = base + deleted;
+        revision_set(&mut tx, last).await?;
+        tx.commit().await?;
+        Ok((deleted, last))
+    }
+
+    /// A random fresh, non-negative entry carrying `tag`; empty `policy` or
+    /// `provider` mean "any".
+    pub async fn entry_random(
+        &self,
+        tag: &str,
+        policy: &str,
+        provider: &str,
+        now: i64,
+    ) -> Result<Option<Entry>, StoreError> {
+        let row = sqlx::query(sql!("entry_random"))
+            .bind(tag)
+            .bind(now)
+            .bind(policy)
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(entry_from_row).transpose()
+    }
+
+    /// Entries and bytes per policy found in the store.
+    pub async fn entry_usage(&self) -> Result<Vec<PolicyUsage>, StoreError> {
+        let rows = sqlx::query(sql!("entry_usage"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PolicyUsage {
+                    policy: row.try_get("policy")?,
+                    entries: from_i64(row.try_get("entries")?),
+                    bytes: from_i64(row.try_get("bytes")?),
+                })
+            })
+            .collect()
+    }
+
+    /// When `policy` holds more than `budget` bytes, evicts its least
+    /// valuable entries until it holds at most `target` bytes.
+    pub async fn entry_evict(
+        &self,
+        policy: &str,
+        budget: u64,
+        target: u64,
+        now: i64,
+    ) -> Result<Eviction, StoreError> {
+        // A cheap read first: most passes find the policy within budget and
+        // should not take the write lock at all.
+        let bytes: i64 = sqlx::query_scalar(sql!("entry_policy_bytes"))
+            .bind(policy)
+            .fetch_one(&self.pool)
+            .await?;
+        if from_i64(bytes) <= budget {
+            return Ok(Eviction::default());
+        }
+        let mut tx = self.pool.begin().await?;
+        let base = revision_lock(&mut tx).await?;
+        let bytes: i64 = sqlx::query_scalar(sql!("entry_policy_bytes"))
+            .bind(policy)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut remaining = from_i64(bytes);
+        if remaining <= budget {
+            return Ok(Eviction::default());
+        }
+        let candidates = sqlx::query(sql!("entry_lru"))
+            .bind(policy)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut eviction = Eviction::default();
+        for row in &candidates {
+            if remaining <= target {
+                break;
+            }
+            let key: String = row.try_get("key")?;
+            let size = from_i64(row.try_get("size_bytes")?);
+            let tags: String = row.try_get("tags")?;
+            let provider: Option<String> = row.try_get("provider")?;
+            sqlx::query(sql!("entry_delete"))
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+            eviction.count += 1;
+            eviction.bytes += size;
+            remaining = remaining.saturating_sub(size);
+            change_insert(
+                &mut tx,
+                base + eviction.count,
+                ChangeKind::Evict,
+                &key,
+                policy,
+                &tags,
+                provider.as_deref(),
+                now,
+            )
+            .await?;
+        }
+        revision_set(&mut tx, base + eviction.count).await?;
+        tx.commit().await?;
+        Ok(eviction)
+    }
+
+    /// Records reads for eviction. Not a change: no revision, no log row.
+    pub async fn entry_touch(&self, accesses: &[Access]) -> Result<(), StoreError> {
+        let mut sorted: Vec<&Access> = accesses.iter().collect();
+        // One lock order for every server flushing at once.
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut tx = self.pool.begin().await?;
+        for access in sorted {
+            sqlx::query(sql!("entry_touch"))
+                .bind(&access.key)
+                .bind(access.at)
+                .bind(to_i64(access.count))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn revision_lock(tx: &mut Transaction<'_, Any>) -> Result<u64, StoreError> {
+    let value: i64 = sqlx::query_scalar(sql!("revision_lock"))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(from_i64(value))
+}
+
+async fn revision_set(tx: &mut Transaction<'_, Any>, revision: u64) -> Result<(), StoreError> {
+    sqlx::query(sql!("revision_set"))
+        .bind(to_i64(revision))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn change_insert(
+    tx: &mut Transaction<'_, Any>,
+    revision: u64,
+    kind: ChangeKind,
+    key: &str,
+    policy: &str,
+    tags_json: &str,
+    provider: Option<&str>,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(sql!("change_insert"))
+        .bind(to_i64(revision))
+        .bind(kind.as_str())
+        .bind(key)
+        .bind(policy)
+        .bind(tags_json)
+        .bind(provider)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A value bound into a selector's condition.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+impl Bind {
+    fn bind_to<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        match self {
+            Bind::Text(text) => query.bind(text.as_str()),
+            Bind::Int(int) => query.bind(*int),
+        }
+    }
+}
+
+/// The SQL condition for `selector`, numbering parameters from `first`.
+fn selector_condition(backend: Backend, selector: &Selector, first: usize) -> (String, Vec<Bind>) {
+    let p = |offset: usize| format!("${}", first + offset);
+    match selector {
+        Selector::Key(key) => (format!("key = {}", p(0)), vec![Bind::Text(key.clone())]),
+        Selector::KeyPrefix(prefix) => {
+            // Not LIKE: SQLite's LIKE ignores case and both treat % and _ as wildcards.
+            let condition = match backend {
+                Backend::Sqlite => format!("substr(key, 1, length({0})) = {0}", p(0)),
+                Backend::Postgres => format!("starts_with(key, {})", p(0)),
+            };
+            (condition, vec![Bind::Text(prefix.clone())])
+        }
+        Selector::Tag(tag) => (
+            format!("key IN (SELECT key FROM entry_tags WHERE tag = {})", p(0)),
+            vec![Bind::Text(tag.clone())],
+        ),
+        Selector::Policy(policy) => (
+            format!("policy = {}", p(0)),
+            vec![Bind::Text(policy.clone())],
+        ),
+        Selector::PolicyTag { policy, tag } => (
+            format!(
+                "policy = {} AND key IN (SELECT key FROM entry_tags WHERE tag = {})",
+                p(0),
+                p(1)
+            ),
+            vec![Bind::Text(policy.clone()), Bind::Text(tag.clone())],
+        ),
+        Selector::All => ("1 = 1".to_owned(), vec![]),
+        Selector::Expired { now, stale_before } => (
+            format!(
+                "expires_at IS NOT NULL AND (expires_at <= {} OR (negative AND expires_at <= {}))",
+                p(0),
+                p(1)
+            ),
+            vec![Bind::Int(*stale_before), Bind::Int(*now)],
+        ),
+    }
+}
+
+pub(crate) fn parse_tags(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
+}
+
+fn confidence_from(value: i64) -> u8 {
+    u8::try_from(value.clamp(0, 100)).unwrap_or(0)
+}
+
+fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
+    let metadata: String = row.try_get("metadata")?;
+    let provider: Option<String> = row.try_get("provider")?;
+    let provenance = match provider {
+        Some(provider) => Some(Provenance {
+            provider,
+            upstream_status: row
+                .try_get::<Option<i64>, _>("upstream_status")?
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(0),
+            etag: row.try_get("etag")?,
+            last_modified: row.try_get("last_modified")?,
+        }),
+        None => None,
+    };
+    Ok(Entry {
+        key: row.try_get("key")?,
+        value: row.try_get("value")?,
+        media_type: row.try_get("media_type")?,
+        policy: row.try_get("policy")?,
+        tags: parse_tags(&row.try_get::<String, _>("tags")?)?,
+        confidence: confidence_from(row.try_get("confidence")?),
+        fingerprint: row.try_get("fingerprint")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?,
+        // Read as 0/1: the Any driver cannot decode SQLite booleans.
+        negative: row.try_get::<i64, _>("negative")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revision: from_i64(row.try_get("revision")?),
+        provenance,
+    })
+}

@@ -1,0 +1,618 @@
+//! The store conformance suite: every test runs on SQLite and on Postgres
+//! (a fresh database each), through the same public operations.
+
+use std::collections::BTreeMap;
+
+use roadie_store::{
+    Access, Backend, ChangeKind, DeleteResult, EntryPut, PutResult, Selector, Store,
+    testing::TestDb,
+};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn put(key: &str, value: &str) -> EntryPut {
+    EntryPut {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+        media_type: "text/plain".to_owned(),
+        policy: "generic".to_owned(),
+        tags: vec![],
+        confidence: 0,
+        fingerprint: None,
+        metadata: BTreeMap::new(),
+        negative: false,
+        expires_at: Some(T0 + 300_000),
+        provenance: None,
+        keep_higher_confidence: false,
+        if_revision: None,
+        kind: ChangeKind::Put,
+        now: T0,
+    }
+}
+
+fn written(result: PutResult) -> u64 {
+    match result {
+        PutResult::Written { revision } => revision,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+/// Asserts the change log is exactly `expected` (kind, key), with revisions
+/// 1..=n and the revision counter at n.
+async fn assert_log(store: &Store, expected: &[(ChangeKind, &str)]) {
+    let changes = store
+        .change_list_since(0, 10_000)
+        .await
+        .expect("list changes");
+    let got: Vec<(ChangeKind, &str)> = changes.iter().map(|c| (c.kind, c.key.as_str())).collect();
+    assert_eq!(got, expected);
+    let revisions: Vec<u64> = changes.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (1..=expected.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        store.revision_current().await.expect("revision"),
+        expected.len() as u64
+    );
+}
+
+async fn round_trip_keeps_every_field(store: Store) {
+    let mut p = put(
+        "https://musicbrainz.org/ws/2/artist/ü?inc=aliases",
+        "{\"a\":1}",
+    );
+    p.media_type = "application/json".to_owned();
+    p.policy = "api_metadata".to_owned();
+    p.tags = vec![
+        "artist:daft punk".to_owned(),
+        "album:daft punk/discovery".to_owned(),
+    ];
+    p.confidence = 77;
+    p.fingerprint = Some("fp-1".to_owned());
+    p.metadata = BTreeMap::from([("source".to_owned(), "test".to_owned())]);
+    p.provenance = Some(roadie_store::Provenance {
+        provider: "musicbrainz".to_owned(),
+        upstream_status: 200,
+        etag: Some("\"abc\"".to_owned()),
+        last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".to_owned()),
+    });
+    p.kind = ChangeKind::Fetch;
+    let revision = written(store.entry_put(&p).await.expect("put"));
+    assert_eq!(revision, 1);
+
+    let entry = store
+        .entry_get(&p.key)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(entry.value, p.value);
+    assert_eq!(entry.media_type, p.media_type);
+    assert_eq!(entry.policy, p.policy);
+    assert_eq!(entry.tags, p.tags);
+    assert_eq!(entry.confidence, 77);
+    assert_eq!(entry.fingerprint, p.fingerprint);
+    assert_eq!(entry.metadata, p.metadata);
+    assert!(!entry.negative);
+    assert_eq!(
+        (entry.created_at, entry.updated_at, entry.expires_at),
+        (T0, T0, p.expires_at)
+    );
+    assert_eq!(entry.revision, 1);
+    assert_eq!(entry.provenance, p.provenance);
+
+    // An overwrite keeps created_at, moves updated_at and the revision.
+    let mut again = put(&p.key, "new");
+    again.now = T0 + 10;
+    again.expires_at = None;
+    again.negative = true;
+    assert_eq!(written(store.entry_put(&again).await.expect("put")), 2);
+    let entry = store
+        .entry_get(&p.key)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        (entry.created_at, entry.updated_at, entry.expires_at),
+        (T0, T0 + 10, None)
+    );
+    assert!(entry.negative);
+    assert!(entry.tags.is_empty());
+    assert_eq!(entry.provenance, None);
+    assert_eq!(store.entry_get("absent").await.expect("get"), None);
+    assert_log(
+        &store,
+        &[(ChangeKind::Fetch, &p.key), (ChangeKind::Put, &p.key)],
+    )
+    .await;
+}
+
+async fn keep_higher_confidence_refuses_lower_writes(store: Store) {
+    let mut high = put("album_year:x", "1999");
+    high.confidence = 90;
+    written(store.entry_put(&high).await.expect("put"));
+
+    let mut low = put("album_year:x", "2001");
+    low.confidence = 50;
+    low.keep_higher_confidence = true;
+    assert_eq!(
+        store.entry_put(&low).await.expect("put"),
+        PutResult::KeptHigherConfidence {
+            revision: 1,
+            confidence: 90
+        }
+    );
+    assert_eq!(
+        store
+            .entry_get("album_year:x")
+            .await
+            .expect("get")
+            .expect("present")
+            .value,
+        b"1999"
+    );
+
+    // Equal confidence replaces; without the flag, anything replaces.
+    low.confidence = 90;
+    assert_eq!(written(store.entry_put(&low).await.expect("put")), 2);
+    let mut unconditional = put("album_year:x", "2005");
+    unconditional.confidence = 10;
+    assert_eq!(
+        written(store.entry_put(&unconditional).await.expect("put")),
+        3
+    );
+    assert_log(
+        &store,
+        &[
+            (ChangeKind::Put, "album_year:x"),
+            (ChangeKind::Put, "album_year:x"),
+            (ChangeKind::Put, "album_year:x"),
+        ],
+    )
+    .await;
+}
+
+async fn compare_and_set_on_revision(store: Store) {
+    let mut create = put("k", "v1");
+    create.if_revision = Some(0);
+    assert_eq!(written(store.entry_put(&create).await.expect("put")), 1);
+    // Zero means "only if absent": a second create loses.
+    assert_eq!(
+        store.entry_put(&create).await.expect("put"),
+        PutResult::RevisionMismatch { revision: 1 }
+    );
+
+    let mut update = put("k", "v2");
+    update.if_revision = Some(7);
+    assert_eq!(
+        store.entry_put(&update).await.expect("put"),
+        PutResult::RevisionMismatch { revision: 1 }
+    );
+    update.if_revision = Some(1);
+    assert_eq!(written(store.entry_put(&update).await.expect("put")), 2);
+
+    assert_eq!(
+        store.entry_delete("k", Some(1), T0).await.expect("delete"),
+        DeleteResult::RevisionMismatch { revision: 2 }
+    );
+    assert_eq!(
+        store.entry_delete("k", Some(2), T0).await.expect("delete"),
+        DeleteResult::Deleted { revision: 3 }
+    );
+    assert_eq!(
+        store.entry_delete("k", None, T0).await.expect("delete"),
+        DeleteResult::Absent
+    );
+    assert_eq!(
+        store.entry_delete("k", Some(3), T0).await.expect("delete"),
+        DeleteResult::Absent
+    );
+    assert_log(
+        &store,
+        &[
+            (ChangeKind::Put, "k"),
+            (ChangeKind::Put, "k"),
+            (ChangeKind::Delete, "k"),
+        ],
+    )
+    .await;
+}
+
+async fn invalidate_by_every_selector(store: Store) {
+    let seed = [
+        ("mb/a%1", "api_metadata", vec!["artist:a"]),
+        ("mb/a_2", "api_metadata", vec!["artist:a", "album:a/x"]),
+        ("mb/b", "track_metadata", vec!["track:1"]),
+        ("MB/upper", "generic", vec!["artist:a"]),
+        ("other", "generic", vec![]),
+        ("other2", "album_year", vec!["album:a/x"]),
+    ];
+    for (key, policy, tags) in &seed {
+        let mut p = put(key, "v");
+        p.policy = (*policy).to_owned();
+        p.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        written(store.entry_put(&p).await.expect("put"));
+    }
+    let n = seed.len() as u64;
+    // The prefix is literal: "%" and "_" are not wildcards and case matters.
+    let (count, last) = store
+        .entry_invalidate(
+            &Selector::KeyPrefix("mb/a%".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!((count, last), (1, n + 1));
+    let (count, _) = store
+        .entry_invalidate(
+            &Selector::KeyPrefix("mb/".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 2, "mb/a_2 and mb/b, not MB/upper");
+    let (count, _) = store
+        .entry_invalidate(
+            &Selector::PolicyTag {
+                policy: "generic".to_owned(),
+                tag: "album:a/x".to_owned(),
+            },
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 0);
+    let (count, last) = store
+        .entry_invalidate(
+            &Selector::Tag("artist:a".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!((count, last), (1, n + 4));
+    let (count, _) = store
+        .entry_invalidate(
+            &Selector::Policy("album_year".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 1);
+    let (count, _) = store
+        .entry_invalidate(
+            &Selector::Key("other".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 1);
+    let (count, last) = store
+        .entry_invalidate(&Selector::All, ChangeKind::Invalidate, T0)
+        .await
+        .expect("invalidate");
+    assert_eq!((count, last), (0, 0));
+    assert!(store.entry_usage().await.expect("usage").is_empty());
+    // Tags went with their entries.
+    assert_eq!(
+        store
+            .entry_random("artist:a", "", "", T0)
+            .await
+            .expect("random"),
+        None
+    );
+
+    let mut expected: Vec<(ChangeKind, &str)> =
+        seed.iter().map(|(k, _, _)| (ChangeKind::Put, *k)).collect();
+    for key in ["mb/a%1", "mb/a_2", "mb/b", "MB/upper", "other2", "other"] {
+        expected.push((ChangeKind::Invalidate, key));
+    }
+    assert_log(&store, &expected).await;
+}
+
+async fn expiry_keeps_stale_entries_until_their_window_ends(store: Store) {
+    let mut fresh = put("fresh", "v");
+    fresh.expires_at = Some(T0 + 1_000);
+    let mut stale = put("stale", "v");
+    stale.expires_at = Some(T0 - 1_000);
+    let mut old = put("old", "v");
+    old.expires_at = Some(T0 - 100_000);
+    let mut negative = put("negative", "");
+    negative.negative = true;
+    negative.expires_at = Some(T0 - 1_000);
+    let mut forever = put("forever", "v");
+    forever.expires_at = None;
+    for p in [&fresh, &stale, &old, &negative, &forever] {
+        written(store.entry_put(p).await.expect("put"));
+    }
+    let (count, _) = store
+        .entry_invalidate(
+            &Selector::Expired {
+                now: T0,
+                stale_before: T0 - 10_000,
+            },
+            ChangeKind::Expire,
+            T0,
+        )
+        .await
+        .expect("expire");
+    assert_eq!(count, 2);
+    for (key, present) in [
+        ("fresh", true),
+        ("stale", true),
+        ("old", false),
+        ("negative", false),
+        ("forever", true),
+    ] {
+        assert_eq!(
+            store.entry_get(key).await.expect("get").is_some(),
+            present,
+            "{key}"
+        );
+    }
+    let log = store.change_list_since(5, 10).await.expect("log");
+    assert!(log.iter().all(|c| c.kind == ChangeKind::Expire));
+    assert_eq!(log.len(), 2);
+}
+
+async fn random_picks_only_live_matching_entries(store: Store) {
+    let mut image = put("img/1", "jpeg");
+    image.tags = vec!["artist:x".to_owned()];
+    image.policy = "api_metadata".to_owned();
+    image.provenance = Some(roadie_store::Provenance {
+        provider: "fanarttv".to_owned(),
+        upstream_status: 200,
+        ..Default::default()
+    });
+    let mut expired = put("img/2", "jpeg");
+    expired.tags = vec!["artist:x".to_owned()];
+    expired.expires_at = Some(T0 - 1);
+    let mut negative = put("img/3", "");
+    negative.tags = vec!["artist:x".to_owned()];
+    negative.negative = true;
+    for p in [&image, &expired, &negative] {
+        written(store.entry_put(p).await.expect("put"));
+    }
+    for _ in 0..10 {
+        let entry = store
+            .entry_random("artist:x", "", "", T0)
+            .await
+            .expect("random")
+            .expect("one");
+        assert_eq!(entry.key, "img/1");
+    }
+    assert!(
+        store
+            .entry_random("artist:x", "api_metadata", "fanarttv", T0)
+            .await
+            .expect("random")
+            .is_some()
+    );
+    assert!(
+        store
+            .entry_random("artist:x", "generic", "", T0)
+            .await
+            .expect("random")
+            .is_none()
+    );
+    assert!(
+        store
+            .entry_random("artist:x", "", "theaudiodb", T0)
+            .await
+            .expect("random")
+            .is_none()
+    );
+    assert!(
+        store
+            .entry_random("artist:y", "", "", T0)
+            .await
+            .expect("random")
+            .is_none()
+    );
+}
+
+async fn eviction_removes_least_recently_used_down_to_target(store: Store) {
+    for i in 0..10 {
+        let mut p = put(&format!("e{i}"), &"x".repeat(100));
+        p.now = T0 + i;
+        written(store.entry_put(&p).await.expect("put"));
+    }
+    let mut other = put("other-policy", &"y".repeat(5000));
+    other.policy = "api_metadata".to_owned();
+    written(store.entry_put(&other).await.expect("put"));
+    // e0 and e1 were read recently: they are the most valuable now.
+    store
+        .entry_touch(&[
+            Access {
+                key: "e1".to_owned(),
+                at: T0 + 1000,
+                count: 3,
+            },
+            Access {
+                key: "e0".to_owned(),
+                at: T0 + 1000,
+                count: 1,
+            },
+            Access {
+                key: "gone".to_owned(),
+                at: T0 + 1000,
+                count: 1,
+            },
+        ])
+        .await
+        .expect("touch");
+
+    let nothing = store
+        .entry_evict("generic", 1000, 800, T0)
+        .await
+        .expect("evict");
+    assert_eq!(nothing.count, 0, "exactly at budget is within it");
+    let eviction = store
+        .entry_evict("generic", 900, 720, T0)
+        .await
+        .expect("evict");
+    assert_eq!((eviction.count, eviction.bytes), (3, 300));
+    for (key, present) in [
+        ("e2", false),
+        ("e3", false),
+        ("e4", false),
+        ("e5", true),
+        ("e0", true),
+        ("e1", true),
+    ] {
+        assert_eq!(
+            store.entry_get(key).await.expect("get").is_some(),
+            present,
+            "{key}"
+        );
+    }
+    let usage = store.entry_usage().await.expect("usage");
+    let generic = usage
+        .iter()
+        .find(|u| u.policy == "generic")
+        .expect("generic");
+    assert_eq!((generic.entries, generic.bytes), (7, 700));
+    let api = usage
+        .iter()
+        .find(|u| u.policy == "api_metadata")
+        .expect("api");
+    assert_eq!((api.entries, api.bytes), (1, 5000));
+    let log = store.change_list_since(11, 10).await.expect("log");
+    let evicted: Vec<&str> = log.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(evicted, ["e2", "e3", "e4"]);
+    assert!(log.iter().all(|c| c.kind == ChangeKind::Evict));
+}
+
+async fn get_many_returns_the_found_entries(store: Store) {
+    for i in 0..700 {
+        written(
+            store
+                .entry_put(&put(&format!("k{i}"), "v"))
+                .await
+                .expect("put"),
+        );
+    }
+    let keys: Vec<String> = (0..1000).map(|i| format!("k{}", i * 2)).collect();
+    let mut found: Vec<String> = store
+        .entry_get_many(&keys)
+        .await
+        .expect("get many")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = (0..350).map(|i| format!("k{}", i * 2)).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+async fn concurrent_writers_get_gapless_revisions(store: Store) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for i in 0..25 {
+                let key = format!("w{t}/{}", i % 5);
+                let revision = written(store.entry_put(&put(&key, "v")).await.expect("put"));
+                revisions.push(revision);
+                if i % 10 == 9 {
+                    store
+                        .entry_invalidate(
+                            &Selector::KeyPrefix(format!("w{t}/")),
+                            ChangeKind::Invalidate,
+                            T0,
+                        )
+                        .await
+                        .expect("invalidate");
+                }
+            }
+            revisions
+        }));
+    }
+    let mut put_revisions = Vec::new();
+    for task in tasks {
+        put_revisions.extend(task.await.expect("task"));
+    }
+    let log = store.change_list_since(0, 100_000).await.expect("log");
+    let revisions: Vec<u64> = log.iter().map(|c| c.revision).collect();
+    assert_eq!(
+        revisions,
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "gapless and ordered"
+    );
+    assert_eq!(
+        store.revision_current().await.expect("revision"),
+        log.len() as u64
+    );
+    let mut logged_puts: Vec<u64> = log
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Put)
+        .map(|c| c.revision)
+        .collect();
+    put_revisions.sort_unstable();
+    logged_puts.sort_unstable();
+    assert_eq!(
+        put_revisions, logged_puts,
+        "one log row per acknowledged put"
+    );
+    // Every entry's revision is the log row of its last write.
+    for change in log.iter().rev() {
+        if let Some(entry) = store.entry_get(&change.key).await.expect("get") {
+            let last = log
+                .iter()
+                .rev()
+                .find(|c| c.key == change.key)
+                .expect("logged");
+            assert_eq!(entry.revision, last.revision);
+        }
+    }
+}
+
+async fn migrations_are_idempotent_across_reconnects(store: Store) {
+    written(store.entry_put(&put("k", "v")).await.expect("put"));
+    store.close().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::new(super::Backend::Sqlite).await.expect("sqlite");
+                    super::$name(db.store().await).await;
+                    // Reopening runs the migrator again over a migrated database.
+                    db.store().await.close().await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::new(super::Backend::Postgres).await else { return };
+                    super::$name(db.store().await).await;
+                    db.store().await.close().await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    round_trip_keeps_every_field,
+    keep_higher_confidence_refuses_lower_writes,
+    compare_and_set_on_revision,
+    invalidate_by_every_selector,
+    expiry_keeps_stale_entries_until_their_window_ends,
+    random_picks_only_live_matching_entries,
+    eviction_removes_least_recently_used_down_to_target,
+    get_many_returns_the_found_entries,
+    concurrent_writers_get_gapless_revisions,
+    migrations_are_idempotent_across_reconnects,
+);
