@@ -1,0 +1,287 @@
+//! [`Client`]: one typed method per `roadie.v1` RPC over a shared tonic
+//! [`Channel`].
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+use crate::proto;
+use crate::proto::cache_client::CacheClient;
+use crate::proto::jobs_client::JobsClient;
+
+/// Largest message the client sends or accepts. The server stores values up
+/// to 8 MiB by default, and one BatchGet answer can carry many of them; tonic's
+/// own 4 MiB decoding limit would reject both.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A handle on one Roadie server: the Cache and Jobs services over one
+/// channel.
+///
+/// Cloning is cheap and clones share the connection, so hand a clone to every
+/// task instead of connecting again.
+#[derive(Clone, Debug)]
+pub struct Client {
+    cache: CacheClient<Channel>,
+    jobs: JobsClient<Channel>,
+    /// Deadline sent with every unary call (as `grpc-timeout`, so the server
+    /// knows it too, which is what bounds a `Fetch` in WAIT mode). Not applied
+    /// to `watch`, whose stream is meant to outlive any single deadline.
+    request_timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to `endpoint` ("http://host:port", or "host:port", which gets
+    /// `http://` in front), failing with [`ClientError::Connect`] if the
+    /// server does not answer within `connect_timeout`.
+    pub async fn connect(
+        endpoint: impl Into<String>,
+        connect_timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let endpoint = normalize_endpoint(endpoint.into());
+        let connect_error = |cause: String| ClientError::Connect {
+            endpoint: endpoint.clone(),
+            cause,
+        };
+        let target = Endpoint::from_shared(endpoint.clone())
+            .map_err(|error| connect_error(format!("invalid endpoint: {}", error_chain(&error))))?
+            .connect_timeout(connect_timeout);
+        // `connect_timeout` only bounds the TCP connect; a peer that accepts
+        // and then never speaks HTTP/2 would still hang without this.
+        let channel = match tokio::time::timeout(connect_timeout, target.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(connect_error(error_chain(&error))),
+            Err(_) => {
+                return Err(connect_error(format!(
+                    "no answer within {}",
+                    humantime::format_duration(connect_timeout)
+                )));
+            }
+        };
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Wraps an existing channel, for example one built with TLS or a custom
+    /// connector. No request deadline is set.
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            cache: CacheClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            jobs: JobsClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            request_timeout: None,
+        }
+    }
+
+    /// This client with a deadline on every unary call; an expired deadline
+    /// fails with [`ClientError::DeadlineExceeded`].
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Client {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(timeout) = self.request_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    /// Cache.Get: reads one entry; a miss is an answer, not an error.
+    pub async fn get(&self, request: proto::GetRequest) -> Result<proto::GetResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.get(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.BatchGet: reads many entries, answered in request order.
+    pub async fn batch_get(
+        &self,
+        request: proto::BatchGetRequest,
+    ) -> Result<proto::BatchGetResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.batch_get(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.Put: writes one entry, subject to the request's conditions.
+    pub async fn put(&self, request: proto::PutRequest) -> Result<proto::PutResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.put(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.Delete: deletes one entry.
+    pub async fn delete(
+        &self,
+        request: proto::DeleteRequest,
+    ) -> Result<proto::DeleteResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.delete(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.Invalidate: deletes every entry matching one selector.
+    pub async fn invalidate(
+        &self,
+        request: proto::InvalidateRequest,
+    ) -> Result<proto::InvalidateResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.invalidate(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.GetRandom: one random live entry carrying a tag.
+    pub async fn get_random(
+        &self,
+        request: proto::GetRandomRequest,
+    ) -> Result<proto::GetRandomResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.get_random(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.Fetch: reads an entry, fetching it through the job queue when it
+    /// is missing or stale. In WAIT mode the request deadline bounds the wait.
+    pub async fn fetch(
+        &self,
+        request: proto::FetchRequest,
+    ) -> Result<proto::FetchResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.fetch(self.request(request)).await?.into_inner())
+    }
+
+    /// Cache.PublishEvent: a library event, turned into invalidations.
+    pub async fn publish_event(
+        &self,
+        request: proto::PublishEventRequest,
+    ) -> Result<proto::PublishEventResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache
+            .publish_event(self.request(request))
+            .await?
+            .into_inner())
+    }
+
+    /// Cache.Watch: the raw change stream. It ends on any disconnect; resuming
+    /// from the last revision seen is up to the caller for now.
+    pub async fn watch(
+        &self,
+        request: proto::WatchRequest,
+    ) -> Result<tonic::Streaming<proto::WatchResponse>, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache
+            .watch(tonic::Request::new(request))
+            .await?
+            .into_inner())
+    }
+
+    /// Cache.Stats: entries, bytes and answers by policy, and provider state.
+    pub async fn stats(
+        &self,
+        request: proto::StatsRequest,
+    ) -> Result<proto::StatsResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.stats(self.request(request)).await?.into_inner())
+    }
+
+    /// Jobs.GetJob: one job by id.
+    pub async fn get_job(
+        &self,
+        request: proto::GetJobRequest,
+    ) -> Result<proto::GetJobResponse, ClientError> {
+        let mut jobs = self.jobs.clone();
+        Ok(jobs.get_job(self.request(request)).await?.into_inner())
+    }
+
+    /// Jobs.ListJobs: one page of jobs, newest first.
+    pub async fn list_jobs(
+        &self,
+        request: proto::ListJobsRequest,
+    ) -> Result<proto::ListJobsResponse, ClientError> {
+        let mut jobs = self.jobs.clone();
+        Ok(jobs.list_jobs(self.request(request)).await?.into_inner())
+    }
+
+    /// Jobs.CancelJob: cancels an available or running job.
+    pub async fn cancel_job(
+        &self,
+        request: proto::CancelJobRequest,
+    ) -> Result<proto::CancelJobResponse, ClientError> {
+        let mut jobs = self.jobs.clone();
+        Ok(jobs.cancel_job(self.request(request)).await?.into_inner())
+    }
+
+    /// Jobs.RetryJob: makes a failed or cancelled job available again.
+    pub async fn retry_job(
+        &self,
+        request: proto::RetryJobRequest,
+    ) -> Result<proto::RetryJobResponse, ClientError> {
+        let mut jobs = self.jobs.clone();
+        Ok(jobs.retry_job(self.request(request)).await?.into_inner())
+    }
+}
+
+/// Adds `http://` to an endpoint given without a scheme.
+fn normalize_endpoint(endpoint: String) -> String {
+    let endpoint = endpoint.trim();
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+/// An error and its causes on one line: tonic's transport errors say only
+/// "transport error" at the top and keep the useful part in their sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = source.and_then(std::error::Error::source);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_without_scheme_gets_http() {
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:50051".to_owned()),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_endpoint(" localhost:1 ".to_owned()),
+            "http://localhost:1"
+        );
+    }
+
+    #[test]
+    fn endpoint_with_scheme_is_kept() {
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:50051".to_owned()),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_endpoint("https://roadie.example:443".to_owned()),
+            "https://roadie.example:443"
+        );
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner")]
+        struct Inner;
+        assert_eq!(error_chain(&Outer(Inner)), "outer: inner");
+        assert_eq!(error_chain(&Inner), "inner");
+    }
+}
