@@ -1,1 +1,197 @@
-//! placeholder
+//! `roadie-server`: the gRPC front of Roadie.
+//!
+//! It serves `roadie.v1.Cache` and `roadie.v1.Jobs`, the standard health
+//! service and server reflection (v1 and v1alpha), over one store shared
+//! with every other server and worker. It holds no state that matters
+//! beyond the process: counters since start and reads not yet flushed.
+//!
+//! # Layout
+//! - [`config`]: the typed settings and their loading and validation.
+//! - [`validate`]: request limits; [`error`]: the one mapping to `Status`.
+//! - [`cache`], [`jobs`]: the services.
+//! - [`events`]: library events → invalidations.
+//! - [`maintenance`]: expiry clean-up, eviction, read statistics.
+//! - [`App`]: opens the store and serves until a shutdown future resolves.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod jobs;
+pub mod maintenance;
+pub mod state;
+pub mod stats;
+pub mod validate;
+
+use std::{future::Future, sync::Arc, time::SystemTime};
+
+use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
+use roadie_store::{Store, StoreError, StoreOptions};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::CacheService, config::Settings, jobs::JobsService, maintenance::Maintenance,
+    state::AppState, stats::Stats,
+};
+
+/// Room in a request for everything but the value (key, tags, metadata),
+/// so the gRPC limit sits just above `limits.max_value_bytes` and a value a
+/// little too large gets a clear INVALID_ARGUMENT instead of a transport error.
+const ENVELOPE_BYTES: usize = 512 * 1024;
+
+/// Why the server could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store at {url}: {source}")]
+    Store {
+        /// The store URL, without password.
+        url: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// The start-up maintenance pass failed.
+    #[error("start-up clean-up failed: {0}")]
+    Startup(StoreError),
+    /// Reflection could not be set up (a build problem).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// An opened server, ready to serve.
+#[derive(Debug, Clone)]
+pub struct App {
+    state: Arc<AppState>,
+}
+
+impl App {
+    /// Opens (and migrates) the store and cleans expired entries.
+    pub async fn open(settings: Settings) -> Result<App, ServerError> {
+        let store_settings = &settings.store;
+        let options = StoreOptions {
+            url: store_settings.url.clone(),
+            max_connections: store_settings.max_connections,
+            acquire_timeout: store_settings.acquire_timeout,
+            busy_timeout: store_settings.busy_timeout,
+        };
+        let store = Store::connect(&options)
+            .await
+            .map_err(|source| ServerError::Store {
+                url: roadie_store::redact(&options.url),
+                source,
+            })?;
+        let state = Arc::new(AppState {
+            stats: Stats::new(settings.policies.keys()),
+            settings,
+            store,
+            access: Default::default(),
+            nudge: Default::default(),
+            started_at: SystemTime::now(),
+        });
+        let app = App { state };
+        let report = app
+            .maintenance()
+            .run_once()
+            .await
+            .map_err(ServerError::Startup)?;
+        tracing::info!(
+            expired = report.expired,
+            evicted = report.evicted,
+            "start-up clean-up done"
+        );
+        Ok(app)
+    }
+
+    /// The store this server uses.
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// The upkeep tasks, for running a pass on demand.
+    pub fn maintenance(&self) -> Maintenance {
+        Maintenance::new(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight
+    /// calls for at most `server.shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let settings = &self.state.settings;
+        let message_limit = settings.limits.max_value_bytes + ENVELOPE_BYTES;
+        let grace = settings.server.shutdown_grace;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<CacheServer<CacheService>>().await;
+        health.set_serving::<JobsServer<JobsService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let reflection_v1 = reflection.build_v1()?;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        let reflection_v1alpha = reflection.build_v1alpha()?;
+
+        let cache = CacheServer::new(CacheService::new(self.state.clone()))
+            .max_decoding_message_size(message_limit)
+            .max_encoding_message_size(usize::MAX);
+        let jobs = JobsServer::new(JobsService);
+
+        let cancel = CancellationToken::new();
+        let maintenance = tokio::spawn(self.maintenance().run(cancel.clone()));
+
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, backend = self.state.store.backend().name(), "roadie-server listening");
+
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    ?grace,
+                    "shutting down: no new calls, draining in-flight ones"
+                );
+                health.set_not_serving::<CacheServer<CacheService>>().await;
+                health.set_not_serving::<JobsServer<JobsService>>().await;
+                let _ = stopping_tx.send(());
+            }
+        };
+        let serve = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(cache)
+            .add_service(jobs)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            result = &mut serve => result.map_err(ServerError::from),
+            () = async {
+                if stopping_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(?grace, "grace period over: dropping the calls still in flight");
+                Ok(())
+            }
+        };
+        cancel.cancel();
+        if let Err(error) = maintenance.await {
+            tracing::warn!(%error, "maintenance task ended abnormally");
+        }
+        self.state.store.close().await;
+        tracing::info!("roadie-server stopped");
+        result
+    }
+}

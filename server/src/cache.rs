@@ -1,0 +1,647 @@
+//! `roadie.v1.Cache`: every RPC validates its request, talks to the store,
+//! and maps failures through [`ApiError`].
+
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::UNIX_EPOCH};
+
+use futures::Stream;
+use roadie_proto::v1::{self as pb, cache_server::Cache};
+use roadie_store::{ChangeKind, DeleteResult, Entry, EntryPut, PutResult, Selector, now_ms};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::EventKind,
+    error::ApiError,
+    events::{self, Event},
+    state::AppState,
+    stats::Answer,
+    validate::{self, FieldError},
+};
+
+/// The Cache service.
+#[derive(Debug, Clone)]
+pub struct CacheService {
+    state: Arc<AppState>,
+}
+
+/// What a reader accepts.
+struct ReadOptions {
+    max_stale_ms: i64,
+    min_confidence: u8,
+    fingerprint: String,
+    miss_policy: String,
+}
+
+const DEFAULT_POLICY: &str = "generic";
+const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+
+impl CacheService {
+    /// The service over `state`.
+    pub fn new(state: Arc<AppState>) -> CacheService {
+        CacheService { state }
+    }
+
+    fn read_options(
+        &self,
+        max_stale: Option<&prost_types::Duration>,
+        min_confidence: u32,
+        fingerprint: String,
+        policy: String,
+    ) -> Result<ReadOptions, ApiError> {
+        let max_stale_ms = max_stale
+            .map(|d| validate::duration_ms("max_stale", d))
+            .transpose()?
+            .unwrap_or(0);
+        let min_confidence = validate::confidence("min_confidence", min_confidence)?;
+        validate::optional_text("fingerprint", &fingerprint, validate::MAX_FINGERPRINT_BYTES)?;
+        let miss_policy = if policy.is_empty() {
+            DEFAULT_POLICY.to_owned()
+        } else {
+            self.configured_policy("policy", policy)?
+        };
+        Ok(ReadOptions {
+            max_stale_ms,
+            min_confidence,
+            fingerprint,
+            miss_policy,
+        })
+    }
+
+    fn configured_policy(&self, field: &str, policy: String) -> Result<String, ApiError> {
+        if self.state.settings.policies.contains_key(&policy) {
+            return Ok(policy);
+        }
+        let known: Vec<&str> = self
+            .state
+            .settings
+            .policies
+            .keys()
+            .map(String::as_str)
+            .collect();
+        Err(FieldError::new(
+            field,
+            format!(
+                "unknown policy {policy:?}; configured: {}",
+                known.join(", ")
+            ),
+        )
+        .into())
+    }
+
+    /// Classifies what a read found, counts it, and builds the answer.
+    fn answer(&self, entry: Option<Entry>, read: &ReadOptions, now: i64) -> pb::GetResponse {
+        let status = match &entry {
+            None => pb::LookupStatus::Miss,
+            Some(e)
+                if !read.fingerprint.is_empty()
+                    && e.fingerprint.as_deref() != Some(read.fingerprint.as_str()) =>
+            {
+                pb::LookupStatus::Miss
+            }
+            Some(e) if e.confidence < read.min_confidence => pb::LookupStatus::Miss,
+            Some(e) if e.negative => {
+                if e.is_expired(now) {
+                    pb::LookupStatus::Miss
+                } else {
+                    pb::LookupStatus::Negative
+                }
+            }
+            Some(e) => match e.expires_at {
+                Some(at) if at <= now => {
+                    if now - at <= read.max_stale_ms && read.max_stale_ms > 0 {
+                        pb::LookupStatus::Stale
+                    } else {
+                        pb::LookupStatus::Miss
+                    }
+                }
+                _ => pb::LookupStatus::Hit,
+            },
+        };
+        let policy = entry
+            .as_ref()
+            .map_or(read.miss_policy.as_str(), |e| e.policy.as_str());
+        let answer = match status {
+            pb::LookupStatus::Hit => Answer::Hit,
+            pb::LookupStatus::Stale => Answer::Stale,
+            pb::LookupStatus::Negative => Answer::Negative,
+            _ => Answer::Miss,
+        };
+        self.state.stats.record(policy, answer);
+        if answer == Answer::Miss {
+            return pb::GetResponse {
+                status: status.into(),
+                entry: None,
+            };
+        }
+        let entry = entry.map(|e| {
+            self.state.access.record(&e.key, now);
+            entry_to_proto(e, now)
+        });
+        pb::GetResponse {
+            status: status.into(),
+            entry,
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cache for CacheService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        validate::key("key", &req.key).map_err(ApiError::from)?;
+        let read = self.read_options(
+            req.max_stale.as_ref(),
+            req.min_confidence,
+            req.fingerprint,
+            req.policy,
+        )?;
+        let entry = self
+            .state
+            .store
+            .entry_get(&req.key)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.answer(entry, &read, now_ms())))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        let req = request.into_inner();
+        let max = self.state.settings.limits.max_batch_keys;
+        if req.keys.is_empty() || req.keys.len() > max {
+            return Err(ApiError::from(FieldError::new(
+                "keys",
+                format!("has {} keys, allowed 1 to {max}", req.keys.len()),
+            ))
+            .into());
+        }
+        for (i, key) in req.keys.iter().enumerate() {
+            validate::key(&format!("keys[{i}]"), key).map_err(ApiError::from)?;
+        }
+        let read = self.read_options(
+            req.max_stale.as_ref(),
+            req.min_confidence,
+            String::new(),
+            req.policy,
+        )?;
+        let found = self
+            .state
+            .store
+            .entry_get_many(&req.keys)
+            .await
+            .map_err(ApiError::from)?;
+        let mut by_key: HashMap<String, Entry> =
+            found.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let now = now_ms();
+        let mut results = Vec::with_capacity(req.keys.len());
+        for (i, key) in req.keys.iter().enumerate() {
+            // A key asked for twice is answered twice; only its last mention may move the entry.
+            let repeated = req.keys[i + 1..].contains(key);
+            let entry = if repeated {
+                by_key.get(key).cloned()
+            } else {
+                by_key.remove(key)
+            };
+            results.push(self.answer(entry, &read, now));
+        }
+        Ok(Response::new(pb::BatchGetResponse { results }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let req = request.into_inner();
+        let put = self.entry_put(req)?;
+        let result = self
+            .state
+            .store
+            .entry_put(&put)
+            .await
+            .map_err(ApiError::from)?;
+        let response = match result {
+            PutResult::Written { revision } => {
+                self.state.nudge.notify_one();
+                pb::PutResponse {
+                    outcome: pb::PutOutcome::Written.into(),
+                    revision,
+                    stored_confidence: 0,
+                }
+            }
+            PutResult::KeptHigherConfidence {
+                revision,
+                confidence,
+            } => pb::PutResponse {
+                outcome: pb::PutOutcome::KeptHigherConfidence.into(),
+                revision,
+                stored_confidence: u32::from(confidence),
+            },
+            PutResult::RevisionMismatch { revision } => pb::PutResponse {
+                outcome: pb::PutOutcome::RevisionMismatch.into(),
+                revision,
+                stored_confidence: 0,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        validate::key("key", &req.key).map_err(ApiError::from)?;
+        let result = self
+            .state
+            .store
+            .entry_delete(&req.key, req.if_revision, now_ms())
+            .await
+            .map_err(ApiError::from)?;
+        let response = match result {
+            DeleteResult::Deleted { revision } => pb::DeleteResponse {
+                deleted: true,
+                revision,
+            },
+            DeleteResult::Absent => pb::DeleteResponse {
+                deleted: false,
+                revision: 0,
+            },
+            DeleteResult::RevisionMismatch { revision } => pb::DeleteResponse {
+                deleted: false,
+                revision,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn invalidate(
+        &self,
+        request: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        use pb::invalidate_request::Selector as S;
+        let req = request.into_inner();
+        let selector = match req.selector {
+            None => {
+                return Err(ApiError::from(FieldError::new(
+                    "selector",
+                    "set one of key, key_prefix, tag, policy or all",
+                ))
+                .into());
+            }
+            Some(S::Key(key)) => validate::key("key", &key).map(|()| Selector::Key(key)),
+            Some(S::KeyPrefix(prefix)) => {
+                validate::key("key_prefix", &prefix).map(|()| Selector::KeyPrefix(prefix))
+            }
+            Some(S::Tag(tag)) => {
+                validate::text("tag", &tag, validate::MAX_TAG_BYTES).map(|()| Selector::Tag(tag))
+            }
+            Some(S::Policy(policy)) => {
+                if validate::is_policy_name(&policy) {
+                    Ok(Selector::Policy(policy))
+                } else {
+                    Err(FieldError::new(
+                        "policy",
+                        "must be 1 to 64 of a-z, 0-9 and _",
+                    ))
+                }
+            }
+            Some(S::All(true)) => Ok(Selector::All),
+            Some(S::All(false)) => Err(FieldError::new(
+                "all",
+                "must be true to invalidate everything",
+            )),
+        }
+        .map_err(ApiError::from)?;
+        let (count, revision) = self
+            .state
+            .store
+            .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::InvalidateResponse { count, revision }))
+    }
+
+    async fn get_random(
+        &self,
+        request: Request<pb::GetRandomRequest>,
+    ) -> Result<Response<pb::GetRandomResponse>, Status> {
+        let req = request.into_inner();
+        validate::text("tag", &req.tag, validate::MAX_TAG_BYTES).map_err(ApiError::from)?;
+        if !req.policy.is_empty() {
+            self.configured_policy("policy", req.policy.clone())?;
+        }
+        if !req.provider.is_empty() && !self.state.settings.providers.contains_key(&req.provider) {
+            return Err(ApiError::from(FieldError::new(
+                "provider",
+                format!("unknown provider {:?}", req.provider),
+            ))
+            .into());
+        }
+        let now = now_ms();
+        let entry = self
+            .state
+            .store
+            .entry_random(&req.tag, &req.policy, &req.provider, now)
+            .await
+            .map_err(ApiError::from)?;
+        let entry = entry.map(|e| {
+            self.state.access.record(&e.key, now);
+            entry_to_proto(e, now)
+        });
+        Ok(Response::new(pb::GetRandomResponse { entry }))
+    }
+
+    async fn fetch(
+        &self,
+        _request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        Err(ApiError::Unimplemented("Cache.Fetch is not implemented yet: it arrives with the fetch job queue and roadie-worker").into())
+    }
+
+    async fn publish_event(
+        &self,
+        request: Request<pb::PublishEventRequest>,
+    ) -> Result<Response<pb::PublishEventResponse>, Status> {
+        let event = event_from_proto(request.into_inner())?;
+        let settings = &self.state.settings;
+        let mut response = pb::PublishEventResponse::default();
+        for target in events::targets(&settings.events.rules, &settings.policies, &event) {
+            let selector = match &target.tag {
+                Some(tag) => Selector::PolicyTag {
+                    policy: target.policy.clone(),
+                    tag: tag.clone(),
+                },
+                None => Selector::Policy(target.policy.clone()),
+            };
+            let (count, revision) = self
+                .state
+                .store
+                .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
+                .await
+                .map_err(ApiError::from)?;
+            response.count += count;
+            response.revision = response.revision.max(revision);
+            response.applied.push(pb::AppliedRule {
+                policy: target.policy,
+                tag: target.tag.unwrap_or_default(),
+                count,
+            });
+        }
+        tracing::info!(kind = ?event.kind, count = response.count, "library event applied");
+        Ok(Response::new(response))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        Err(ApiError::Unimplemented(
+            "Cache.Watch is not implemented yet: it arrives with the change stream",
+        )
+        .into())
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let usage = self
+            .state
+            .store
+            .entry_usage()
+            .await
+            .map_err(ApiError::from)?;
+        let revision = self
+            .state
+            .store
+            .revision_current()
+            .await
+            .map_err(ApiError::from)?;
+        let mut counters = self.state.stats.snapshot();
+        let mut rows: Vec<pb::PolicyStats> = Vec::new();
+        let mut names: Vec<String> = self.state.settings.policies.keys().cloned().collect();
+        names.extend(usage.iter().map(|u| u.policy.clone()));
+        names.extend(counters.keys().cloned());
+        names.sort();
+        names.dedup();
+        for name in names {
+            let used = usage.iter().find(|u| u.policy == name);
+            let c = counters.remove(&name).unwrap_or_default();
+            rows.push(pb::PolicyStats {
+                budget_bytes: self
+                    .state
+                    .settings
+                    .policies
+                    .get(&name)
+                    .map_or(0, |p| p.max_bytes),
+                entries: used.map_or(0, |u| u.entries),
+                bytes: used.map_or(0, |u| u.bytes),
+                hits: c.hits,
+                misses: c.misses,
+                stale: c.stale,
+                negative: c.negative,
+                evicted: c.evicted,
+                policy: name,
+            });
+        }
+        let started_ms = self
+            .state
+            .started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(Response::new(pb::StatsResponse {
+            policies: rows,
+            // Per-provider rate-limit figures arrive with the shared rate limiter.
+            providers: vec![],
+            revision,
+            started_at: Some(timestamp(started_ms)),
+            backend: self.state.store.backend().name().to_owned(),
+        }))
+    }
+}
+
+impl CacheService {
+    fn entry_put(&self, req: pb::PutRequest) -> Result<EntryPut, ApiError> {
+        validate::key("key", &req.key)?;
+        let max = self.state.settings.limits.max_value_bytes;
+        if req.value.len() > max {
+            return Err(FieldError::new(
+                "value",
+                format!("is {} bytes, the limit is {max}", req.value.len()),
+            )
+            .into());
+        }
+        validate::optional_text(
+            "media_type",
+            &req.media_type,
+            validate::MAX_MEDIA_TYPE_BYTES,
+        )?;
+        let policy_name = if req.policy.is_empty() {
+            DEFAULT_POLICY.to_owned()
+        } else {
+            self.configured_policy("policy", req.policy)?
+        };
+        validate::tags("tags", &req.tags)?;
+        let confidence = validate::confidence("confidence", req.confidence)?;
+        validate::optional_text(
+            "fingerprint",
+            &req.fingerprint,
+            validate::MAX_FINGERPRINT_BYTES,
+        )?;
+        validate::metadata("metadata", &req.metadata)?;
+        let now = now_ms();
+        let expires_at = if req.no_expiry {
+            None
+        } else if let Some(ttl) = &req.ttl {
+            let ttl = validate::duration_ms("ttl", ttl)?;
+            if ttl == 0 {
+                return Err(FieldError::new(
+                    "ttl",
+                    "must be longer than 0s; set no_expiry for entries that never expire",
+                )
+                .into());
+            }
+            Some(now.saturating_add(ttl))
+        } else {
+            let ttl = self
+                .state
+                .settings
+                .policies
+                .get(&policy_name)
+                .map_or(0, |p| p.ttl.as_millis() as i64);
+            (ttl > 0).then(|| now.saturating_add(ttl))
+        };
+        let mut tags = req.tags;
+        tags.dedup();
+        Ok(EntryPut {
+            key: req.key,
+            value: req.value.to_vec(),
+            media_type: if req.media_type.is_empty() {
+                DEFAULT_MEDIA_TYPE.to_owned()
+            } else {
+                req.media_type
+            },
+            policy: policy_name,
+            tags,
+            confidence,
+            fingerprint: (!req.fingerprint.is_empty()).then_some(req.fingerprint),
+            metadata: req.metadata.into_iter().collect(),
+            negative: req.negative,
+            expires_at,
+            provenance: None,
+            keep_higher_confidence: req.keep_higher_confidence,
+            if_revision: req.if_revision,
+            kind: ChangeKind::Put,
+            now,
+        })
+    }
+}
+
+fn event_from_proto(req: pb::PublishEventRequest) -> Result<Event, ApiError> {
+    use pb::LibraryEventKind as K;
+    let kind = match K::try_from(req.kind) {
+        Ok(K::TrackAdded) => EventKind::TrackAdded,
+        Ok(K::TrackRemoved) => EventKind::TrackRemoved,
+        Ok(K::TrackModified) => EventKind::TrackModified,
+        Ok(K::FingerprintChanged) => EventKind::FingerprintChanged,
+        Ok(K::LibrarySync) => EventKind::LibrarySync,
+        Ok(K::ManualInvalidation) => EventKind::ManualInvalidation,
+        Ok(K::Unspecified) | Err(_) => {
+            return Err(FieldError::new(
+                "kind",
+                format!("must be a known LibraryEventKind, got {}", req.kind),
+            )
+            .into());
+        }
+    };
+    let needs_track = matches!(
+        kind,
+        EventKind::TrackAdded
+            | EventKind::TrackRemoved
+            | EventKind::TrackModified
+            | EventKind::FingerprintChanged
+    );
+    if needs_track && req.track_id.is_empty() {
+        return Err(FieldError::new("track_id", format!("is required for {kind:?}")).into());
+    }
+    if kind == EventKind::FingerprintChanged && req.fingerprint.is_empty() {
+        return Err(FieldError::new("fingerprint", "is required for FingerprintChanged").into());
+    }
+    if kind == EventKind::ManualInvalidation && !req.album.is_empty() && req.artist.is_empty() {
+        return Err(FieldError::new(
+            "artist",
+            "is required to scope a manual invalidation by album",
+        )
+        .into());
+    }
+    for (field, value) in [
+        ("track_id", &req.track_id),
+        ("artist", &req.artist),
+        ("album", &req.album),
+        ("old_artist", &req.old_artist),
+        ("old_album", &req.old_album),
+    ] {
+        validate::optional_text(field, value, validate::MAX_TAG_BYTES)?;
+    }
+    validate::optional_text(
+        "fingerprint",
+        &req.fingerprint,
+        validate::MAX_FINGERPRINT_BYTES,
+    )?;
+    Ok(Event {
+        kind: Some(kind),
+        track: req.track_id,
+        artist: req.artist,
+        album: req.album,
+        old_artist: req.old_artist,
+        old_album: req.old_album,
+    })
+}
+
+/// A protobuf timestamp from milliseconds since the epoch.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// The API's view of a stored entry, with its freshness at `now`.
+pub fn entry_to_proto(entry: Entry, now: i64) -> pb::Entry {
+    let status = if entry.negative {
+        pb::EntryStatus::Negative
+    } else if entry.is_expired(now) {
+        pb::EntryStatus::Stale
+    } else {
+        pb::EntryStatus::Fresh
+    };
+    pb::Entry {
+        status: status.into(),
+        created_at: Some(timestamp(entry.created_at)),
+        updated_at: Some(timestamp(entry.updated_at)),
+        expires_at: entry.expires_at.map(timestamp),
+        revision: entry.revision,
+        provenance: entry.provenance.map(|p| pb::Provenance {
+            provider: p.provider,
+            upstream_status: u32::from(p.upstream_status),
+            etag: p.etag.unwrap_or_default(),
+            last_modified: p.last_modified.unwrap_or_default(),
+        }),
+        key: entry.key,
+        value: entry.value.into(),
+        media_type: entry.media_type,
+        policy: entry.policy,
+        tags: entry.tags,
+        confidence: u32::from(entry.confidence),
+        fingerprint: entry.fingerprint.unwrap_or_default(),
+        metadata: entry.metadata.into_iter().collect(),
+    }
+}

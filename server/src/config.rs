@@ -1,0 +1,770 @@
+//! The typed configuration: defaults, then a TOML file (`--config FILE`),
+//! then `ROADIE__SECTION__KEY` environment variables. Loaded once, before
+//! any port is bound; every error names the setting at fault.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration error, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    /// Dotted name of the setting, for example `policies.generic.ttl`.
+    pub setting: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything `roadie-server` reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `[server]`: the gRPC listener.
+    pub server: ServerSettings,
+    /// `[store]`: the database.
+    pub store: StoreSettings,
+    /// `[limits]`: request limits.
+    pub limits: Limits,
+    /// `[maintenance]`: expiry clean-up, eviction and access statistics.
+    pub maintenance: MaintenanceSettings,
+    /// `[policies.NAME]`: entry policies.
+    pub policies: BTreeMap<String, Policy>,
+    /// `[providers.NAME]`: upstream APIs.
+    pub providers: BTreeMap<String, Provider>,
+    /// `[events]`: how library events become invalidations.
+    pub events: EventSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// How long in-flight calls may run after SIGTERM/SIGINT before the
+    /// server drops them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `sqlite://PATH` (created when missing) or `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+    /// Pooled connections.
+    pub max_connections: u32,
+    /// How long a call waits for a connection before answering UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long SQLite waits for another process's write lock.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest value accepted by Put, in bytes. The gRPC message limit is
+    /// derived from it.
+    pub max_value_bytes: usize,
+    /// Most keys in one BatchGet.
+    pub max_batch_keys: usize,
+}
+
+/// `[maintenance]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSettings {
+    /// How often expired entries are cleaned and budgets enforced.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long an expired entry is kept, so readers may still take it stale.
+    #[serde(with = "humantime_serde")]
+    pub keep_stale: Duration,
+    /// How often read statistics (for eviction) are written to the store.
+    #[serde(with = "humantime_serde")]
+    pub access_flush_interval: Duration,
+}
+
+/// How entries of a policy are invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invalidation {
+    /// By TTL only.
+    Time,
+    /// By library events only (the TTL is a backstop).
+    Event,
+    /// By a differing fingerprint on read.
+    Fingerprint,
+    /// By events and by TTL.
+    Hybrid,
+}
+
+impl Invalidation {
+    /// True when library events may invalidate entries of this strategy.
+    pub fn follows_events(self) -> bool {
+        matches!(self, Invalidation::Event | Invalidation::Hybrid)
+    }
+}
+
+/// `[policies.NAME]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Lifetime of a fresh entry; `0s` means entries never expire.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The invalidation strategy.
+    pub invalidation: Invalidation,
+    /// Size budget in bytes; past it, least valuable entries are evicted.
+    pub max_bytes: u64,
+    /// Eviction stops at this fraction of the budget.
+    pub cleanup_threshold: f64,
+}
+
+/// `[providers.NAME]`: an upstream API the worker may fetch from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Provider {
+    /// Every fetched URL must fall under this one.
+    pub base_url: String,
+    /// Requests per second for the whole deployment.
+    pub rate_per_second: f64,
+    /// Requests that may go at once after an idle spell.
+    pub burst: u32,
+    /// Upstream request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Lifetime of a successful response.
+    #[serde(with = "humantime_serde")]
+    pub success_ttl: Duration,
+    /// Lifetime of a cached 404.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Whether the base URL may resolve to private or loopback addresses.
+    pub allow_private: bool,
+}
+
+/// Which library event a rule reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A track was added.
+    TrackAdded,
+    /// A track was removed.
+    TrackRemoved,
+    /// A track's tags changed.
+    TrackModified,
+    /// A track's fingerprint changed.
+    FingerprintChanged,
+    /// The library was synchronised.
+    LibrarySync,
+    /// A user asked for an invalidation.
+    ManualInvalidation,
+}
+
+/// What a rule does when none of its tags could be filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Unscoped {
+    /// Nothing: the event lacked what the rule needs.
+    #[default]
+    Skip,
+    /// Invalidate the whole of each selected policy.
+    All,
+}
+
+/// `[[events.rules]]`: one event → invalidation rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    /// The event this rule reacts to.
+    pub on: EventKind,
+    /// Policies whose entries it invalidates.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Also every policy whose invalidation strategy is one of these.
+    #[serde(default)]
+    pub strategies: Vec<Invalidation>,
+    /// Tag templates scoping the invalidation; `{track}`, `{artist}`,
+    /// `{album}`, `{old_artist}`, `{old_album}` are filled from the event and
+    /// a template with an empty placeholder is dropped. Empty: whole policies.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Use only the first template that could be filled in.
+    #[serde(default)]
+    pub first_tag_only: bool,
+    /// What to do when templates were given but none could be filled in.
+    #[serde(default)]
+    pub if_unscoped: Unscoped,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// The rules, applied in order; only policies whose invalidation follows
+    /// events (`event` or `hybrid`) are ever touched.
+    pub rules: Vec<EventRule>,
+}
+
+const MIB: u64 = 1024 * 1024;
+const DAY: u64 = 24 * 60 * 60;
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            server: ServerSettings::default(),
+            store: StoreSettings::default(),
+            limits: Limits::default(),
+            maintenance: MaintenanceSettings::default(),
+            policies: default_policies(),
+            providers: default_providers(),
+            events: EventSettings::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            url: "sqlite://./data/roadie.db".to_owned(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value_bytes: 8 * 1024 * 1024,
+            max_batch_keys: 1000,
+        }
+    }
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> MaintenanceSettings {
+        MaintenanceSettings {
+            interval: Duration::from_secs(60),
+            keep_stale: Duration::from_secs(DAY),
+            access_flush_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            ttl: Duration::from_secs(300),
+            invalidation: Invalidation::Time,
+            max_bytes: 30 * MIB,
+            cleanup_threshold: 0.8,
+        }
+    }
+}
+
+impl Default for Provider {
+    fn default() -> Provider {
+        Provider {
+            base_url: String::new(),
+            rate_per_second: 1.0,
+            burst: 1,
+            timeout: Duration::from_secs(30),
+            success_ttl: Duration::from_secs(7 * DAY),
+            negative_ttl: Duration::from_secs(DAY),
+            allow_private: false,
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> EventSettings {
+        EventSettings {
+            rules: default_rules(),
+        }
+    }
+}
+
+fn default_policies() -> BTreeMap<String, Policy> {
+    let policy = |ttl_secs: u64, invalidation, mib: u64| Policy {
+        ttl: Duration::from_secs(ttl_secs),
+        invalidation,
+        max_bytes: mib * MIB,
+        cleanup_threshold: 0.8,
+    };
+    BTreeMap::from([
+        (
+            "track_metadata".to_owned(),
+            policy(3650 * DAY, Invalidation::Event, 100),
+        ),
+        (
+            "api_metadata".to_owned(),
+            policy(3650 * DAY, Invalidation::Event, 30),
+        ),
+        (
+            "failed_lookup".to_owned(),
+            policy(3600, Invalidation::Time, 5),
+        ),
+        (
+            "album_year".to_owned(),
+            policy(30 * DAY, Invalidation::Hybrid, 20),
+        ),
+        (
+            "negative_result".to_owned(),
+            policy(30 * DAY, Invalidation::Time, 10),
+        ),
+        ("generic".to_owned(), policy(300, Invalidation::Time, 30)),
+    ])
+}
+
+fn default_providers() -> BTreeMap<String, Provider> {
+    let provider =
+        |base_url: &str, rate_per_second: f64, success_days: u64, negative_secs: u64| Provider {
+            base_url: base_url.to_owned(),
+            rate_per_second,
+            success_ttl: Duration::from_secs(success_days * DAY),
+            negative_ttl: Duration::from_secs(negative_secs),
+            ..Provider::default()
+        };
+    let mut providers = BTreeMap::from([
+        (
+            "musicbrainz".to_owned(),
+            provider("https://musicbrainz.org/ws/2/", 1.0, 30, 300),
+        ),
+        (
+            "coverartarchive".to_owned(),
+            provider("https://coverartarchive.org/", 1.0, 30, DAY),
+        ),
+        (
+            "discogs".to_owned(),
+            provider("https://api.discogs.com/", 55.0 / 60.0, 7, DAY),
+        ),
+        (
+            "lastfm".to_owned(),
+            provider("https://ws.audioscrobbler.com/2.0/", 5.0, 7, DAY),
+        ),
+        (
+            "theaudiodb".to_owned(),
+            provider("https://www.theaudiodb.com/api/v1/json/", 0.5, 7, DAY),
+        ),
+        (
+            "fanarttv".to_owned(),
+            provider("https://webservice.fanart.tv/v3/", 0.5, 30, DAY),
+        ),
+        (
+            "wikimedia".to_owned(),
+            provider("https://commons.wikimedia.org/", 10.0, 7, DAY),
+        ),
+        ("images".to_owned(), provider("https://", 5.0, 14, 3600)),
+    ]);
+    if let Some(musicbrainz) = providers.get_mut("musicbrainz") {
+        musicbrainz.timeout = Duration::from_secs(15);
+    }
+    providers
+}
+
+fn default_rules() -> Vec<EventRule> {
+    let rule = |on, policies: &[&str], tags: &[&str]| EventRule {
+        on,
+        policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+        strategies: vec![],
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        first_tag_only: false,
+        if_unscoped: Unscoped::Skip,
+    };
+    vec![
+        rule(
+            EventKind::TrackRemoved,
+            &["track_metadata"],
+            &["track:{track}"],
+        ),
+        rule(
+            EventKind::TrackRemoved,
+            &["api_metadata"],
+            &["artist:{artist}", "album:{artist}/{album}"],
+        ),
+        rule(
+            EventKind::TrackModified,
+            &["track_metadata"],
+            &["track:{track}"],
+        ),
+        // The library tool's TRACK_MODIFIED carries the OLD artist/album: the
+        // cached API data belongs to what the track was, not what it became.
+        rule(
+            EventKind::TrackModified,
+            &["api_metadata"],
+            &["artist:{old_artist}", "album:{old_artist}/{old_album}"],
+        ),
+        rule(
+            EventKind::FingerprintChanged,
+            &["track_metadata"],
+            &["track:{track}"],
+        ),
+        rule(EventKind::LibrarySync, &["album_year"], &[]),
+        EventRule {
+            on: EventKind::ManualInvalidation,
+            policies: vec![],
+            strategies: vec![Invalidation::Event, Invalidation::Hybrid],
+            tags: vec![
+                "album:{artist}/{album}".to_owned(),
+                "artist:{artist}".to_owned(),
+            ],
+            first_tag_only: true,
+            if_unscoped: Unscoped::All,
+        },
+    ]
+}
+
+/// The placeholders a tag template may use.
+pub const PLACEHOLDERS: [&str; 5] = ["track", "artist", "album", "old_artist", "old_album"];
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then `ROADIE__…` variables from
+    /// `env` (pass `std::env::vars()` in production), and validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default())
+            .map_err(|e| ConfigError::new("defaults", e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("{} is not a readable file", file.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ROADIE__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("ROADIE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| ConfigError::new(setting_of(&e), e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if roadie_store::Backend::from_url(&self.store.url).is_none() {
+            return Err(ConfigError::new(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(ConfigError::new(
+                "store.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_value_bytes == 0 || self.limits.max_value_bytes > 256 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "limits.max_value_bytes",
+                "must be between 1 and 268435456",
+            ));
+        }
+        if self.limits.max_batch_keys == 0 || self.limits.max_batch_keys > 100_000 {
+            return Err(ConfigError::new(
+                "limits.max_batch_keys",
+                "must be between 1 and 100000",
+            ));
+        }
+        for (setting, value) in [
+            ("maintenance.interval", self.maintenance.interval),
+            (
+                "maintenance.access_flush_interval",
+                self.maintenance.access_flush_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(setting, "must be longer than 0s"));
+            }
+        }
+        if !self.policies.contains_key("generic") {
+            return Err(ConfigError::new(
+                "policies.generic",
+                "the default policy must stay configured",
+            ));
+        }
+        for (name, policy) in &self.policies {
+            if !crate::validate::is_policy_name(name) {
+                return Err(ConfigError::new(
+                    format!("policies.{name}"),
+                    "names are 1 to 64 of a-z, 0-9 and _",
+                ));
+            }
+            if !(policy.cleanup_threshold > 0.0 && policy.cleanup_threshold <= 1.0) {
+                return Err(ConfigError::new(
+                    format!("policies.{name}.cleanup_threshold"),
+                    "must be greater than 0 and at most 1",
+                ));
+            }
+            if policy.max_bytes == 0 {
+                return Err(ConfigError::new(
+                    format!("policies.{name}.max_bytes"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (name, provider) in &self.providers {
+            let setting = |field: &str| format!("providers.{name}.{field}");
+            if !(provider.base_url.starts_with("https://")
+                || provider.base_url.starts_with("http://"))
+            {
+                return Err(ConfigError::new(
+                    setting("base_url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if !(provider.rate_per_second.is_finite() && provider.rate_per_second > 0.0) {
+                return Err(ConfigError::new(
+                    setting("rate_per_second"),
+                    "must be a positive number",
+                ));
+            }
+            if provider.burst == 0 {
+                return Err(ConfigError::new(setting("burst"), "must be at least 1"));
+            }
+            if provider.timeout.is_zero() {
+                return Err(ConfigError::new(
+                    setting("timeout"),
+                    "must be longer than 0s",
+                ));
+            }
+        }
+        for (i, rule) in self.events.rules.iter().enumerate() {
+            let setting = |field: &str| format!("events.rules[{i}].{field}");
+            if rule.policies.is_empty() && rule.strategies.is_empty() {
+                return Err(ConfigError::new(
+                    setting("policies"),
+                    "name policies or strategies",
+                ));
+            }
+            for policy in &rule.policies {
+                match self.policies.get(policy) {
+                    None => {
+                        return Err(ConfigError::new(
+                            setting("policies"),
+                            format!("unknown policy {policy:?}"),
+                        ));
+                    }
+                    Some(p) if !p.invalidation.follows_events() => {
+                        return Err(ConfigError::new(
+                            setting("policies"),
+                            format!(
+                                "policy {policy:?} is invalidated by {:?}, not by events",
+                                p.invalidation
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for tag in &rule.tags {
+                if let Some(bad) = unknown_placeholder(tag) {
+                    return Err(ConfigError::new(
+                        setting("tags"),
+                        format!(
+                            "unknown placeholder {{{bad}}} in {tag:?}; known: {}",
+                            PLACEHOLDERS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first `{name}` in `template` that is not a known placeholder.
+fn unknown_placeholder(template: &str) -> Option<String> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            return Some(rest[start..].to_owned());
+        };
+        let name = &rest[start + 1..start + len];
+        if !PLACEHOLDERS.contains(&name) {
+            return Some(name.to_owned());
+        }
+        rest = &rest[start + len + 1..];
+    }
+    None
+}
+
+/// The setting a `config` error is about, when it says.
+fn setting_of(error: &config::ConfigError) -> String {
+    let text = error.to_string();
+    match text.rsplit_once("for key `") {
+        Some((_, rest)) => rest.split('`').next().unwrap_or("").to_owned(),
+        None => match text.split_once("unknown field `") {
+            Some((_, rest)) => rest.split('`').next().unwrap_or("").to_owned(),
+            None => "configuration".to_owned(),
+        },
+    }
+}
+
+impl fmt::Display for Invalidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Invalidation::Time => "time",
+            Invalidation::Event => "event",
+            Invalidation::Fingerprint => "fingerprint",
+            Invalidation::Hybrid => "hybrid",
+        };
+        f.write_str(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let settings = Settings::load(None, env(&[])).expect("defaults load");
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(settings.store.url, "sqlite://./data/roadie.db");
+        assert_eq!(settings.policies["generic"].ttl, Duration::from_secs(300));
+        assert_eq!(settings.policies["track_metadata"].max_bytes, 100 * MIB);
+        assert_eq!(
+            settings.policies["album_year"].invalidation,
+            Invalidation::Hybrid
+        );
+        assert_eq!(
+            settings.providers["musicbrainz"].timeout,
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            settings.providers["discogs"].timeout,
+            Duration::from_secs(30)
+        );
+        assert_eq!(settings.limits.max_batch_keys, 1000);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("roadie.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:6000\"\n[policies.generic]\nttl = \"1h\"\n[policies.images]\nmax_bytes = 1000\n",
+        )
+        .expect("write");
+        let settings = Settings::load(
+            Some(&file),
+            env(&[
+                ("ROADIE__SERVER__LISTEN", "127.0.0.1:7000"),
+                ("ROADIE__POLICIES__TRACK_METADATA__MAX_BYTES", "42"),
+                ("ROADIE__STORE__URL", "postgres://u@h/db"),
+                ("ROADIE_SERVER", "ignored: not a setting"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(settings.server.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(settings.policies["generic"].ttl, Duration::from_secs(3600));
+        // A partial table keeps the other fields of the default.
+        assert_eq!(settings.policies["generic"].max_bytes, 30 * MIB);
+        assert_eq!(settings.policies["images"].max_bytes, 1000);
+        assert_eq!(settings.policies["images"].ttl, Duration::from_secs(300));
+        assert_eq!(settings.policies["track_metadata"].max_bytes, 42);
+        assert_eq!(settings.store.url, "postgres://u@h/db");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let cases = [
+            (
+                ("ROADIE__SERVER__LISTEN", "not an address"),
+                "server.listen",
+            ),
+            (("ROADIE__STORE__URL", "mysql://x"), "store.url"),
+            (
+                ("ROADIE__POLICIES__GENERIC__TTL", "soon"),
+                "policies.generic.ttl",
+            ),
+            (
+                ("ROADIE__POLICIES__GENERIC__CLEANUP_THRESHOLD", "1.5"),
+                "policies.generic.cleanup_threshold",
+            ),
+            (
+                ("ROADIE__LIMITS__MAX_BATCH_KEYS", "0"),
+                "limits.max_batch_keys",
+            ),
+            (
+                ("ROADIE__PROVIDERS__LASTFM__RATE_PER_SECOND", "-1"),
+                "providers.lastfm.rate_per_second",
+            ),
+        ];
+        for ((key, value), setting) in cases {
+            let error = Settings::load(None, env(&[(key, value)])).expect_err(key);
+            assert_eq!(error.setting, setting, "{key}={value}: {error}");
+            assert!(error.to_string().contains(setting), "{error}");
+        }
+        let error = Settings::load(None, env(&[("ROADIE__SERVER__LISTN", "x")])).expect_err("typo");
+        assert!(error.to_string().contains("listn"), "{error}");
+    }
+
+    #[test]
+    fn rules_are_checked_against_policies_and_placeholders() {
+        let mut settings = Settings::default();
+        settings.events.rules[0].tags = vec!["track:{trak}".to_owned()];
+        let error = settings.validate().expect_err("bad placeholder");
+        assert_eq!(error.setting, "events.rules[0].tags");
+        let mut settings = Settings::default();
+        settings.events.rules[0].policies = vec!["generic".to_owned()];
+        let error = settings.validate().expect_err("time policy");
+        assert!(error.message.contains("not by events"), "{error}");
+    }
+}

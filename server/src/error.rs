@@ -1,0 +1,37 @@
+//! [`ApiError`] and its one mapping to `tonic::Status`.
+
+use roadie_store::StoreError;
+use tonic::Status;
+
+use crate::validate::FieldError;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field broke a limit.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The RPC is designed but arrives with a later part of Roadie.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        match error {
+            ApiError::Field(field) => roadie_proto::field_violation(&field.field, field.message),
+            ApiError::Unimplemented(what) => Status::unimplemented(what),
+            ApiError::Store(StoreError::Unavailable(cause)) => {
+                tracing::warn!(%cause, "store unavailable");
+                Status::unavailable("the store is unavailable; retry with backoff")
+            }
+            ApiError::Store(error) => {
+                tracing::error!(%error, "store error");
+                Status::internal("internal store error")
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Background upkeep of the store: expired entries are cleaned (on start and
+//! every `maintenance.interval`), size budgets enforced by eviction (on the
+//! same timer and shortly after writes), and read statistics flushed in
+//! batches so a read never writes to the store.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use roadie_store::{Access, ChangeKind, Selector, StoreError, now_ms};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+/// Reads waiting to be flushed. Bounded: past the cap, reads of new keys are
+/// not recorded until the next flush (eviction order gets coarser, memory
+/// stays flat).
+#[derive(Debug, Default)]
+pub struct AccessLog {
+    pending: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+const ACCESS_LOG_CAP: usize = 100_000;
+
+impl AccessLog {
+    /// Notes a read of `key` at `now`.
+    pub fn record(&self, key: &str, now: i64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, count)) = pending.get_mut(key) {
+            *at = now;
+            *count += 1;
+        } else if pending.len() < ACCESS_LOG_CAP {
+            pending.insert(key.to_owned(), (now, 1));
+        }
+    }
+
+    /// Takes every pending read.
+    pub fn take(&self) -> Vec<Access> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        pending
+            .into_iter()
+            .map(|(key, (at, count))| Access { key, at, count })
+            .collect()
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Expired entries removed.
+    pub expired: u64,
+    /// Entries evicted for budgets.
+    pub evicted: u64,
+}
+
+/// Runs the upkeep; a cheap clone of the server's state.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    state: Arc<AppState>,
+}
+
+/// Shortest gap between eviction passes triggered by writes.
+const EVICTION_DEBOUNCE: Duration = Duration::from_secs(1);
+
+impl Maintenance {
+    /// Upkeep for `state`.
+    pub fn new(state: Arc<AppState>) -> Maintenance {
+        Maintenance { state }
+    }
+
+    /// One full pass: flush reads, clean expired entries, enforce budgets.
+    pub async fn run_once(&self) -> Result<Report, StoreError> {
+        self.flush_access().await?;
+        let now = now_ms();
+        let keep_stale = i64::try_from(self.state.settings.maintenance.keep_stale.as_millis())
+            .unwrap_or(i64::MAX);
+        let (expired, _) = self
+            .state
+            .store
+            .entry_invalidate(
+                &Selector::Expired {
+                    now,
+                    stale_before: now.saturating_sub(keep_stale),
+                },
+                ChangeKind::Expire,
+                now,
+            )
+            .await?;
+        let evicted = self.enforce_budgets().await?;
+        Ok(Report { expired, evicted })
+    }
+
+    /// Evicts, in every configured policy over its budget, the least
+    /// valuable entries down to the cleanup threshold.
+    pub async fn enforce_budgets(&self) -> Result<u64, StoreError> {
+        // Recent reads decide what is least valuable: flush them first.
+        self.flush_access().await?;
+        let mut total = 0;
+        for (name, policy) in &self.state.settings.policies {
+            let target = (policy.max_bytes as f64 * policy.cleanup_threshold) as u64;
+            let eviction = self
+                .state
+                .store
+                .entry_evict(name, policy.max_bytes, target, now_ms())
+                .await?;
+            if eviction.count > 0 {
+                tracing::info!(policy = %name, count = eviction.count, bytes = eviction.bytes, "evicted entries over budget");
+                self.state.stats.record_evicted(name, eviction.count);
+                total += eviction.count;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Writes pending read statistics.
+    pub async fn flush_access(&self) -> Result<(), StoreError> {
+        let accesses = self.state.access.take();
+        if accesses.is_empty() {
+            return Ok(());
+        }
+        self.state.store.entry_touch(&accesses).await
+    }
+
+    /// Runs until `cancel` fires, then flushes what is pending.
+    pub async fn run(self, cancel: CancellationToken) {
+        let settings = &self.state.settings.maintenance;
+        let mut full = tokio::time::interval(settings.interval);
+        let mut flush = tokio::time::interval(settings.access_flush_interval);
+        full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The start-up pass already ran before the server listened.
+        full.tick().await;
+        flush.tick().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = full.tick() => log_failure("maintenance", self.run_once().await.map(|_| ())),
+                _ = flush.tick() => log_failure("access flush", self.flush_access().await),
+                () = self.state.nudge.notified() => {
+                    log_failure("eviction", self.enforce_budgets().await.map(|_| ()));
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(EVICTION_DEBOUNCE) => {}
+                    }
+                }
+            }
+        }
+        log_failure("access flush", self.flush_access().await);
+    }
+}
+
+fn log_failure(what: &str, result: Result<(), StoreError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "{what} failed; will retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_log_merges_reads_and_empties_on_take() {
+        let log = AccessLog::default();
+        log.record("a", 1);
+        log.record("a", 5);
+        log.record("b", 2);
+        let mut taken = log.take();
+        taken.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(
+            taken,
+            [
+                Access {
+                    key: "a".to_owned(),
+                    at: 5,
+                    count: 2
+                },
+                Access {
+                    key: "b".to_owned(),
+                    at: 2,
+                    count: 1
+                }
+            ]
+        );
+        assert!(log.take().is_empty());
+    }
+}
