@@ -1,0 +1,155 @@
+//! The `roadie` tool against a real server: outputs and the exit codes
+//! scripts rely on.
+
+use clap::Parser;
+use roadie_client::cli::{self, Cli, Exit};
+use roadie_store::Backend;
+
+use crate::common::{TestServer, on_both_backends, start};
+
+/// Runs `roadie ARGS…` against `server` with `stdin`; returns exit, stdout, stderr.
+async fn roadie(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String, String) {
+    let url = format!("http://{}", server.addr);
+    let mut argv = vec!["roadie", "--server", url.as_str()];
+    argv.extend_from_slice(args);
+    let cli = Cli::try_parse_from(argv).expect("valid command line");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = cli::run(cli, &mut stdin.as_bytes(), &mut out, &mut err).await;
+    (
+        exit,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+async fn exit_codes_and_output_scripts_rely_on(backend: Backend) {
+    let server = start!(backend);
+    let (exit, _, err) = roadie(
+        &server,
+        &[
+            "put",
+            "greeting",
+            "hello",
+            "--tag",
+            "lang:en",
+            "--confidence",
+            "80",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(exit, Exit::Success, "{err}");
+    let (exit, out, _) = roadie(&server, &["get", "greeting"], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert!(out.contains("hello"), "{out}");
+
+    let (exit, out, _) = roadie(&server, &["--json", "get", "greeting"], "").await;
+    assert_eq!(exit, Exit::Success);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(json["entry"]["value"], "hello", "{json}");
+    assert_eq!(json["entry"]["tags"][0], "lang:en", "{json}");
+
+    assert_eq!(roadie(&server, &["get", "absent"], "").await.0, Exit::Miss);
+    // Value from stdin, and a negative entry.
+    let (exit, _, err) = roadie(&server, &["put", "piped", "--stdin"], "from stdin").await;
+    assert_eq!(exit, Exit::Success, "{err}");
+    assert!(
+        roadie(&server, &["get", "piped"], "")
+            .await
+            .1
+            .contains("from stdin")
+    );
+    assert_eq!(
+        roadie(&server, &["put", "gone", "", "--negative"], "")
+            .await
+            .0,
+        Exit::Success
+    );
+    assert_eq!(
+        roadie(&server, &["get", "gone"], "").await.0,
+        Exit::Negative
+    );
+    // Not written: lower confidence, or a revision that does not match.
+    let (exit, out, _) = roadie(
+        &server,
+        &[
+            "put",
+            "greeting",
+            "bye",
+            "--confidence",
+            "10",
+            "--keep-higher-confidence",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(exit, Exit::NotWritten, "{out}");
+    assert_eq!(
+        roadie(
+            &server,
+            &["put", "greeting", "bye", "--if-revision", "999"],
+            ""
+        )
+        .await
+        .0,
+        Exit::NotWritten
+    );
+    // Errors name the field.
+    let (exit, _, err) = roadie(&server, &["put", "bad", "v", "--policy", "nope"], "").await;
+    assert_eq!(exit, Exit::Error);
+    assert!(err.contains("policy"), "{err}");
+    // Random, invalidate, event, stats, delete.
+    assert_eq!(
+        roadie(&server, &["random", "lang:en"], "").await.0,
+        Exit::Success
+    );
+    assert_eq!(
+        roadie(&server, &["random", "lang:xx"], "").await.0,
+        Exit::Miss
+    );
+    let (exit, out, _) = roadie(&server, &["--json", "invalidate", "--tag", "lang:en"], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")["count"],
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        roadie(&server, &["event", "library-sync"], "").await.0,
+        Exit::Success
+    );
+    let (exit, out, _) = roadie(&server, &["--json", "stats"], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert!(out.contains("\"generic\""), "{out}");
+    assert_eq!(
+        roadie(&server, &["delete", "piped"], "").await.0,
+        Exit::Success
+    );
+    assert_eq!(
+        roadie(&server, &["delete", "piped"], "").await.0,
+        Exit::Miss
+    );
+    server.stop().await;
+}
+
+on_both_backends!(exit_codes_and_output_scripts_rely_on);
+
+#[tokio::test]
+async fn no_server_is_an_error_exit() {
+    let cli = Cli::try_parse_from([
+        "roadie",
+        "--server",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "2s",
+        "get",
+        "k",
+    ])
+    .expect("valid command line");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        cli::run(cli, &mut &b""[..], &mut out, &mut err).await,
+        Exit::Error
+    );
+    assert!(String::from_utf8_lossy(&err).contains("connect"));
+}

@@ -1,0 +1,135 @@
+//! Starting and stopping test servers.
+
+use std::{net::SocketAddr, time::Duration};
+
+use roadie_client::Client;
+use roadie_server::{App, ServerError, config::Settings};
+use roadie_store::{Backend, Store, testing::TestDb};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// A server on a free loopback port, with a connected client.
+pub struct TestServer {
+    pub client: Client,
+    pub addr: SocketAddr,
+    pub app: App,
+    pub db: TestDb,
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    /// Starts a server over a fresh database of `backend`; `None` when the
+    /// test Postgres is unreachable and not required.
+    pub async fn start(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Option<TestServer> {
+        let db = TestDb::new(backend).await?;
+        Some(TestServer::start_on(db, tweak).await)
+    }
+
+    /// Starts a server over an existing test database.
+    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        let mut settings = Settings::default();
+        settings.store.url = db.url.clone();
+        settings.server.shutdown_grace = Duration::from_secs(5);
+        tweak(&mut settings);
+        settings.validate().expect("test settings are valid");
+        let app = App::open(settings).await.expect("open the server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(app.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let client = roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
+            .await
+            .expect("connect to the test server");
+        TestServer {
+            client,
+            addr,
+            app,
+            db,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    /// The server's store, for arranging state the API cannot (old entries).
+    pub fn store(&self) -> &Store {
+        self.app.store()
+    }
+
+    /// Stops the server, waits for it, and drops the database.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+        self.db.finish().await;
+    }
+}
+
+/// Declares each named `async fn(Backend)` as a test on SQLite and on Postgres.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(roadie_store::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(roadie_store::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+/// Starts a server or returns from the test (Postgres absent and not required).
+macro_rules! start {
+    ($backend:expr) => {
+        start!($backend, |_| {})
+    };
+    ($backend:expr, $tweak:expr) => {
+        match crate::common::TestServer::start($backend, $tweak).await {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
+pub(crate) use start;
+
+/// A Put request for `key` with `value`, everything else default.
+pub fn put(key: &str, value: &str) -> roadie_client::proto::PutRequest {
+    roadie_client::proto::PutRequest {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// A Get request for `key`.
+pub fn get(key: &str) -> roadie_client::proto::GetRequest {
+    roadie_client::proto::GetRequest {
+        key: key.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A protobuf duration of `secs` seconds.
+pub fn secs(secs: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: secs,
+        nanos: 0,
+    }
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: a real `roadie-server` on 127.0.0.1:0 over a real
+//! store (SQLite, and Postgres with a fresh database per test), driven
+//! through the Rust client, the `roadie` CLI code and, for process-level
+//! behaviour, the `roadie-server` binary itself.
+
+mod common;
+
+mod bad_input;
+mod cache;
+mod changes;
+mod cli;
+mod process;

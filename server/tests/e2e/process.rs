@@ -1,0 +1,192 @@
+//! The `roadie-server` binary: configuration errors before binding, health,
+//! reflection, and a bounded shutdown on SIGTERM.
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use roadie_store::Backend;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::common::start;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_roadie-server");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn bad_configuration_exits_naming_the_setting_before_binding() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BINARY)
+        .current_dir(dir.path())
+        .env("ROADIE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ROADIE__POLICIES__GENERIC__TTL", "whenever")
+        .output()
+        .expect("run roadie-server");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("policies.generic.ttl"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was created before the configuration was valid"
+    );
+
+    let file = dir.path().join("roadie.toml");
+    std::fs::write(&file, "[store]\nurl = \"mysql://nope\"\n").expect("write");
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("store.url"));
+}
+
+async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            let mut health = HealthClient::new(channel);
+            let request = HealthCheckRequest {
+                service: "roadie.v1.Cache".to_owned(),
+            };
+            if let Ok(response) = health.check(request).await {
+                if response.into_inner().status == ServingStatus::Serving as i32 {
+                    return health;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "roadie-server did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_within_its_grace_period() {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tokio::process::Command::new(BINARY)
+        .current_dir(dir.path())
+        .env("ROADIE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ROADIE__SERVER__SHUTDOWN_GRACE", "3s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn roadie-server");
+    let addr = format!("127.0.0.1:{port}");
+    wait_until_serving(&addr).await;
+    // The zero-set-up default: SQLite under ./data.
+    assert!(dir.path().join("data/roadie.db").is_file());
+
+    let client = roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    client.put(crate::common::put("k", "v")).await.expect("put");
+
+    let pid = child.id().expect("pid").to_string();
+    let stopped_at = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stopped within the grace period plus a margin")
+        .expect("wait");
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+            .await
+            .expect("stderr");
+    }
+    assert!(stderr.contains("roadie-server stopped"), "{stderr}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_v1_and_v1alpha() {
+    let server = start!(Backend::Sqlite);
+    let addr = server.addr.to_string();
+    let mut health = wait_until_serving(&addr).await;
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("check");
+    assert_eq!(overall.into_inner().status, ServingStatus::Serving as i32);
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        let response = responses.next().await.expect("one answer").expect("ok");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for name in ["roadie.v1.Cache", "roadie.v1.Jobs", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+    }
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "roadie.v1.Cache".to_owned(),
+            )),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        let response = responses.next().await.expect("one answer").expect("ok");
+        let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+            panic!("files")
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+    }
+    server.stop().await;
+}
