@@ -229,6 +229,9 @@ pub struct EventSettings {
 
 const MIB: u64 = 1024 * 1024;
 const DAY: u64 = 24 * 60 * 60;
+/// Ten years as humantime counts them (365.25 days a year), so the default
+/// prints back as "10years".
+const TEN_YEARS: u64 = 315_576_000;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -326,11 +329,11 @@ fn default_policies() -> BTreeMap<String, Policy> {
     BTreeMap::from([
         (
             "track_metadata".to_owned(),
-            policy(3650 * DAY, Invalidation::Event, 100),
+            policy(TEN_YEARS, Invalidation::Event, 100),
         ),
         (
             "api_metadata".to_owned(),
-            policy(3650 * DAY, Invalidation::Event, 30),
+            policy(TEN_YEARS, Invalidation::Event, 30),
         ),
         (
             "failed_lookup".to_owned(),
