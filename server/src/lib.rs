@@ -166,6 +166,8 @@ impl App {
             }
         };
         let serve = tonic::transport::Server::builder()
+            // One span per call, named by its gRPC method.
+            .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
