@@ -1,0 +1,412 @@
+"""Contract test: a Python gRPC client talking to a real ``roadie-server``.
+
+The Rust end-to-end tests use the Rust client, which shares code with the
+server; this file proves the wire contract in ``proto/roadie/v1`` is enough on
+its own.  Stubs are generated from the .proto files at test time (nothing
+generated is committed), a real server binary is started on a free loopback
+port with a throw-away SQLite database, and every test talks to it over gRPC.
+
+Run from the repository root (see README.md):
+
+    python -m pytest client/python -v
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO_DIR = REPO / "proto"
+PROTO_FILES = ["roadie/v1/cache.proto", "roadie/v1/jobs.proto"]
+DEFAULT_SERVER_BIN = REPO / "target" / "debug" / "roadie-server"
+
+HOST = "127.0.0.1"
+CACHE_SERVICE = "roadie.v1.Cache"
+# Timeout, in seconds, of every RPC the tests make.
+RPC_TIMEOUT = 10
+STARTUP_DEADLINE = 30
+SHUTDOWN_DEADLINE = 15
+# TTL of the default "generic" policy (server/src/config.rs).
+GENERIC_TTL = 300
+MAX_KEY_BYTES = 1024
+
+# grpc honours http_proxy/https_proxy; a proxy must never see loopback traffic.
+CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
+
+
+# --------------------------------------------------------------------------
+# Fixtures: stubs, server, channel
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory) -> SimpleNamespace:
+    """Generates the roadie.v1 Python stubs into a temporary directory and
+    imports them: ``pb.cache`` (messages) and ``pb.cache_grpc`` (stubs)."""
+    out = tmp_path_factory.mktemp("stubs")
+    # The well-known types (google/protobuf/*.proto) ship inside grpc_tools.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    command = [
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *PROTO_FILES,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(
+            f"protoc failed ({result.returncode}):\n{result.stdout}{result.stderr}",
+            pytrace=False,
+        )
+    # The generated modules import each other as `roadie.v1.*` (a namespace
+    # package, no __init__.py), so the output root goes on sys.path.
+    sys.path.insert(0, str(out))
+    importlib.invalidate_caches()
+    return SimpleNamespace(
+        cache=importlib.import_module("roadie.v1.cache_pb2"),
+        cache_grpc=importlib.import_module("roadie.v1.cache_pb2_grpc"),
+    )
+
+
+def _free_port() -> int:
+    # Bind to port 0 so the kernel picks a free port, then release it for the
+    # server. Another process could grab it in between; unlikely on loopback.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _check_serving(address: str) -> bool:
+    """One health probe. A fresh channel per probe, so a refused connection
+    does not leave the channel in reconnect backoff (which grows to minutes)."""
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = health.Check(
+                health_pb2.HealthCheckRequest(service=CACHE_SERVICE), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[str]:
+    """Starts ``roadie-server`` on a free loopback port with a fresh SQLite
+    database, yields its ``host:port``, and at the end checks that SIGTERM
+    stops it cleanly (exit code 0) within the deadline."""
+    binary = Path(os.environ.get("ROADIE_SERVER_BIN", DEFAULT_SERVER_BIN))
+    if not binary.is_file():
+        pytest.fail(
+            f"roadie-server binary not found at {binary}: build it with "
+            "`cargo build -p roadie-server` (or set ROADIE_SERVER_BIN)",
+            pytrace=False,
+        )
+
+    workdir = tmp_path_factory.mktemp("server")
+    port = _free_port()
+    address = f"{HOST}:{port}"
+    # Drop any ROADIE__* settings inherited from the caller's shell so the
+    # server runs on its defaults plus exactly the two settings below.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE__")}
+    env["ROADIE__SERVER__LISTEN"] = address
+    env["ROADIE__STORE__URL"] = f"sqlite://{workdir / 'roadie.db'}"
+    # The server colours its log even when stderr is not a terminal; keep the
+    # stderr quoted in failure messages readable.
+    env["NO_COLOR"] = "1"
+
+    # The server logs to stderr; a file, not a pipe, so a chatty server can
+    # never block on a full pipe nobody is reading.
+    log_path = workdir / "stderr.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [str(binary)],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+    def server_log() -> str:
+        log.flush()
+        return log_path.read_text(errors="replace")
+
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while not _check_serving(address):
+            if process.poll() is not None:
+                pytest.fail(
+                    f"roadie-server exited early with code {process.returncode}; "
+                    f"stderr:\n{server_log()}",
+                    pytrace=False,
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"roadie-server on {address} not SERVING {CACHE_SERVICE} "
+                    f"after {STARTUP_DEADLINE}s; stderr:\n{server_log()}",
+                    pytrace=False,
+                )
+            time.sleep(0.1)
+    except BaseException:
+        process.kill()
+        process.wait()
+        log.close()
+        raise
+
+    yield address
+
+    try:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=SHUTDOWN_DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(
+                f"roadie-server did not exit within {SHUTDOWN_DEADLINE}s of "
+                f"SIGTERM; stderr:\n{server_log()}",
+                pytrace=False,
+            )
+        assert code == 0, (
+            f"roadie-server exited with code {code} after SIGTERM; "
+            f"stderr:\n{server_log()}"
+        )
+    finally:
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with grpc.insecure_channel(server, options=CHANNEL_OPTIONS) as channel:
+        yield channel
+    # Closed here, before `server` tears down, so SIGTERM finds no open
+    # connection left to drain.
+
+
+@pytest.fixture(scope="session")
+def cache(pb, channel):
+    return pb.cache_grpc.CacheStub(channel)
+
+
+@pytest.fixture
+def prefix(request) -> str:
+    """A key prefix no other test (or run) uses, so tests stay independent."""
+    return f"contract/{request.node.name}/{uuid.uuid4().hex}/"
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def put(cache, pb, key: str, value: bytes = b"v", **fields):
+    """Puts an entry and checks it was written."""
+    response = cache.Put(
+        pb.cache.PutRequest(key=key, value=value, **fields), timeout=RPC_TIMEOUT
+    )
+    assert response.outcome == pb.cache.PUT_OUTCOME_WRITTEN, response
+    return response
+
+
+def get(cache, pb, key: str):
+    return cache.Get(pb.cache.GetRequest(key=key), timeout=RPC_TIMEOUT)
+
+
+def status_name(pb, status: int) -> str:
+    """LOOKUP_STATUS_* name, so failures read as names rather than numbers."""
+    return pb.cache.LookupStatus.Name(status)
+
+
+def has_bad_request_detail(error: grpc.RpcError) -> bool:
+    """Whether the error carries the google.rpc.BadRequest detail the API
+    promises. Decoding it needs the googleapis protos, which grpc_tools does
+    not bundle; finding its type URL in the encoded status is enough here."""
+    trailers = dict(error.trailing_metadata() or ())
+    return b"type.googleapis.com/google.rpc.BadRequest" in trailers.get(
+        "grpc-status-details-bin", b""
+    )
+
+
+# --------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------
+
+
+def test_health_reports_serving(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", CACHE_SERVICE):
+        response = health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_put_then_get_round_trips_every_field(cache, pb, prefix):
+    # A non-ASCII key and a value that is not valid UTF-8: both must survive.
+    key = f"https://musicbrainz.org/ws/2/artist/é?{prefix}"
+    value = b"\x00\xff binary \x80\x00"
+    tags = ["artist:björk", "kind:artist"]
+    metadata = {"source": "contract-test", "note": "ünïcode"}
+
+    before = time.time()
+    put_response = put(
+        cache,
+        pb,
+        key,
+        value,
+        media_type="application/octet-stream+test",
+        tags=tags,
+        metadata=metadata,
+        confidence=75,
+    )
+    assert put_response.revision > 0
+
+    response = get(cache, pb, key)
+    assert status_name(pb, response.status) == "LOOKUP_STATUS_HIT"
+    entry = response.entry
+    assert entry.key == key
+    assert entry.value == value
+    assert entry.media_type == "application/octet-stream+test"
+    assert list(entry.tags) == tags
+    assert dict(entry.metadata) == metadata
+    assert entry.confidence == 75
+    assert entry.policy == "generic"
+    assert entry.status == pb.cache.ENTRY_STATUS_FRESH
+    # The revision a Put reports is the one a reader sees (for compare-and-set).
+    assert entry.revision == put_response.revision
+
+    # No TTL given: the "generic" policy's 300 s applies.
+    assert entry.HasField("expires_at")
+    remaining = entry.expires_at.ToNanoseconds() / 1e9 - before
+    assert GENERIC_TTL - 5 <= remaining <= GENERIC_TTL + 5, remaining
+
+
+def test_get_of_absent_key_is_a_miss_not_an_error(cache, pb, prefix):
+    response = get(cache, pb, prefix + "absent")
+    assert status_name(pb, response.status) == "LOOKUP_STATUS_MISS"
+    assert not response.HasField("entry")
+
+
+def test_batch_get_answers_in_request_order(cache, pb, prefix):
+    present, absent, present2 = prefix + "a", prefix + "b", prefix + "c"
+    put(cache, pb, present, b"one")
+    put(cache, pb, present2, b"two")
+
+    keys = [present, absent, present2]
+    response = cache.BatchGet(pb.cache.BatchGetRequest(keys=keys), timeout=RPC_TIMEOUT)
+
+    assert len(response.results) == 3
+    assert [status_name(pb, r.status) for r in response.results] == [
+        "LOOKUP_STATUS_HIT",
+        "LOOKUP_STATUS_MISS",
+        "LOOKUP_STATUS_HIT",
+    ]
+    first, missing, third = response.results
+    assert (first.entry.key, first.entry.value) == (present, b"one")
+    assert not missing.HasField("entry")
+    assert (third.entry.key, third.entry.value) == (present2, b"two")
+
+
+def test_invalidate_by_tag_deletes_only_tagged_entries(cache, pb, prefix):
+    # The tag is unique to this run so no other entry in the store carries it
+    # and the count is exact.
+    tag = f"artist:test-{uuid.uuid4().hex}"
+    tagged = [prefix + "tagged-1", prefix + "tagged-2"]
+    untagged = prefix + "untagged"
+    for key in tagged:
+        put(cache, pb, key, tags=[tag, "kind:artist"])
+    put(cache, pb, untagged, tags=["kind:artist"])
+
+    response = cache.Invalidate(pb.cache.InvalidateRequest(tag=tag), timeout=RPC_TIMEOUT)
+    assert response.count == 2
+    assert response.revision > 0
+
+    for key in tagged:
+        assert status_name(pb, get(cache, pb, key).status) == "LOOKUP_STATUS_MISS", key
+    assert status_name(pb, get(cache, pb, untagged).status) == "LOOKUP_STATUS_HIT"
+
+
+def test_invalidate_by_key_prefix_counts_what_it_deleted(cache, pb, prefix):
+    doomed = [prefix + "album/1", prefix + "album/2", prefix + "album/é"]
+    # Shares all but the case of the prefix: a prefix match is byte-exact.
+    survivor = prefix + "Album/1"
+    for key in [*doomed, survivor]:
+        put(cache, pb, key)
+
+    response = cache.Invalidate(
+        pb.cache.InvalidateRequest(key_prefix=prefix + "album/"), timeout=RPC_TIMEOUT
+    )
+    assert response.count == len(doomed)
+
+    for key in doomed:
+        assert status_name(pb, get(cache, pb, key).status) == "LOOKUP_STATUS_MISS", key
+    assert status_name(pb, get(cache, pb, survivor).status) == "LOOKUP_STATUS_HIT"
+
+    # Nothing left to match: a count of zero, not an error.
+    again = cache.Invalidate(
+        pb.cache.InvalidateRequest(key_prefix=prefix + "album/"), timeout=RPC_TIMEOUT
+    )
+    assert again.count == 0
+
+
+def test_overlong_key_is_invalid_argument_naming_key_and_limit(cache, pb):
+    with pytest.raises(grpc.RpcError) as caught:
+        get(cache, pb, "k" * (MAX_KEY_BYTES + 1))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "key" in error.details()
+    assert str(MAX_KEY_BYTES) in error.details()
+    assert has_bad_request_detail(error)
+
+
+def test_unknown_policy_is_invalid_argument_naming_policy(cache, pb, prefix):
+    with pytest.raises(grpc.RpcError) as caught:
+        cache.Put(
+            pb.cache.PutRequest(key=prefix + "k", value=b"v", policy="nonsense"),
+            timeout=RPC_TIMEOUT,
+        )
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "policy" in error.details()
+    assert has_bad_request_detail(error)
+    # Rejected, so nothing was written.
+    assert status_name(pb, get(cache, pb, prefix + "k").status) == "LOOKUP_STATUS_MISS"
+
+
+def test_keep_higher_confidence_keeps_the_stored_entry(cache, pb, prefix):
+    key = prefix + "artist"
+    first = put(cache, pb, key, b"confident", confidence=90)
+
+    response = cache.Put(
+        pb.cache.PutRequest(
+            key=key, value=b"guess", confidence=10, keep_higher_confidence=True
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+    assert response.outcome == pb.cache.PUT_OUTCOME_KEPT_HIGHER_CONFIDENCE
+    assert response.stored_confidence == 90
+    # Not written, so the revision reported is the stored entry's.
+    assert response.revision == first.revision
+
+    entry = get(cache, pb, key).entry
+    assert (entry.value, entry.confidence) == (b"confident", 90)
