@@ -28,7 +28,13 @@ impl From<ApiError> for Status {
                 tracing::warn!(%cause, "store unavailable");
                 Status::unavailable("the store is unavailable; retry with backoff")
             }
-            ApiError::Store(error) => {
+            ApiError::Store(StoreError::Conflict(cause)) => Status::aborted(cause),
+            ApiError::Store(
+                error @ (StoreError::Config(_)
+                | StoreError::Corrupt(_)
+                | StoreError::Database(_)
+                | StoreError::Migrate(_)),
+            ) => {
                 tracing::error!(%error, "store error");
                 Status::internal("internal store error")
             }

@@ -237,84 +237,11 @@ impl Store {
     /// Writes an entry unless its conditions say otherwise.
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let base = revision_lock(&mut tx).await?;
-        let stored = sqlx::query(sql!("entry_meta"))
-            .bind(&put.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let stored = match stored {
-            Some(row) => Some((
-                from_i64(row.try_get("revision")?),
-                confidence_from(row.try_get("confidence")?),
-            )),
-            None => None,
-        };
-        if let Some(expected) = put.if_revision {
-            let actual = stored.map_or(0, |(revision, _)| revision);
-            if actual != expected {
-                return Ok(PutResult::RevisionMismatch { revision: actual });
-            }
+        let result = entry_put_in(&mut tx, put).await?;
+        if matches!(result, PutResult::Written { .. }) {
+            tx.commit().await?;
         }
-        if let Some((revision, confidence)) = stored {
-            if put.keep_higher_confidence && confidence > put.confidence {
-                return Ok(PutResult::KeptHigherConfidence {
-                    revision,
-                    confidence,
-                });
-            }
-        }
-
-        let revision = base + 1;
-        let tags =
-            serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let metadata =
-            serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let provenance = put.provenance.as_ref();
-        sqlx::query(sql!("entry_upsert"))
-            .bind(&put.key)
-            .bind(put.value.as_slice())
-            .bind(&put.media_type)
-            .bind(&put.policy)
-            .bind(&tags)
-            .bind(i64::from(put.confidence))
-            .bind(put.fingerprint.as_deref())
-            .bind(&metadata)
-            .bind(put.negative)
-            .bind(put.now)
-            .bind(put.expires_at)
-            .bind(to_i64(revision))
-            .bind(provenance.map(|p| p.provider.as_str()))
-            .bind(provenance.map(|p| i64::from(p.upstream_status)))
-            .bind(provenance.and_then(|p| p.etag.as_deref()))
-            .bind(provenance.and_then(|p| p.last_modified.as_deref()))
-            .bind(i64::try_from(put.value.len()).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql!("entry_tags_delete"))
-            .bind(&put.key)
-            .execute(&mut *tx)
-            .await?;
-        for tag in &put.tags {
-            sqlx::query(sql!("entry_tag_insert"))
-                .bind(tag)
-                .bind(&put.key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        change_insert(
-            &mut tx,
-            revision,
-            put.kind,
-            &put.key,
-            &put.policy,
-            &tags,
-            provenance.map(|p| p.provider.as_str()),
-            put.now,
-        )
-        .await?;
-        revision_set(&mut tx, revision).await?;
-        tx.commit().await?;
-        Ok(PutResult::Written { revision })
+        Ok(result)
     }
 
     /// Deletes one entry, optionally only at an expected revision.
@@ -531,7 +458,91 @@ impl Store {
     }
 }
 
-async fn revision_lock(tx: &mut Transaction<'_, Any>) -> Result<u64, StoreError> {
+/// Writes an entry inside `tx` unless its conditions say otherwise; takes
+/// the revision lock. The caller commits when the result is `Written`.
+pub(crate) async fn entry_put_in(
+    tx: &mut Transaction<'_, Any>,
+    put: &EntryPut,
+) -> Result<PutResult, StoreError> {
+    let base = revision_lock(tx).await?;
+    let stored = sqlx::query(sql!("entry_meta"))
+        .bind(&put.key)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let stored = match stored {
+        Some(row) => Some((
+            from_i64(row.try_get("revision")?),
+            confidence_from(row.try_get("confidence")?),
+        )),
+        None => None,
+    };
+    if let Some(expected) = put.if_revision {
+        let actual = stored.map_or(0, |(revision, _)| revision);
+        if actual != expected {
+            return Ok(PutResult::RevisionMismatch { revision: actual });
+        }
+    }
+    if let Some((revision, confidence)) = stored {
+        if put.keep_higher_confidence && confidence > put.confidence {
+            return Ok(PutResult::KeptHigherConfidence {
+                revision,
+                confidence,
+            });
+        }
+    }
+
+    let revision = base + 1;
+    let tags = serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let metadata =
+        serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let provenance = put.provenance.as_ref();
+    sqlx::query(sql!("entry_upsert"))
+        .bind(&put.key)
+        .bind(put.value.as_slice())
+        .bind(&put.media_type)
+        .bind(&put.policy)
+        .bind(&tags)
+        .bind(i64::from(put.confidence))
+        .bind(put.fingerprint.as_deref())
+        .bind(&metadata)
+        .bind(put.negative)
+        .bind(put.now)
+        .bind(put.expires_at)
+        .bind(to_i64(revision))
+        .bind(provenance.map(|p| p.provider.as_str()))
+        .bind(provenance.map(|p| i64::from(p.upstream_status)))
+        .bind(provenance.and_then(|p| p.etag.as_deref()))
+        .bind(provenance.and_then(|p| p.last_modified.as_deref()))
+        .bind(i64::try_from(put.value.len()).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(sql!("entry_tags_delete"))
+        .bind(&put.key)
+        .execute(&mut **tx)
+        .await?;
+    for tag in &put.tags {
+        sqlx::query(sql!("entry_tag_insert"))
+            .bind(tag)
+            .bind(&put.key)
+            .execute(&mut **tx)
+            .await?;
+    }
+    change_insert(
+        tx,
+        revision,
+        put.kind,
+        &put.key,
+        &put.policy,
+        &tags,
+        provenance.map(|p| p.provider.as_str()),
+        put.now,
+    )
+    .await?;
+    revision_set(tx, revision).await?;
+    Ok(PutResult::Written { revision })
+}
+
+pub(crate) async fn revision_lock(tx: &mut Transaction<'_, Any>) -> Result<u64, StoreError> {
     let value: i64 = sqlx::query_scalar(sql!("revision_lock"))
         .fetch_one(&mut **tx)
         .await?;

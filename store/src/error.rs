@@ -7,6 +7,10 @@ pub enum StoreError {
     /// exhausted past its acquire timeout, database busy). Retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A uniqueness rule refused the change (for example a second unfinished
+    /// job for one URL).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The store URL or options are unusable.
     #[error("store configuration: {0}")]
     Config(String),
@@ -41,6 +45,9 @@ impl From<sqlx::Error> for StoreError {
             | E::Decode(_)
             | E::ColumnNotFound(_)
             | E::TypeNotFound { .. } => StoreError::Corrupt(error.to_string()),
+            E::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                StoreError::Conflict(db.message().to_owned())
+            }
             E::Database(db) => match db.code().as_deref() {
                 // Postgres: connection exceptions (08xxx), shutting down (57P0x),
                 // too many connections (53300), database missing (3D000).

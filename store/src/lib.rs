@@ -17,11 +17,13 @@
 //! # Layout
 //! - [`entry`]: the cache operations (`entry_get`, `entry_put`, …).
 //! - [`change`]: the change log (`change_list_since`, revisions).
+//! - [`job`]: the fetch-job queue (`job_enqueue`, `job_claim`, …).
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
 pub mod entry;
 pub mod error;
+pub mod job;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -38,6 +40,7 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
+pub use job::{Finish, Job, JobNew, JobOutcome, JobState};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -616,3 +616,508 @@ conformance!(
     concurrent_writers_get_gapless_revisions,
     migrations_are_idempotent_across_reconnects,
 );
+
+mod queue {
+    //! The job queue, on both backends.
+
+    use roadie_store::{Finish, JobNew, JobOutcome, JobState, PutResult, Store};
+
+    use super::{T0, put};
+
+    pub fn job(url: &str, priority: u32) -> JobNew {
+        JobNew {
+            provider: "musicbrainz".to_owned(),
+            url: url.to_owned(),
+            policy: "api_metadata".to_owned(),
+            tags: vec!["artist:a".to_owned()],
+            priority,
+            max_attempts: 3,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+            now: T0,
+        }
+    }
+
+    pub async fn enqueue_shares_one_unfinished_job_per_url(store: Store) {
+        let (first, shared) = store.job_enqueue(&job("u/1", 2)).await.expect("enqueue");
+        assert!(!shared);
+        assert_eq!(
+            (first.state, first.attempt, first.priority),
+            (JobState::Available, 0, 2)
+        );
+        assert_eq!(first.tags, ["artist:a"]);
+        let (again, shared) = store.job_enqueue(&job("u/1", 3)).await.expect("enqueue");
+        assert!(shared);
+        assert_eq!(
+            (again.id, again.priority),
+            (first.id, 2),
+            "a later, lower priority does not demote"
+        );
+        // A waiting caller raises the shared job's priority.
+        let (waited, shared) = store.job_enqueue(&job("u/1", 1)).await.expect("enqueue");
+        assert!(shared);
+        assert_eq!(waited.priority, 1);
+        assert_eq!(
+            store
+                .job_get(first.id)
+                .await
+                .expect("get")
+                .expect("job")
+                .priority,
+            1
+        );
+
+        // Once finished, the URL may be enqueued again.
+        let claimed = store
+            .job_claim("w", 10, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        let finish = store
+            .job_finish_if_leased(first.id, "w", &JobOutcome::Complete { entry: None }, T0)
+            .await
+            .expect("finish");
+        assert_eq!(finish, Finish::Recorded { put: None });
+        let (next, shared) = store.job_enqueue(&job("u/1", 2)).await.expect("enqueue");
+        assert!(!shared);
+        assert_ne!(next.id, first.id);
+    }
+
+    pub async fn concurrent_enqueues_create_exactly_one_job(store: Store) {
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.job_enqueue(&job("same", 1)).await.expect("enqueue")
+            }));
+        }
+        let mut ids = Vec::new();
+        let mut created = 0;
+        for task in tasks {
+            let (job, shared) = task.await.expect("task");
+            ids.push(job.id);
+            created += usize::from(!shared);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "every caller got the same job");
+        assert_eq!(created, 1);
+    }
+
+    pub async fn claims_lowest_priority_then_oldest(store: Store) {
+        let mut ids = Vec::new();
+        for (url, priority) in [("a", 3), ("b", 2), ("c", 1), ("d", 2), ("e", 1)] {
+            ids.push((
+                url,
+                store
+                    .job_enqueue(&job(url, priority))
+                    .await
+                    .expect("enqueue")
+                    .0
+                    .id,
+            ));
+        }
+        let mut later = job("later", 1);
+        later.now = T0 + 60_000;
+        let (later, _) = store.job_enqueue(&later).await.expect("enqueue");
+        store
+            .job_finish_if_leased(
+                later.id,
+                "nobody",
+                &JobOutcome::Complete { entry: None },
+                T0,
+            )
+            .await
+            .expect("not leased");
+        let first = store
+            .job_claim("w1", 3, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        let urls: Vec<&str> = first.iter().map(|j| j.url.as_str()).collect();
+        assert_eq!(urls, ["c", "e", "b"]);
+        assert!(
+            first
+                .iter()
+                .all(|j| j.state == JobState::Running && j.attempt == 1)
+        );
+        assert!(
+            first
+                .iter()
+                .all(|j| j.lease_holder.as_deref() == Some("w1"))
+        );
+        let rest = store
+            .job_claim("w2", 10, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        let urls: Vec<&str> = rest.iter().map(|j| j.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["d", "a"],
+            "run_after in the future is not claimable yet"
+        );
+        assert!(
+            store
+                .job_claim("w3", 10, T0 + 30_000, T0)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let due = store
+            .job_claim("w3", 10, T0 + 90_000, T0 + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(due.len(), 1);
+    }
+
+    pub async fn concurrent_claims_never_share_a_job(store: Store) {
+        for i in 0..200 {
+            store
+                .job_enqueue(&job(&format!("j/{i}"), 2))
+                .await
+                .expect("enqueue");
+        }
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store
+                        .job_claim(&format!("w{w}"), 7, T0 + 30_000, T0)
+                        .await
+                        .expect("claim");
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|j| j.id));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("task"));
+        }
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(
+            (count, all.len()),
+            (200, 200),
+            "each job claimed exactly once"
+        );
+    }
+
+    pub async fn finishing_needs_the_lease_and_writes_the_entry_atomically(store: Store) {
+        let (j, _) = store
+            .job_enqueue(&job("https://musicbrainz.org/ws/2/x", 1))
+            .await
+            .expect("enqueue");
+        store
+            .job_claim("w1", 1, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        let mut entry = put(&j.url, "{}");
+        entry.kind = roadie_store::ChangeKind::Fetch;
+        // Another worker cannot complete it.
+        let lost = store
+            .job_finish_if_leased(
+                j.id,
+                "w2",
+                &JobOutcome::Complete {
+                    entry: Some(&entry),
+                },
+                T0,
+            )
+            .await
+            .expect("finish");
+        assert_eq!(lost, Finish::LeaseLost);
+        assert_eq!(
+            store.entry_get(&j.url).await.expect("get"),
+            None,
+            "nothing written without the lease"
+        );
+        assert!(
+            store
+                .job_heartbeat(j.id, "w1", T0 + 60_000, T0)
+                .await
+                .expect("heartbeat")
+        );
+        assert!(
+            !store
+                .job_heartbeat(j.id, "w2", T0 + 60_000, T0)
+                .await
+                .expect("heartbeat")
+        );
+        let done = store
+            .job_finish_if_leased(
+                j.id,
+                "w1",
+                &JobOutcome::Complete {
+                    entry: Some(&entry),
+                },
+                T0 + 5,
+            )
+            .await
+            .expect("finish");
+        assert_eq!(
+            done,
+            Finish::Recorded {
+                put: Some(PutResult::Written { revision: 1 })
+            }
+        );
+        let finished = store.job_get(j.id).await.expect("get").expect("job");
+        assert_eq!(
+            (finished.state, finished.finished_at, finished.lease_holder),
+            (JobState::Completed, Some(T0 + 5), None)
+        );
+        assert_eq!(
+            store
+                .entry_get(&j.url)
+                .await
+                .expect("get")
+                .expect("entry")
+                .value,
+            b"{}"
+        );
+        let log = store.change_list_since(0, 10).await.expect("log");
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].kind, roadie_store::ChangeKind::Fetch);
+        // A second completion is refused: the lease is gone.
+        let again = store
+            .job_finish_if_leased(
+                j.id,
+                "w1",
+                &JobOutcome::Complete {
+                    entry: Some(&entry),
+                },
+                T0 + 6,
+            )
+            .await
+            .expect("finish");
+        assert_eq!(again, Finish::LeaseLost);
+    }
+
+    pub async fn retries_and_failures(store: Store) {
+        let (j, _) = store.job_enqueue(&job("flaky", 2)).await.expect("enqueue");
+        store
+            .job_claim("w", 1, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        let retry = JobOutcome::RetryLater {
+            error: "503".to_owned(),
+            run_after: T0 + 1_000,
+        };
+        store
+            .job_finish_if_leased(j.id, "w", &retry, T0)
+            .await
+            .expect("retry");
+        let waiting = store.job_get(j.id).await.expect("get").expect("job");
+        assert_eq!(
+            (
+                waiting.state,
+                waiting.run_after,
+                waiting.last_error.as_deref()
+            ),
+            (JobState::Available, T0 + 1_000, Some("503"))
+        );
+        assert!(
+            store
+                .job_claim("w", 1, T0 + 30_000, T0 + 999)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        let again = store
+            .job_claim("w", 1, T0 + 31_000, T0 + 1_000)
+            .await
+            .expect("claim");
+        assert_eq!(again[0].attempt, 2);
+        let mut negative = put("flaky", "");
+        negative.negative = true;
+        let fail = JobOutcome::Fail {
+            error: "gave up".to_owned(),
+            entry: Some(&negative),
+        };
+        store
+            .job_finish_if_leased(j.id, "w", &fail, T0 + 2_000)
+            .await
+            .expect("fail");
+        let failed = store.job_get(j.id).await.expect("get").expect("job");
+        assert_eq!(
+            (failed.state, failed.last_error.as_deref()),
+            (JobState::Failed, Some("gave up"))
+        );
+        assert!(
+            store
+                .entry_get("flaky")
+                .await
+                .expect("get")
+                .expect("entry")
+                .negative
+        );
+
+        // Retry resets the attempts; cancel stops an unfinished job only.
+        let retried = store
+            .job_retry(j.id, T0 + 3_000)
+            .await
+            .expect("retry")
+            .expect("job");
+        assert_eq!((retried.state, retried.attempt), (JobState::Available, 0));
+        let cancelled = store
+            .job_cancel(j.id, T0 + 4_000)
+            .await
+            .expect("cancel")
+            .expect("job");
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        let (other, _) = store.job_enqueue(&job("flaky", 2)).await.expect("enqueue");
+        assert!(
+            matches!(
+                store.job_retry(j.id, T0).await,
+                Err(roadie_store::StoreError::Conflict(_))
+            ),
+            "one unfinished job per URL"
+        );
+        store.job_cancel(other.id, T0).await.expect("cancel");
+        assert_eq!(
+            store
+                .job_cancel(other.id, T0 + 9)
+                .await
+                .expect("cancel")
+                .expect("job")
+                .finished_at,
+            Some(T0)
+        );
+    }
+
+    pub async fn expired_leases_are_rescued_and_releases_hand_back(store: Store) {
+        let (a, _) = store.job_enqueue(&job("a", 2)).await.expect("enqueue");
+        let mut last = job("b", 2);
+        last.max_attempts = 1;
+        let (b, _) = store.job_enqueue(&last).await.expect("enqueue");
+        store
+            .job_claim("dead", 2, T0 + 1_000, T0)
+            .await
+            .expect("claim");
+        assert_eq!(
+            store.job_rescue(T0 + 999).await.expect("rescue"),
+            (0, 0),
+            "leases still valid"
+        );
+        assert_eq!(store.job_rescue(T0 + 1_001).await.expect("rescue"), (1, 1));
+        assert_eq!(
+            store.job_get(a.id).await.expect("get").expect("job").state,
+            JobState::Available
+        );
+        assert_eq!(
+            store.job_get(b.id).await.expect("get").expect("job").state,
+            JobState::Failed
+        );
+        let taken = store
+            .job_claim("alive", 5, T0 + 40_000, T0 + 1_001)
+            .await
+            .expect("claim");
+        assert_eq!((taken.len(), taken[0].attempt), (1, 2));
+        assert_eq!(
+            store
+                .job_release("alive", T0 + 1_002)
+                .await
+                .expect("release"),
+            1
+        );
+        let released = store.job_get(a.id).await.expect("get").expect("job");
+        assert_eq!(
+            (released.state, released.attempt, released.lease_holder),
+            (JobState::Available, 1, None)
+        );
+    }
+
+    pub async fn list_pages_and_purge(store: Store) {
+        for i in 0..5 {
+            let mut j = job(&format!("p/{i}"), 2);
+            if i == 4 {
+                j.provider = "discogs".to_owned();
+            }
+            store.job_enqueue(&j).await.expect("enqueue");
+        }
+        let page = store.job_list(None, None, u64::MAX, 2).await.expect("list");
+        assert_eq!(
+            page.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(),
+            ["p/4", "p/3"]
+        );
+        let next = store
+            .job_list(None, None, page[1].id, 10)
+            .await
+            .expect("list");
+        assert_eq!(next.len(), 3);
+        assert_eq!(
+            store
+                .job_list(None, Some("discogs"), u64::MAX, 10)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+        let claimed = store
+            .job_claim("w", 2, T0 + 1_000, T0)
+            .await
+            .expect("claim");
+        assert_eq!(
+            store
+                .job_list(Some(JobState::Running), None, u64::MAX, 10)
+                .await
+                .expect("list")
+                .len(),
+            2
+        );
+        store
+            .job_finish_if_leased(
+                claimed[0].id,
+                "w",
+                &JobOutcome::Complete { entry: None },
+                T0,
+            )
+            .await
+            .expect("done");
+        let fail = JobOutcome::Fail {
+            error: "x".to_owned(),
+            entry: None,
+        };
+        store
+            .job_finish_if_leased(claimed[1].id, "w", &fail, T0)
+            .await
+            .expect("failed");
+        assert_eq!(
+            store.job_purge(T0, T0).await.expect("purge"),
+            0,
+            "not older than the cut-off"
+        );
+        assert_eq!(
+            store.job_purge(T0 + 1, T0).await.expect("purge"),
+            1,
+            "completed ones go first"
+        );
+        assert_eq!(store.job_purge(T0 + 1, T0 + 1).await.expect("purge"), 1);
+        assert_eq!(
+            store
+                .job_list(None, None, u64::MAX, 10)
+                .await
+                .expect("list")
+                .len(),
+            3
+        );
+    }
+}
+
+mod jobs {
+    use super::queue::*;
+    use super::*;
+
+    conformance!(
+        enqueue_shares_one_unfinished_job_per_url,
+        concurrent_enqueues_create_exactly_one_job,
+        claims_lowest_priority_then_oldest,
+        concurrent_claims_never_share_a_job,
+        finishing_needs_the_lease_and_writes_the_entry_atomically,
+        retries_and_failures,
+        expired_leases_are_rescued_and_releases_hand_back,
+        list_pages_and_purge,
+    );
+}

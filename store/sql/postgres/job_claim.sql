@@ -1,0 +1,13 @@
+-- Lowest priority number first, oldest first within a priority. SKIP LOCKED
+-- lets concurrent workers claim disjoint batches without waiting.
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1, lease_holder = $1, lease_expires_at = $2, updated_at = $3
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state = 'available' AND run_after <= $3
+    ORDER BY priority, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, provider, url, policy, tags, priority, state, attempt, max_attempts, run_after,
+       lease_expires_at, lease_holder, last_error, created_at, updated_at, finished_at, traceparent

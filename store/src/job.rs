@@ -1,0 +1,415 @@
+//! The fetch-job queue: enqueue with per-key sharing, claim by priority
+//! under a lease, heartbeat, finish only while holding the lease, rescue
+//! jobs of lost workers, and the admin operations.
+
+use sqlx::{Row, any::AnyRow};
+
+use crate::{
+    Store, StoreError,
+    change::{from_i64, to_i64},
+    entry::{EntryPut, PutResult, entry_put_in, parse_tags},
+    sql::sql,
+};
+
+/// Where a job is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Waiting to be claimed, not before `run_after`.
+    Available,
+    /// Claimed by the worker holding its lease.
+    Running,
+    /// Finished; its result is in the cache.
+    Completed,
+    /// Gave up.
+    Failed,
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl JobState {
+    /// The name stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state stored as `name`.
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Available,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// True for completed, failed and cancelled jobs.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The id.
+    pub id: u64,
+    /// Provider name.
+    pub provider: String,
+    /// The URL fetched; the cache key of the result.
+    pub url: String,
+    /// Policy of the result.
+    pub policy: String,
+    /// Tags of the result.
+    pub tags: Vec<String>,
+    /// 1 = waited for; larger = later.
+    pub priority: u32,
+    /// Life-cycle state.
+    pub state: JobState,
+    /// Attempts started.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Not claimed before, ms since the epoch.
+    pub run_after: i64,
+    /// While running: end of the lease.
+    pub lease_expires_at: Option<i64>,
+    /// While running: the worker holding it.
+    pub lease_holder: Option<String>,
+    /// Error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Enqueued at.
+    pub created_at: i64,
+    /// Last state change.
+    pub updated_at: i64,
+    /// Completed, failed or cancelled at.
+    pub finished_at: Option<i64>,
+    /// W3C traceparent of the enqueuing request.
+    pub traceparent: Option<String>,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct JobNew {
+    /// Provider name.
+    pub provider: String,
+    /// The full URL; also the dedupe key.
+    pub url: String,
+    /// Policy of the result.
+    pub policy: String,
+    /// Tags of the result.
+    pub tags: Vec<String>,
+    /// 1 = waited for; 2 and up = background.
+    pub priority: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// W3C traceparent of the enqueuing request.
+    pub traceparent: Option<String>,
+    /// The clock.
+    pub now: i64,
+}
+
+/// How a worker ends its attempt at a job.
+#[derive(Debug, Clone)]
+pub enum JobOutcome<'a> {
+    /// Done: write `entry` (if any) and mark the job completed, atomically.
+    Complete {
+        /// The result to store.
+        entry: Option<&'a EntryPut>,
+    },
+    /// Try again not before `run_after`.
+    RetryLater {
+        /// Why this attempt failed.
+        error: String,
+        /// Earliest next claim, ms since the epoch.
+        run_after: i64,
+    },
+    /// Give up: write `entry` (a negative one, if any) and mark the job failed.
+    Fail {
+        /// Why.
+        error: String,
+        /// A negative entry to store, unless a good entry must be kept.
+        entry: Option<&'a EntryPut>,
+    },
+}
+
+/// What finishing an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Recorded; `put` is the result of the entry write, if any.
+    Recorded {
+        /// The entry write.
+        put: Option<PutResult>,
+    },
+    /// The worker no longer held the lease (expired and taken over, or the
+    /// job was cancelled): nothing was written.
+    LeaseLost,
+}
+
+impl Store {
+    /// Enqueues a job, or returns the unfinished job for the same URL. The
+    /// flag says whether the job was shared. A shared job waiting at a lower
+    /// priority moves up to the request's.
+    pub async fn job_enqueue(&self, job: &JobNew) -> Result<(Job, bool), StoreError> {
+        let tags =
+            serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The unfinished job found by a conflicting insert may finish before
+        // it is read; then the key is free again and the insert is retried.
+        for _ in 0..5 {
+            let inserted = sqlx::query(sql!("job_insert"))
+                .bind(&job.provider)
+                .bind(&job.url)
+                .bind(&job.policy)
+                .bind(&tags)
+                .bind(i64::from(job.priority))
+                .bind(i64::from(job.max_attempts))
+                .bind(job.now)
+                .bind(job.traceparent.as_deref())
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = inserted {
+                return Ok((job_from_row(&row)?, false));
+            }
+            let existing = sqlx::query(sql!("job_unfinished_by_key"))
+                .bind(&job.url)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = existing {
+                let mut shared = job_from_row(&row)?;
+                if shared.state == JobState::Available && shared.priority > job.priority {
+                    sqlx::query(sql!("job_raise_priority"))
+                        .bind(to_i64(shared.id))
+                        .bind(i64::from(job.priority))
+                        .bind(job.now)
+                        .execute(&self.pool)
+                        .await?;
+                    shared.priority = job.priority;
+                }
+                return Ok((shared, true));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "could not enqueue or share a job for {}",
+            job.url
+        )))
+    }
+
+    /// Claims up to `limit` available jobs for `worker`, leased until
+    /// `lease_until`, lowest priority number then oldest first.
+    pub async fn job_claim(
+        &self,
+        worker: &str,
+        limit: u32,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let rows = sqlx::query(sql!(self.backend, "job_claim"))
+            .bind(worker)
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| (j.priority, j.id));
+        Ok(jobs)
+    }
+
+    /// Makes jobs whose lease expired claimable again (or failed, after their
+    /// last attempt). Returns how many were rescued and failed.
+    pub async fn job_rescue(&self, now: i64) -> Result<(u64, u64), StoreError> {
+        let retried = sqlx::query(sql!("job_rescue_retry"))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let failed = sqlx::query(sql!("job_rescue_fail"))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok((retried.rows_affected(), failed.rows_affected()))
+    }
+
+    /// Extends `worker`'s lease on job `id`; false when it no longer holds it.
+    pub async fn job_heartbeat(
+        &self,
+        id: u64,
+        worker: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(sql!("job_heartbeat"))
+            .bind(to_i64(id))
+            .bind(worker)
+            .bind(lease_until)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends `worker`'s attempt at job `id`, only while it holds the lease;
+    /// an entry is written in the same transaction.
+    pub async fn job_finish_if_leased(
+        &self,
+        id: u64,
+        worker: &str,
+        outcome: &JobOutcome<'_>,
+        now: i64,
+    ) -> Result<Finish, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (state, error, entry) = match outcome {
+            JobOutcome::RetryLater { error, run_after } => {
+                let done = sqlx::query(sql!("job_retry_later_if_leased"))
+                    .bind(to_i64(id))
+                    .bind(worker)
+                    .bind(error)
+                    .bind(*run_after)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(Finish::LeaseLost);
+                }
+                tx.commit().await?;
+                return Ok(Finish::Recorded { put: None });
+            }
+            JobOutcome::Complete { entry } => (JobState::Completed, None, *entry),
+            JobOutcome::Fail { error, entry } => (JobState::Failed, Some(error.as_str()), *entry),
+        };
+        let done = sqlx::query(sql!("job_finish_if_leased"))
+            .bind(to_i64(id))
+            .bind(worker)
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Finish::LeaseLost);
+        }
+        let put = match entry {
+            Some(entry) => Some(entry_put_in(&mut tx, entry).await?),
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(Finish::Recorded { put })
+    }
+
+    /// Hands back every job `worker` holds, for another worker to take at once.
+    pub async fn job_release(&self, worker: &str, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(sql!("job_release"))
+            .bind(worker)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The job `id`, if it exists.
+    pub async fn job_get(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(sql!("job_get"))
+            .bind(to_i64(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Up to `limit` jobs with an id below `before`, newest first, filtered
+    /// by state and provider when given.
+    pub async fn job_list(
+        &self,
+        state: Option<JobState>,
+        provider: Option<&str>,
+        before: u64,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(sql!("job_list"))
+            .bind(state.map_or("", JobState::as_str))
+            .bind(provider.unwrap_or(""))
+            .bind(to_i64(before))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Cancels an unfinished job; returns the job as it now is.
+    pub async fn job_cancel(&self, id: u64, now: i64) -> Result<Option<Job>, StoreError> {
+        sqlx::query(sql!("job_cancel"))
+            .bind(to_i64(id))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.job_get(id).await
+    }
+
+    /// Makes a failed or cancelled job available again with fresh attempts.
+    /// `Conflict` when another unfinished job for the same URL exists.
+    pub async fn job_retry(&self, id: u64, now: i64) -> Result<Option<Job>, StoreError> {
+        sqlx::query(sql!("job_retry"))
+            .bind(to_i64(id))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        self.job_get(id).await
+    }
+
+    /// Deletes completed jobs finished before `completed_before` and failed
+    /// or cancelled ones finished before `failed_before`.
+    pub async fn job_purge(
+        &self,
+        completed_before: i64,
+        failed_before: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(sql!("job_purge"))
+            .bind(completed_before)
+            .bind(failed_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
+    let state: String = row.try_get("state")?;
+    let small = |column: &str| -> Result<u32, StoreError> {
+        Ok(u32::try_from(row.try_get::<i64, _>(column)?.max(0)).unwrap_or(u32::MAX))
+    };
+    Ok(Job {
+        id: from_i64(row.try_get("id")?),
+        provider: row.try_get("provider")?,
+        url: row.try_get("url")?,
+        policy: row.try_get("policy")?,
+        tags: parse_tags(&row.try_get::<String, _>("tags")?)?,
+        priority: small("priority")?,
+        state: JobState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown job state {state:?}")))?,
+        attempt: small("attempt")?,
+        max_attempts: small("max_attempts")?,
+        run_after: row.try_get("run_after")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        lease_holder: row.try_get("lease_holder")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+        traceparent: row.try_get("traceparent")?,
+    })
+}
