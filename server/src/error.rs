@@ -11,6 +11,12 @@ pub enum ApiError {
     /// A request field broke a limit.
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but not in the current state of things.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The RPC is designed but arrives with a later part of Roadie.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -23,6 +29,8 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         match error {
             ApiError::Field(field) => roadie_proto::field_violation(&field.field, field.message),
+            ApiError::NotFound(what) => Status::not_found(what),
+            ApiError::FailedPrecondition(why) => Status::failed_precondition(why),
             ApiError::Unimplemented(what) => Status::unimplemented(what),
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "store unavailable");

@@ -143,7 +143,7 @@ impl App {
         let cache = CacheServer::new(CacheService::new(self.state.clone()))
             .max_decoding_message_size(message_limit)
             .max_encoding_message_size(usize::MAX);
-        let jobs = JobsServer::new(JobsService);
+        let jobs = JobsServer::new(JobsService::new(self.state.clone()));
 
         let cancel = CancellationToken::new();
         let maintenance = tokio::spawn(self.maintenance().run(cancel.clone()));

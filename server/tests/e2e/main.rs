@@ -9,4 +9,5 @@ mod bad_input;
 mod cache;
 mod changes;
 mod cli;
+mod jobs;
 mod process;
