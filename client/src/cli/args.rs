@@ -76,6 +76,8 @@ pub enum Command {
     Event(EventArgs),
     /// Entries, bytes and answers by policy, and provider state.
     Stats,
+    /// Inspect and steer the fetch-job queue.
+    Jobs(super::jobs::JobsArgs),
 }
 
 /// Arguments of `roadie get`.

@@ -23,11 +23,13 @@ use crate::proto::{self, LookupStatus, PutOutcome, invalidate_request::Selector}
 use crate::{Client, connect};
 
 mod args;
+mod jobs;
 mod output;
 
 pub use args::{
     Cli, Command, DeleteArgs, EventArgs, EventKind, GetArgs, InvalidateArgs, PutArgs, RandomArgs,
 };
+pub use jobs::{JobsArgs, JobsCommand};
 use output::{EntryJson, LookupJson, RandomJson, StatsJson, ValueSink, write_json};
 
 /// The exit code of one `roadie` run; see the table in the [module docs](self).
@@ -143,6 +145,7 @@ async fn execute(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<
         Command::Random(args) => random(&client, args, json, out).await?,
         Command::Event(args) => event(&client, args, json, out).await?,
         Command::Stats => stats(&client, json, out).await?,
+        Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
     };
     out.flush()?;
     Ok(exit)

@@ -132,7 +132,50 @@ async fn exit_codes_and_output_scripts_rely_on(backend: Backend) {
     server.stop().await;
 }
 
-on_both_backends!(exit_codes_and_output_scripts_rely_on);
+async fn jobs_commands(backend: Backend) {
+    let server = start!(backend);
+    let job = roadie_store::JobNew {
+        provider: "musicbrainz".to_owned(),
+        url: "https://musicbrainz.org/ws/2/artist/x".to_owned(),
+        policy: "api_metadata".to_owned(),
+        tags: vec![],
+        priority: 2,
+        max_attempts: 3,
+        traceparent: None,
+        now: roadie_store::now_ms(),
+    };
+    let (job, _) = server.store().job_enqueue(&job).await.expect("enqueue");
+    let id = job.id.to_string();
+    let (exit, out, _) = roadie(&server, &["jobs", "list", "--state", "available"], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert!(
+        out.contains("https://musicbrainz.org/ws/2/artist/x"),
+        "{out}"
+    );
+    let (exit, out, _) = roadie(&server, &["--json", "jobs", "show", &id], "").await;
+    assert_eq!(exit, Exit::Success);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["job"]["state"], "available", "{json}");
+    let (exit, out, _) = roadie(&server, &["jobs", "cancel", &id], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert!(out.contains("cancelled"), "{out}");
+    let (exit, out, _) = roadie(&server, &["--json", "jobs", "retry", &id], "").await;
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).expect("json")["job"]["state"],
+        "available"
+    );
+    assert_eq!(
+        roadie(&server, &["jobs", "show", "999999"], "").await.0,
+        Exit::Miss
+    );
+    let (exit, _, err) = roadie(&server, &["jobs", "retry", &id], "").await;
+    assert_eq!(exit, Exit::Error);
+    assert!(err.contains("only failed or cancelled"), "{err}");
+    server.stop().await;
+}
+
+on_both_backends!(exit_codes_and_output_scripts_rely_on, jobs_commands);
 
 #[tokio::test]
 async fn no_server_is_an_error_exit() {
