@@ -1,0 +1,20 @@
+//! The Roadie worker: the process that turns queued fetch jobs into cache
+//! entries by asking upstream providers (MusicBrainz, Discogs, image CDNs, …)
+//! over HTTP.
+//!
+//! In the architecture (see `DESIGN.md`), any number of `roadie-worker`
+//! processes claim jobs from the shared store, obey each provider's rate limit
+//! across the whole deployment, fetch, and write the results back. This crate
+//! will hold that claim loop, the rate gate and the rescuer; for now it holds
+//! the HTTP part only.
+//!
+//! # Layout
+//!
+//! - [`fetcher`]: performs ONE upstream request for a job and classifies the
+//!   outcome ([`fetcher::Outcome`]). It never retries, sleeps or touches the
+//!   store: backoff, rate limits and write-back belong to the job queue that
+//!   calls it. It is also the guard that keeps Roadie on the hosts providers
+//!   declare: URLs outside a provider's base URL, redirects out of it and
+//!   private or loopback addresses are refused ([`fetcher::Refusal`]).
+
+pub mod fetcher;
