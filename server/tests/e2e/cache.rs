@@ -1,39 +1,16 @@
 //! The cache RPCs and their rules: freshness, confidence, fingerprints,
 //! compare-and-set, selectors, events, random picks, stats and budgets.
 
-use std::collections::BTreeMap;
-
 use roadie_client::proto::{
     self as pb, BatchGetRequest, DeleteRequest, GetRandomRequest, InvalidateRequest, LookupStatus,
     PublishEventRequest, PutOutcome, StatsRequest, invalidate_request::Selector,
 };
-use roadie_store::{Backend, ChangeKind, EntryPut, now_ms};
+use roadie_store::{Backend, now_ms};
 
-use crate::common::{get, on_both_backends, put, secs, start};
+use crate::common::{get, on_both_backends, put, secs, start, stored};
 
 fn status(response: &pb::GetResponse) -> LookupStatus {
     LookupStatus::try_from(response.status).expect("known status")
-}
-
-/// Writes an entry straight into the store, e.g. one that expired earlier.
-fn stored(key: &str, expires_at: Option<i64>, negative: bool) -> EntryPut {
-    EntryPut {
-        key: key.to_owned(),
-        value: b"old".to_vec(),
-        media_type: "text/plain".to_owned(),
-        policy: "generic".to_owned(),
-        tags: vec![],
-        confidence: 50,
-        fingerprint: None,
-        metadata: BTreeMap::new(),
-        negative,
-        expires_at,
-        provenance: None,
-        keep_higher_confidence: false,
-        if_revision: None,
-        kind: ChangeKind::Put,
-        now: now_ms(),
-    }
 }
 
 async fn get_reports_hit_miss_stale_and_negative(backend: Backend) {

@@ -4,9 +4,9 @@
 use roadie_client::proto::{
     self as pb, DeleteRequest, InvalidateRequest, PublishEventRequest, invalidate_request::Selector,
 };
-use roadie_store::{Backend, ChangeKind, EntryPut, now_ms};
+use roadie_store::{Backend, ChangeKind, now_ms};
 
-use crate::common::{on_both_backends, put, start};
+use crate::common::{on_both_backends, put, start, stored};
 
 async fn every_write_path_logs_one_row_per_change(backend: Backend) {
     let server = start!(backend, |s| s
@@ -64,23 +64,8 @@ async fn every_write_path_logs_one_row_per_change(backend: Backend) {
     .await
     .expect("event");
     // Expiry: an entry long past its stale window.
-    let mut old = EntryPut {
-        key: "old".to_owned(),
-        value: b"v".to_vec(),
-        media_type: "text/plain".to_owned(),
-        policy: "api_metadata".to_owned(),
-        tags: vec![],
-        confidence: 0,
-        fingerprint: None,
-        metadata: Default::default(),
-        negative: false,
-        expires_at: Some(now_ms() - 30 * 86_400_000),
-        provenance: None,
-        keep_higher_confidence: false,
-        if_revision: None,
-        kind: ChangeKind::Put,
-        now: now_ms(),
-    };
+    let mut old = stored("old", Some(now_ms() - 30 * 86_400_000), false);
+    old.policy = "api_metadata".to_owned();
     store.entry_put(&old).await.expect("store put");
     old.key = "old2".to_owned();
     store.entry_put(&old).await.expect("store put");

@@ -133,3 +133,24 @@ pub fn secs(secs: i64) -> prost_types::Duration {
         nanos: 0,
     }
 }
+
+/// Writes an entry straight into the store, e.g. one that expired earlier.
+pub fn stored(key: &str, expires_at: Option<i64>, negative: bool) -> roadie_store::EntryPut {
+    roadie_store::EntryPut {
+        key: key.to_owned(),
+        value: b"old".to_vec(),
+        media_type: "text/plain".to_owned(),
+        policy: "generic".to_owned(),
+        tags: vec![],
+        confidence: 50,
+        fingerprint: None,
+        metadata: Default::default(),
+        negative,
+        expires_at,
+        provenance: None,
+        keep_higher_confidence: false,
+        if_revision: None,
+        kind: roadie_store::ChangeKind::Put,
+        now: roadie_store::now_ms(),
+    }
+}
