@@ -16,5 +16,8 @@
 //!   calls it. It is also the guard that keeps Roadie on the hosts providers
 //!   declare: URLs outside a provider's base URL, redirects out of it and
 //!   private or loopback addresses are refused ([`fetcher::Refusal`]).
+//! - [`runner`]: the claim loop: leases, heartbeats, outcome → cache entry,
+//!   retries with backoff, soft and hard stop.
 
 pub mod fetcher;
+pub mod runner;

@@ -1,0 +1,467 @@
+//! The claim loop: claims jobs for free slots, holds each under a lease
+//! renewed by heartbeat, fetches, and finishes the job only while it still
+//! holds the lease. A soft stop claims nothing new and lets in-flight jobs
+//! finish within a grace period; then a hard stop cancels them and hands
+//! their leases back so another worker takes over at once.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rand::Rng;
+use roadie_store::{
+    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Store, StoreError, now_ms,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use url::Url;
+
+use crate::fetcher::{Fetcher, Outcome, ProviderPolicy, Validators};
+
+/// A provider as the worker uses it: how to fetch, and how long results live.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Base URL, headers, timeout, address rules, body limit.
+    pub policy: ProviderPolicy,
+    /// Lifetime of a successful response.
+    pub success_ttl: Duration,
+    /// Lifetime of a cached 404.
+    pub negative_ttl: Duration,
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This worker's name in leases; unique per process.
+    pub id: String,
+    /// Jobs in flight at once.
+    pub concurrency: u32,
+    /// How long a claim holds without a heartbeat.
+    pub lease: Duration,
+    /// How often held leases are renewed (well under `lease`).
+    pub heartbeat: Duration,
+    /// How often to look for work when idle.
+    pub poll_interval: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Lifetime of the NEGATIVE `failed_lookup` entry written after the last attempt.
+    pub failed_lookup_ttl: Duration,
+    /// How long in-flight jobs may run after a soft stop.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerOptions {
+    /// Defaults for a worker named `id`.
+    pub fn new(id: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            id: id.into(),
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            failed_lookup_ttl: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Jobs claimed.
+    pub claimed: u64,
+    /// Leases handed back at a hard stop.
+    pub released: u64,
+}
+
+/// One worker: a store, a fetcher and the providers it may call.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    store: Store,
+    fetcher: Fetcher,
+    providers: Arc<HashMap<String, Provider>>,
+    options: Arc<WorkerOptions>,
+}
+
+impl Worker {
+    /// A worker over `store`.
+    pub fn new(
+        store: Store,
+        fetcher: Fetcher,
+        providers: HashMap<String, Provider>,
+        options: WorkerOptions,
+    ) -> Worker {
+        Worker {
+            store,
+            fetcher,
+            providers: Arc::new(providers),
+            options: Arc::new(options),
+        }
+    }
+
+    /// Claims and runs jobs until `stop` fires, then drains (see the module docs).
+    pub async fn run(self, stop: CancellationToken) -> Report {
+        let options = self.options.clone();
+        let hard = CancellationToken::new();
+        let mut inflight = JoinSet::new();
+        let mut report = Report::default();
+        let mut last_rescue: Option<tokio::time::Instant> = None;
+        while !stop.is_cancelled() {
+            if last_rescue.is_none_or(|at| at.elapsed() >= options.lease / 2) {
+                last_rescue = Some(tokio::time::Instant::now());
+                match self.store.job_rescue(now_ms()).await {
+                    Ok((0, 0)) => {}
+                    Ok((retried, failed)) => {
+                        tracing::info!(retried, failed, "rescued jobs of lost workers")
+                    }
+                    Err(error) => tracing::warn!(%error, "rescue failed"),
+                }
+            }
+            let free = options
+                .concurrency
+                .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
+            if free > 0 {
+                let now = now_ms();
+                match self
+                    .store
+                    .job_claim(&options.id, free, now + millis(options.lease), now)
+                    .await
+                {
+                    Ok(jobs) => {
+                        report.claimed += jobs.len() as u64;
+                        for job in jobs {
+                            let span = tracing::info_span!("worker.job", job = job.id, provider = %job.provider, attempt = job.attempt);
+                            inflight
+                                .spawn(self.clone().process(job, hard.clone()).instrument(span));
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "claim failed"),
+                }
+            }
+            // A freed slot claims again at once; an idle worker polls.
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                () = tokio::time::sleep(options.poll_interval) => {}
+            }
+        }
+        tracing::info!(in_flight = inflight.len(), grace = ?options.shutdown_grace, "stopping: no new claims");
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = inflight.len(),
+                "grace period over: cancelling jobs and releasing their leases"
+            );
+            hard.cancel();
+            while inflight.join_next().await.is_some() {}
+        }
+        match self.store.job_release(&options.id, now_ms()).await {
+            Ok(released) => report.released = released,
+            Err(error) => {
+                tracing::warn!(%error, "could not release leases; they expire within one lease period")
+            }
+        }
+        report
+    }
+
+    async fn process(self, job: Job, hard: CancellationToken) {
+        let lease_lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(job.id, lease_lost.clone()));
+        let outcome = tokio::select! {
+            outcome = self.attempt(&job) => Some(outcome),
+            () = lease_lost.cancelled() => None,
+            () = hard.cancelled() => None,
+        };
+        heartbeat.abort();
+        let Some(result) = outcome else {
+            tracing::warn!(job = job.id, "attempt abandoned: lease lost or hard stop");
+            return;
+        };
+        let (outcome, entry) = match result {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(job = job.id, %error, "store error during the attempt; the lease will expire");
+                return;
+            }
+        };
+        let outcome = match (&outcome, &entry) {
+            (Decision::Complete, entry) => JobOutcome::Complete {
+                entry: entry.as_ref(),
+            },
+            (Decision::Retry { error, at }, _) => JobOutcome::RetryLater {
+                error: error.clone(),
+                run_after: *at,
+            },
+            (Decision::Fail { error }, entry) => JobOutcome::Fail {
+                error: error.clone(),
+                entry: entry.as_ref(),
+            },
+        };
+        match self
+            .store
+            .job_finish_if_leased(job.id, &self.options.id, &outcome, now_ms())
+            .await
+        {
+            Ok(roadie_store::Finish::LeaseLost) => {
+                tracing::warn!(job = job.id, "lease lost before finishing: result dropped")
+            }
+            Ok(roadie_store::Finish::Recorded { .. }) => {
+                tracing::debug!(job = job.id, "job finished")
+            }
+            Err(error) => {
+                tracing::warn!(job = job.id, %error, "could not finish the job; the lease will expire")
+            }
+        }
+    }
+
+    async fn heartbeat(self, id: u64, lease_lost: CancellationToken) {
+        let mut tick = tokio::time::interval(self.options.heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            match self
+                .store
+                .job_heartbeat(id, &self.options.id, now + millis(self.options.lease), now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    lease_lost.cancel();
+                    return;
+                }
+                Err(error) => tracing::warn!(job = id, %error, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// One attempt: fetch, then decide what the job and the cache become.
+    async fn attempt(&self, job: &Job) -> Result<(Decision, Option<EntryPut>), StoreError> {
+        let Some(provider) = self.providers.get(&job.provider) else {
+            return Ok((
+                Decision::Fail {
+                    error: format!("unknown provider {:?}", job.provider),
+                },
+                None,
+            ));
+        };
+        let url = match Url::parse(&job.url) {
+            Ok(url) => url,
+            Err(error) => {
+                return Ok((
+                    Decision::Fail {
+                        error: format!("bad url: {error}"),
+                    },
+                    None,
+                ));
+            }
+        };
+        let stored = self
+            .store
+            .entry_get(&job.url)
+            .await?
+            .filter(|e| !e.negative);
+        let validators = Validators {
+            etag: stored
+                .as_ref()
+                .and_then(|e| e.provenance.as_ref())
+                .and_then(|p| p.etag.clone()),
+            last_modified: stored
+                .as_ref()
+                .and_then(|e| e.provenance.as_ref())
+                .and_then(|p| p.last_modified.clone()),
+        };
+        let now = now_ms();
+        let fetched = self
+            .fetcher
+            .fetch(&provider.policy, &url, &validators)
+            .await;
+        let retry_or_fail = |error: String, at: Option<i64>| -> (Decision, Option<EntryPut>) {
+            if job.attempt < job.max_attempts {
+                let at = at.unwrap_or_else(|| now + millis(self.backoff(job.attempt)));
+                (Decision::Retry { error, at }, None)
+            } else {
+                self.give_up(job, stored.as_ref(), error, now)
+            }
+        };
+        let decision = match fetched {
+            Ok(Outcome::Success {
+                status,
+                body,
+                media_type,
+                etag,
+                last_modified,
+            }) => {
+                let provenance = Provenance {
+                    provider: job.provider.clone(),
+                    upstream_status: status,
+                    etag,
+                    last_modified,
+                };
+                let entry = result_entry(
+                    job,
+                    body.to_vec(),
+                    media_type,
+                    provenance,
+                    now + millis(provider.success_ttl),
+                    now,
+                );
+                (Decision::Complete, Some(entry))
+            }
+            Ok(Outcome::NotModified {
+                etag,
+                last_modified,
+            }) => match &stored {
+                Some(entry) => {
+                    let provenance = Provenance {
+                        provider: job.provider.clone(),
+                        upstream_status: 304,
+                        etag,
+                        last_modified,
+                    };
+                    let mut put = result_entry(
+                        job,
+                        entry.value.clone(),
+                        entry.media_type.clone(),
+                        provenance,
+                        now + millis(provider.success_ttl),
+                        now,
+                    );
+                    if put.tags.is_empty() {
+                        put.tags = entry.tags.clone();
+                    }
+                    (Decision::Complete, Some(put))
+                }
+                // The entry went while we revalidated: fetch it whole next time.
+                None => (
+                    Decision::Retry {
+                        error: "304 but the entry is gone".to_owned(),
+                        at: now,
+                    },
+                    None,
+                ),
+            },
+            Ok(Outcome::NotFound { status }) => {
+                let provenance = Provenance {
+                    provider: job.provider.clone(),
+                    upstream_status: status,
+                    ..Provenance::default()
+                };
+                let mut entry = result_entry(
+                    job,
+                    Vec::new(),
+                    String::new(),
+                    provenance,
+                    now + millis(provider.negative_ttl),
+                    now,
+                );
+                entry.negative = true;
+                entry.kind = ChangeKind::Negative;
+                (Decision::Complete, Some(entry))
+            }
+            Ok(Outcome::Throttled { status, retry_at }) => {
+                let at =
+                    retry_at.map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(now, millis));
+                retry_or_fail(format!("upstream answered {status}"), at)
+            }
+            Ok(Outcome::Transient { reason }) => retry_or_fail(reason, None),
+            Ok(Outcome::Final { status, reason }) => {
+                let error = match status {
+                    Some(status) => format!("upstream answered {status}: {reason}"),
+                    None => reason,
+                };
+                self.give_up(job, stored.as_ref(), error, now)
+            }
+            Err(refusal) => (
+                Decision::Fail {
+                    error: refusal.to_string(),
+                },
+                None,
+            ),
+        };
+        Ok(decision)
+    }
+
+    /// The last word on a job that will not succeed: a NEGATIVE
+    /// `failed_lookup` entry, unless a good entry is stored (stale-if-error).
+    fn give_up(
+        &self,
+        job: &Job,
+        stored: Option<&Entry>,
+        error: String,
+        now: i64,
+    ) -> (Decision, Option<EntryPut>) {
+        if stored.is_some() {
+            return (Decision::Fail { error }, None);
+        }
+        let provenance = Provenance {
+            provider: job.provider.clone(),
+            ..Provenance::default()
+        };
+        let mut entry = result_entry(
+            job,
+            error.clone().into_bytes(),
+            "text/plain".to_owned(),
+            provenance,
+            now + millis(self.options.failed_lookup_ttl),
+            now,
+        );
+        entry.policy = "failed_lookup".to_owned();
+        entry.negative = true;
+        entry.kind = ChangeKind::Negative;
+        (Decision::Fail { error }, Some(entry))
+    }
+
+    /// Exponential backoff for `attempt` (1-based), with jitter in [½, 1].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .options
+            .backoff_base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.options.backoff_max);
+        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+enum Decision {
+    Complete,
+    Retry { error: String, at: i64 },
+    Fail { error: String },
+}
+
+fn result_entry(
+    job: &Job,
+    value: Vec<u8>,
+    media_type: String,
+    provenance: Provenance,
+    expires_at: i64,
+    now: i64,
+) -> EntryPut {
+    EntryPut {
+        key: job.url.clone(),
+        value,
+        media_type,
+        policy: job.policy.clone(),
+        tags: job.tags.clone(),
+        confidence: 0,
+        fingerprint: None,
+        metadata: Default::default(),
+        negative: false,
+        expires_at: Some(expires_at),
+        provenance: Some(provenance),
+        keep_higher_confidence: false,
+        if_revision: None,
+        kind: ChangeKind::Fetch,
+        now,
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

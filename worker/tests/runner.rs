@@ -1,0 +1,368 @@
+//! The claim loop against a real store (SQLite and Postgres, a fresh
+//! database each) and a scripted HTTP upstream on 127.0.0.1: each outcome
+//! becomes the job state and cache entry the design promises.
+
+#![allow(missing_docs)]
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use roadie_store::{Backend, Job, JobNew, JobState, Store, now_ms, testing::TestDb};
+use roadie_worker::{
+    fetcher::{Fetcher, ProviderPolicy},
+    runner::{Provider, Worker, WorkerOptions},
+};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// Requests per path, and a switch that makes `/flip` fail until set.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU32,
+    throttle: AtomicU32,
+    flaky: AtomicU32,
+    revalidate_304: AtomicU32,
+}
+
+async fn upstream() -> (SocketAddr, Arc<Counts>) {
+    let counts = Arc::new(Counts::default());
+    let app = Router::new()
+        .route(
+            "/api/ok",
+            get(|State(c): State<Arc<Counts>>| async move {
+                c.ok.fetch_add(1, Ordering::SeqCst);
+                (
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::ETAG, "\"v1\""),
+                    ],
+                    "{\"ok\":true}",
+                )
+            }),
+        )
+        .route("/api/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/api/flaky",
+            get(|State(c): State<Arc<Counts>>| async move {
+                c.flaky.fetch_add(1, Ordering::SeqCst);
+                StatusCode::INTERNAL_SERVER_ERROR
+            }),
+        )
+        .route(
+            "/api/throttle",
+            get(|State(c): State<Arc<Counts>>| async move {
+                if c.throttle.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [(header::RETRY_AFTER, "1")],
+                        "slow down",
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::OK, "finally").into_response()
+                }
+            }),
+        )
+        .route(
+            "/api/revalidate",
+            get(
+                |State(c): State<Arc<Counts>>, headers: HeaderMap| async move {
+                    if headers
+                        .get(header::IF_NONE_MATCH)
+                        .is_some_and(|v| v == "\"r1\"")
+                    {
+                        c.revalidate_304.fetch_add(1, Ordering::SeqCst);
+                        StatusCode::NOT_MODIFIED.into_response()
+                    } else {
+                        ([(header::ETAG, "\"r1\"")], "body").into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(counts.clone());
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, counts)
+}
+
+fn worker(store: Store, addr: SocketAddr, id: &str, grace: Duration) -> Worker {
+    let mut policy = ProviderPolicy::new(
+        "test",
+        Url::parse(&format!("http://{addr}/api/")).expect("url"),
+    );
+    policy.allow_private = true;
+    policy.timeout = Duration::from_secs(5);
+    let provider = Provider {
+        policy,
+        success_ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(60),
+    };
+    let mut options = WorkerOptions::new(format!("test-worker-{id}"));
+    options.concurrency = 4;
+    options.lease = Duration::from_secs(5);
+    options.heartbeat = Duration::from_millis(500);
+    options.poll_interval = Duration::from_millis(20);
+    options.backoff_base = Duration::from_millis(20);
+    options.backoff_max = Duration::from_millis(100);
+    options.shutdown_grace = grace;
+    Worker::new(
+        store,
+        Fetcher::new("roadie-test").expect("fetcher"),
+        HashMap::from([("test".to_owned(), provider)]),
+        options,
+    )
+}
+
+fn job(addr: SocketAddr, path: &str, max_attempts: u32) -> JobNew {
+    JobNew {
+        provider: "test".to_owned(),
+        url: format!("http://{addr}/api/{path}"),
+        policy: "api_metadata".to_owned(),
+        tags: vec!["artist:x".to_owned()],
+        priority: 2,
+        max_attempts,
+        traceparent: None,
+        now: now_ms(),
+    }
+}
+
+/// Waits until job `id` is finished (bounded), and returns it.
+async fn finished(store: &Store, id: u64) -> Job {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = store.job_get(id).await.expect("get").expect("job");
+        if job.state.is_finished() {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} did not finish: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let (addr, counts) = upstream().await;
+    let stop = CancellationToken::new();
+    let running =
+        tokio::spawn(worker(store.clone(), addr, "a", Duration::from_secs(5)).run(stop.clone()));
+
+    // 2xx: stored under the provider's TTL, with media type and ETag.
+    let (ok, _) = store
+        .job_enqueue(&job(addr, "ok", 3))
+        .await
+        .expect("enqueue");
+    assert_eq!(finished(&store, ok.id).await.state, JobState::Completed);
+    let entry = store.entry_get(&ok.url).await.expect("get").expect("entry");
+    assert_eq!(
+        (entry.value.as_slice(), entry.media_type.as_str()),
+        (&b"{\"ok\":true}"[..], "application/json")
+    );
+    let provenance = entry.provenance.clone().expect("provenance");
+    assert_eq!(
+        (provenance.upstream_status, provenance.etag.as_deref()),
+        (200, Some("\"v1\""))
+    );
+    let ttl = entry.expires_at.expect("expires") - entry.updated_at;
+    assert_eq!(ttl, 3_600_000);
+    assert_eq!(entry.tags, ["artist:x"]);
+
+    // 404: a NEGATIVE entry under the provider's negative TTL.
+    let (missing, _) = store
+        .job_enqueue(&job(addr, "missing", 3))
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        finished(&store, missing.id).await.state,
+        JobState::Completed
+    );
+    let entry = store
+        .entry_get(&missing.url)
+        .await
+        .expect("get")
+        .expect("entry");
+    assert!(entry.negative);
+    assert_eq!(
+        entry.expires_at.expect("expires") - entry.updated_at,
+        60_000
+    );
+
+    // 5xx: retried with backoff up to the maximum, then a NEGATIVE failed_lookup.
+    let (flaky, _) = store
+        .job_enqueue(&job(addr, "flaky", 3))
+        .await
+        .expect("enqueue");
+    let failed = finished(&store, flaky.id).await;
+    assert_eq!((failed.state, failed.attempt), (JobState::Failed, 3));
+    assert_eq!(counts.flaky.load(Ordering::SeqCst), 3);
+    let entry = store
+        .entry_get(&flaky.url)
+        .await
+        .expect("get")
+        .expect("entry");
+    assert!(entry.negative);
+    assert_eq!(entry.policy, "failed_lookup");
+
+    // 429 with Retry-After: not asked again before it, then done.
+    let enqueued = Instant::now();
+    let (throttled, _) = store
+        .job_enqueue(&job(addr, "throttle", 3))
+        .await
+        .expect("enqueue");
+    let done = finished(&store, throttled.id).await;
+    assert_eq!(done.state, JobState::Completed);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(900),
+        "waited for Retry-After: {:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(counts.throttle.load(Ordering::SeqCst), 2);
+
+    // 304 on revalidation: the entry is extended without a body.
+    let (first, _) = store
+        .job_enqueue(&job(addr, "revalidate", 3))
+        .await
+        .expect("enqueue");
+    finished(&store, first.id).await;
+    let before = store
+        .entry_get(&first.url)
+        .await
+        .expect("get")
+        .expect("entry");
+    let (second, _) = store
+        .job_enqueue(&job(addr, "revalidate", 3))
+        .await
+        .expect("enqueue");
+    assert_eq!(finished(&store, second.id).await.state, JobState::Completed);
+    assert_eq!(counts.revalidate_304.load(Ordering::SeqCst), 1);
+    let after = store
+        .entry_get(&first.url)
+        .await
+        .expect("get")
+        .expect("entry");
+    assert_eq!(after.value, b"body");
+    assert!(after.revision > before.revision);
+    assert_eq!(after.provenance.expect("provenance").upstream_status, 304);
+
+    // A failed refresh never replaces a good entry.
+    let mut good = job(addr, "flaky", 1);
+    good.url = ok.url.replace("/ok", "/flaky");
+    let put = roadie_store::EntryPut {
+        key: good.url.clone(),
+        value: b"good".to_vec(),
+        media_type: "text/plain".to_owned(),
+        policy: "api_metadata".to_owned(),
+        tags: vec![],
+        confidence: 0,
+        fingerprint: None,
+        metadata: Default::default(),
+        negative: false,
+        expires_at: Some(now_ms() - 1000),
+        provenance: None,
+        keep_higher_confidence: false,
+        if_revision: None,
+        kind: roadie_store::ChangeKind::Put,
+        now: now_ms(),
+    };
+    store.entry_put(&put).await.expect("put");
+    let (refresh, _) = store.job_enqueue(&good).await.expect("enqueue");
+    assert_eq!(finished(&store, refresh.id).await.state, JobState::Failed);
+    let kept = store
+        .entry_get(&good.url)
+        .await
+        .expect("get")
+        .expect("entry");
+    assert_eq!(
+        (kept.value.as_slice(), kept.negative),
+        (&b"good"[..], false)
+    );
+
+    stop.cancel();
+    let report = running.await.expect("worker");
+    assert_eq!(report.released, 0);
+    db.finish().await;
+}
+
+async fn a_hard_stop_hands_leases_back(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    // An upstream that never answers: the job stays in flight.
+    let app = Router::new().route("/api/hang", get(std::future::pending::<&'static str>));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // A grace far shorter than the fetch timeout: the stop must turn hard.
+    let w = worker(store.clone(), addr, "b", Duration::from_millis(300));
+    let (hang, _) = store
+        .job_enqueue(&job(addr, "hang", 3))
+        .await
+        .expect("enqueue");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(w.run(stop.clone()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store
+        .job_get(hang.id)
+        .await
+        .expect("get")
+        .expect("job")
+        .state
+        != JobState::Running
+    {
+        assert!(Instant::now() < deadline, "job never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let report = running.await.expect("worker");
+    assert_eq!(report.released, 1);
+    let released = store.job_get(hang.id).await.expect("get").expect("job");
+    assert_eq!(
+        (released.state, released.attempt, released.lease_holder),
+        (JobState::Available, 0, None)
+    );
+    db.finish().await;
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await; }
+        )* }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await; }
+        )* }
+    };
+}
+
+on_both_backends!(
+    each_outcome_becomes_the_promised_entry,
+    a_hard_stop_hands_leases_back
+);
