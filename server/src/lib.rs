@@ -14,7 +14,7 @@
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub mod cache;
-pub mod config;
+pub use roadie_store::config;
 pub mod error;
 pub mod events;
 pub mod jobs;

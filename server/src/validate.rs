@@ -145,14 +145,7 @@ pub fn duration_ms(field: &str, duration: &prost_types::Duration) -> Result<i64,
     Ok(duration.seconds * 1000 + i64::from(duration.nanos / 1_000_000))
 }
 
-/// Policy and provider names: 1 to 64 of `a-z`, `0-9`, `_`.
-pub fn is_policy_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
+pub use roadie_store::config::is_policy_name;
 
 #[cfg(test)]
 mod tests {

@@ -10,17 +10,19 @@
 //! Every write bumps the change-log revision and appends one row per changed
 //! entry to `changes` in the same transaction; nothing else writes entries.
 //!
-//! This crate knows nothing of gRPC or configuration files: callers hand it
-//! validated values and a clock reading (`now`, milliseconds since the epoch),
+//! The store operations know nothing of gRPC or configuration files: callers
+//! hand them validated values and a clock reading (`now`, milliseconds since the epoch),
 //! which keeps time-dependent rules testable.
 //!
 //! # Layout
 //! - [`entry`]: the cache operations (`entry_get`, `entry_put`, …).
 //! - [`change`]: the change log (`change_list_since`, revisions).
 //! - [`job`]: the fetch-job queue (`job_enqueue`, `job_claim`, …).
+//! - [`config`]: the deployment's typed settings, shared by both binaries.
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
+pub mod config;
 pub mod entry;
 pub mod error;
 pub mod job;

@@ -1,6 +1,8 @@
-//! The typed configuration: defaults, then a TOML file (`--config FILE`),
-//! then `ROADIE__SECTION__KEY` environment variables. Loaded once, before
-//! any port is bound; every error names the setting at fault.
+//! The deployment's one typed configuration, read by `roadie-server` and
+//! `roadie-worker` alike: defaults, then a TOML file (`--config FILE`), then
+//! `ROADIE__SECTION__KEY` environment variables. Loaded once, before any
+//! port is bound; every error names the setting at fault. It lives in the
+//! crate both binaries share, so neither depends on the other for it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -49,6 +51,84 @@ pub struct Settings {
     pub providers: BTreeMap<String, Provider>,
     /// `[events]`: how library events become invalidations.
     pub events: EventSettings,
+    /// `[worker]`: the fetch workers.
+    pub worker: WorkerSettings,
+    /// `[jobs]`: the job queue.
+    pub jobs: JobSettings,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Jobs one worker process runs at once.
+    pub concurrency: u32,
+    /// How long a claimed job stays leased without a heartbeat; a worker
+    /// that dies leaves its jobs claimable again after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often held leases are renewed; well under `lease`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How often an idle worker looks for jobs.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// First retry delay after a transient failure; doubles per attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// After SIGTERM, how long in-flight jobs may finish before they are
+    /// cancelled and their leases handed back.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// User-Agent sent upstream unless a provider sets its own.
+    pub user_agent: String,
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Attempts before a job fails.
+    pub max_attempts: u32,
+    /// How long completed jobs are kept.
+    #[serde(with = "humantime_serde")]
+    pub keep_completed: Duration,
+    /// How long failed and cancelled jobs are kept.
+    #[serde(with = "humantime_serde")]
+    pub keep_failed: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> WorkerSettings {
+        WorkerSettings {
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
+            user_agent: concat!(
+                "Roadie/",
+                env!("CARGO_PKG_VERSION"),
+                " (+https://example.invalid/roadie)"
+            )
+            .to_owned(),
+        }
+    }
+}
+
+impl Default for JobSettings {
+    fn default() -> JobSettings {
+        JobSettings {
+            max_attempts: 5,
+            keep_completed: Duration::from_secs(DAY),
+            keep_failed: Duration::from_secs(7 * DAY),
+        }
+    }
 }
 
 /// `[server]`.
@@ -162,6 +242,13 @@ pub struct Provider {
     pub negative_ttl: Duration,
     /// Whether the base URL may resolve to private or loopback addresses.
     pub allow_private: bool,
+    /// Headers sent with every request, for example a User-Agent.
+    pub headers: BTreeMap<String, String>,
+    /// Secret headers: header name → the NAME of an environment variable
+    /// holding the value (API keys); values are never logged.
+    pub secret_headers: BTreeMap<String, String>,
+    /// Largest response body accepted, in bytes; 0 means `limits.max_value_bytes`.
+    pub max_body_bytes: usize,
 }
 
 /// Which library event a rule reacts to.
@@ -243,6 +330,8 @@ impl Default for Settings {
             policies: default_policies(),
             providers: default_providers(),
             events: EventSettings::default(),
+            worker: WorkerSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -307,6 +396,9 @@ impl Default for Provider {
             success_ttl: Duration::from_secs(7 * DAY),
             negative_ttl: Duration::from_secs(DAY),
             allow_private: false,
+            headers: BTreeMap::new(),
+            secret_headers: BTreeMap::new(),
+            max_body_bytes: 0,
         }
     }
 }
@@ -492,7 +584,7 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if roadie_store::Backend::from_url(&self.store.url).is_none() {
+        if crate::Backend::from_url(&self.store.url).is_none() {
             return Err(ConfigError::new(
                 "store.url",
                 "must start with sqlite:// or postgres://",
@@ -534,7 +626,7 @@ impl Settings {
             ));
         }
         for (name, policy) in &self.policies {
-            if !crate::validate::is_policy_name(name) {
+            if !is_policy_name(name) {
                 return Err(ConfigError::new(
                     format!("policies.{name}"),
                     "names are 1 to 64 of a-z, 0-9 and _",
@@ -579,6 +671,34 @@ impl Settings {
                 ));
             }
         }
+        let worker = &self.worker;
+        if worker.concurrency == 0 || worker.concurrency > 1024 {
+            return Err(ConfigError::new(
+                "worker.concurrency",
+                "must be between 1 and 1024",
+            ));
+        }
+        if worker.lease < Duration::from_secs(1) {
+            return Err(ConfigError::new("worker.lease", "must be at least 1s"));
+        }
+        if worker.heartbeat.is_zero() || worker.heartbeat * 2 > worker.lease {
+            return Err(ConfigError::new(
+                "worker.heartbeat",
+                "must be longer than 0s and at most half of worker.lease",
+            ));
+        }
+        if worker.poll_interval.is_zero() {
+            return Err(ConfigError::new(
+                "worker.poll_interval",
+                "must be longer than 0s",
+            ));
+        }
+        if self.jobs.max_attempts == 0 || self.jobs.max_attempts > 100 {
+            return Err(ConfigError::new(
+                "jobs.max_attempts",
+                "must be between 1 and 100",
+            ));
+        }
         for (i, rule) in self.events.rules.iter().enumerate() {
             let setting = |field: &str| format!("events.rules[{i}].{field}");
             if rule.policies.is_empty() && rule.strategies.is_empty() {
@@ -621,6 +741,15 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Policy and provider names: 1 to 64 of `a-z`, `0-9`, `_`.
+pub fn is_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The first `{name}` in `template` that is not a known placeholder.
