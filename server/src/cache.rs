@@ -1,17 +1,27 @@
 //! `roadie.v1.Cache`: every RPC validates its request, talks to the store,
 //! and maps failures through [`ApiError`].
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, UNIX_EPOCH},
+};
 
 use futures::Stream;
 use roadie_proto::v1::{self as pb, cache_server::Cache};
-use roadie_store::{ChangeKind, DeleteResult, Entry, EntryPut, PutResult, Selector, now_ms};
+use roadie_store::{
+    ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Selector, now_ms,
+};
+use roadie_worker::fetcher::{Fetcher, Refusal};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::{
     config::EventKind,
     error::ApiError,
     events::{self, Event},
+    jobs::job_to_proto,
     state::AppState,
     stats::Answer,
     validate::{self, FieldError},
@@ -89,36 +99,19 @@ impl CacheService {
 
     /// Classifies what a read found, counts it, and builds the answer.
     fn answer(&self, entry: Option<Entry>, read: &ReadOptions, now: i64) -> pb::GetResponse {
-        let status = match &entry {
-            None => pb::LookupStatus::Miss,
-            Some(e)
-                if !read.fingerprint.is_empty()
-                    && e.fingerprint.as_deref() != Some(read.fingerprint.as_str()) =>
-            {
-                pb::LookupStatus::Miss
-            }
-            Some(e) if e.confidence < read.min_confidence => pb::LookupStatus::Miss,
-            Some(e) if e.negative => {
-                if e.is_expired(now) {
-                    pb::LookupStatus::Miss
-                } else {
-                    pb::LookupStatus::Negative
-                }
-            }
-            Some(e) => match e.expires_at {
-                Some(at) if at <= now => {
-                    if now - at <= read.max_stale_ms && read.max_stale_ms > 0 {
-                        pb::LookupStatus::Stale
-                    } else {
-                        pb::LookupStatus::Miss
-                    }
-                }
-                _ => pb::LookupStatus::Hit,
-            },
-        };
-        let policy = entry
-            .as_ref()
-            .map_or(read.miss_policy.as_str(), |e| e.policy.as_str());
+        let status = lookup(entry.as_ref(), read, now);
+        self.respond(status, entry, &read.miss_policy, now)
+    }
+
+    /// Counts an answer and builds it (no entry for a miss).
+    fn respond(
+        &self,
+        status: pb::LookupStatus,
+        entry: Option<Entry>,
+        miss_policy: &str,
+        now: i64,
+    ) -> pb::GetResponse {
+        let policy = entry.as_ref().map_or(miss_policy, |e| e.policy.as_str());
         let answer = match status {
             pb::LookupStatus::Hit => Answer::Hit,
             pb::LookupStatus::Stale => Answer::Stale,
@@ -140,6 +133,37 @@ impl CacheService {
             status: status.into(),
             entry,
         }
+    }
+}
+
+/// What a read finds in `entry` for a reader asking `read`.
+fn lookup(entry: Option<&Entry>, read: &ReadOptions, now: i64) -> pb::LookupStatus {
+    match entry {
+        None => pb::LookupStatus::Miss,
+        Some(e)
+            if !read.fingerprint.is_empty()
+                && e.fingerprint.as_deref() != Some(read.fingerprint.as_str()) =>
+        {
+            pb::LookupStatus::Miss
+        }
+        Some(e) if e.confidence < read.min_confidence => pb::LookupStatus::Miss,
+        Some(e) if e.negative => {
+            if e.is_expired(now) {
+                pb::LookupStatus::Miss
+            } else {
+                pb::LookupStatus::Negative
+            }
+        }
+        Some(e) => match e.expires_at {
+            Some(at) if at <= now => {
+                if now - at <= read.max_stale_ms && read.max_stale_ms > 0 {
+                    pb::LookupStatus::Stale
+                } else {
+                    pb::LookupStatus::Miss
+                }
+            }
+            _ => pb::LookupStatus::Hit,
+        },
     }
 }
 
@@ -359,9 +383,100 @@ impl Cache for CacheService {
 
     async fn fetch(
         &self,
-        _request: Request<pb::FetchRequest>,
+        request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
-        Err(ApiError::Unimplemented("Cache.Fetch is not implemented yet: it arrives with the fetch job queue and roadie-worker").into())
+        let started = Instant::now();
+        let deadline = grpc_timeout(request.metadata());
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let req = request.into_inner();
+        let plan = self.fetch_plan(req).await?;
+        let now = now_ms();
+        let stored = self
+            .state
+            .store
+            .entry_get(&plan.url)
+            .await
+            .map_err(ApiError::from)?;
+        let status = lookup(stored.as_ref(), &plan.read, now);
+        match status {
+            pb::LookupStatus::Hit | pb::LookupStatus::Negative => {
+                let answer = self.respond(status, stored, &plan.read.miss_policy, now);
+                return Ok(Response::new(pb::FetchResponse {
+                    status: answer.status,
+                    entry: answer.entry,
+                    job: None,
+                    job_shared: false,
+                }));
+            }
+            pb::LookupStatus::Stale => {
+                // Stale-while-revalidate: answer now, refresh in the background.
+                let (job, shared) = self
+                    .enqueue(&plan, BACKGROUND_PRIORITY, traceparent, now)
+                    .await?;
+                let answer = self.respond(status, stored, &plan.read.miss_policy, now);
+                return Ok(Response::new(pb::FetchResponse {
+                    status: answer.status,
+                    entry: answer.entry,
+                    job: Some(job_to_proto(job)),
+                    job_shared: shared,
+                }));
+            }
+            _ => {}
+        }
+        if plan.mode == pb::FetchMode::Background {
+            let (job, shared) = self.enqueue(&plan, plan.priority, traceparent, now).await?;
+            self.state
+                .stats
+                .record(&plan.read.miss_policy, Answer::Miss);
+            return Ok(Response::new(pb::FetchResponse {
+                status: pb::LookupStatus::Miss.into(),
+                entry: None,
+                job: Some(job_to_proto(job)),
+                job_shared: shared,
+            }));
+        }
+        let (job, shared) = self.enqueue(&plan, WAIT_PRIORITY, traceparent, now).await?;
+        // Answer before the caller's deadline runs out, never after it.
+        let budget = match deadline {
+            Some(deadline) => {
+                deadline.saturating_sub(deadline.div_f64(5.0).min(MAX_DEADLINE_MARGIN))
+            }
+            None => FETCH_WAIT_LIMIT,
+        }
+        .min(FETCH_WAIT_LIMIT);
+        let job = self
+            .state
+            .waiter
+            .wait(&self.state.store, job.id, started + budget)
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or(job);
+        let now = now_ms();
+        let entry = if job.state.is_finished() {
+            self.state
+                .store
+                .entry_get(&plan.url)
+                .await
+                .map_err(ApiError::from)?
+        } else {
+            None
+        };
+        let fresh = ReadOptions {
+            max_stale_ms: 0,
+            ..plan.read
+        };
+        let status = lookup(entry.as_ref(), &fresh, now);
+        let answer = self.respond(status, entry, &fresh.miss_policy, now);
+        Ok(Response::new(pb::FetchResponse {
+            status: answer.status,
+            entry: answer.entry,
+            job: Some(job_to_proto(job)),
+            job_shared: shared,
+        }))
     }
 
     async fn publish_event(
@@ -468,7 +583,130 @@ impl Cache for CacheService {
     }
 }
 
+/// What a Fetch asks for, validated.
+struct FetchPlan {
+    provider: String,
+    url: String,
+    mode: pb::FetchMode,
+    priority: u32,
+    tags: Vec<String>,
+    read: ReadOptions,
+}
+
+/// Jobs a caller waits for.
+const WAIT_PRIORITY: u32 = 1;
+/// Background jobs by default.
+const BACKGROUND_PRIORITY: u32 = 2;
+/// The largest background priority a request may name.
+const MAX_PRIORITY: u32 = 1000;
+/// How long a waiting Fetch with no deadline waits before answering with the job.
+const FETCH_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// How much of the caller's deadline is kept for the answer to travel back.
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+/// Longest path or URL a Fetch may name.
+const MAX_PATH_BYTES: usize = 2048;
+
 impl CacheService {
+    async fn fetch_plan(&self, req: pb::FetchRequest) -> Result<FetchPlan, ApiError> {
+        let mode = match pb::FetchMode::try_from(req.mode) {
+            Ok(pb::FetchMode::Unspecified | pb::FetchMode::Wait) => pb::FetchMode::Wait,
+            Ok(pb::FetchMode::Background) => pb::FetchMode::Background,
+            Err(_) => {
+                return Err(
+                    FieldError::new("mode", format!("unknown FetchMode {}", req.mode)).into(),
+                );
+            }
+        };
+        let priority = match (mode, req.priority) {
+            (pb::FetchMode::Wait, _) => WAIT_PRIORITY,
+            (_, 0) => BACKGROUND_PRIORITY,
+            (_, p) if (BACKGROUND_PRIORITY..=MAX_PRIORITY).contains(&p) => p,
+            (_, p) => {
+                return Err(FieldError::new(
+                    "priority",
+                    format!("is {p}; background jobs take 2 to {MAX_PRIORITY} (1 is for callers who wait)"),
+                )
+                .into());
+            }
+        };
+        validate::text("provider", &req.provider, validate::MAX_NAME_BYTES)?;
+        let Some(provider) = self.state.providers.get(&req.provider) else {
+            let message = if self.state.settings.providers.contains_key(&req.provider) {
+                format!(
+                    "provider {:?} has no usable base_url to fetch under",
+                    req.provider
+                )
+            } else {
+                format!("unknown provider {:?}", req.provider)
+            };
+            return Err(FieldError::new("provider", message).into());
+        };
+        validate::text("path", &req.path, MAX_PATH_BYTES)?;
+        let url = Fetcher::resolve_url(provider, &req.path).map_err(|refusal| match refusal {
+            Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
+                ApiError::PermissionDenied(refusal.to_string())
+            }
+            Refusal::BadUrl(_) | Refusal::OutsideProvider { .. } => {
+                FieldError::new("path", refusal.to_string()).into()
+            }
+        })?;
+        let url = url.to_string();
+        validate::key("path", &url)?;
+        let policy = if req.policy.is_empty() {
+            "api_metadata".to_owned()
+        } else {
+            self.configured_policy("policy", req.policy)?
+        };
+        validate::tags("tags", &req.tags)?;
+        let max_stale_ms = req
+            .max_stale
+            .as_ref()
+            .map(|d| validate::duration_ms("max_stale", d))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(FetchPlan {
+            provider: req.provider,
+            url,
+            mode,
+            priority,
+            tags: req.tags,
+            read: ReadOptions {
+                max_stale_ms,
+                min_confidence: 0,
+                fingerprint: String::new(),
+                miss_policy: policy,
+            },
+        })
+    }
+
+    async fn enqueue(
+        &self,
+        plan: &FetchPlan,
+        priority: u32,
+        traceparent: Option<String>,
+        now: i64,
+    ) -> Result<(Job, bool), ApiError> {
+        // Checked only when a fetch is due: a cache hit costs no DNS lookup.
+        if let Some(provider) = self.state.providers.get(&plan.provider) {
+            let url =
+                url::Url::parse(&plan.url).map_err(|e| FieldError::new("path", e.to_string()))?;
+            Fetcher::check_address(provider, &url)
+                .await
+                .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
+        }
+        let job = JobNew {
+            provider: plan.provider.clone(),
+            url: plan.url.clone(),
+            policy: plan.read.miss_policy.clone(),
+            tags: plan.tags.clone(),
+            priority,
+            max_attempts: self.state.settings.jobs.max_attempts,
+            traceparent,
+            now,
+        };
+        Ok(self.state.store.job_enqueue(&job).await?)
+    }
+
     fn entry_put(&self, req: pb::PutRequest) -> Result<EntryPut, ApiError> {
         validate::key("key", &req.key)?;
         let max = self.state.settings.limits.max_value_bytes;
@@ -603,6 +841,22 @@ fn event_from_proto(req: pb::PublishEventRequest) -> Result<Event, ApiError> {
         album: req.album,
         old_artist: req.old_artist,
         old_album: req.old_album,
+    })
+}
+
+/// The caller's deadline from the `grpc-timeout` header, if it sent one.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
     })
 }
 

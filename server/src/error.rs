@@ -17,6 +17,9 @@ pub enum ApiError {
     /// The request is valid but not in the current state of things.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request names something Roadie may not fetch.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The RPC is designed but arrives with a later part of Roadie.
     #[error("{0}")]
     Unimplemented(&'static str),
@@ -31,6 +34,7 @@ impl From<ApiError> for Status {
             ApiError::Field(field) => roadie_proto::field_violation(&field.field, field.message),
             ApiError::NotFound(what) => Status::not_found(what),
             ApiError::FailedPrecondition(why) => Status::failed_precondition(why),
+            ApiError::PermissionDenied(why) => Status::permission_denied(why),
             ApiError::Unimplemented(what) => Status::unimplemented(what),
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "store unavailable");

@@ -22,24 +22,48 @@ pub mod maintenance;
 pub mod state;
 pub mod stats;
 pub mod validate;
+pub mod waiter;
 
-use std::{future::Future, sync::Arc, time::SystemTime};
+use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
 
 use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
 use roadie_store::{Store, StoreError, StoreOptions};
+use roadie_worker::fetcher::ProviderPolicy;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::CacheService, config::Settings, jobs::JobsService, maintenance::Maintenance,
-    state::AppState, stats::Stats,
+    state::AppState, stats::Stats, waiter::JobWaiter,
 };
 
 /// Room in a request for everything but the value (key, tags, metadata),
 /// so the gRPC limit sits just above `limits.max_value_bytes` and a value a
 /// little too large gets a clear INVALID_ARGUMENT instead of a transport error.
 const ENVELOPE_BYTES: usize = 512 * 1024;
+
+/// The URL rules of every provider with a usable base URL. A provider
+/// without one (the default `images`, "any CDN", until a base is set) cannot
+/// be fetched from, and Fetch says so.
+fn provider_policies(settings: &Settings) -> HashMap<String, ProviderPolicy> {
+    let mut policies = HashMap::new();
+    for (name, provider) in &settings.providers {
+        match url::Url::parse(&provider.base_url) {
+            Ok(base) if base.host().is_some() => {
+                let mut policy = ProviderPolicy::new(name.clone(), base);
+                policy.allow_private = provider.allow_private;
+                policies.insert(name.clone(), policy);
+            }
+            _ => tracing::warn!(
+                provider = %name,
+                base_url = %provider.base_url,
+                "provider has no usable base_url; Fetch refuses it until providers.{name}.base_url names a host"
+            ),
+        }
+    }
+    policies
+}
 
 /// Why the server could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +109,12 @@ impl App {
                 url: roadie_store::redact(&options.url),
                 source,
             })?;
+        let background = CancellationToken::new();
+        let waiter = JobWaiter::start(&store, &options.url, background.clone());
         let state = Arc::new(AppState {
+            providers: provider_policies(&settings),
+            waiter,
+            background,
             stats: Stats::new(settings.policies.keys()),
             settings,
             store,
@@ -145,7 +174,7 @@ impl App {
             .max_encoding_message_size(usize::MAX);
         let jobs = JobsServer::new(JobsService::new(self.state.clone()));
 
-        let cancel = CancellationToken::new();
+        let cancel = self.state.background.clone();
         let maintenance = tokio::spawn(self.maintenance().run(cancel.clone()));
 
         let local = listener.local_addr().ok();

@@ -2,10 +2,14 @@
 
 use std::time::SystemTime;
 
-use roadie_store::Store;
-use tokio::sync::Notify;
+use std::collections::HashMap;
 
-use crate::{config::Settings, maintenance::AccessLog, stats::Stats};
+use roadie_store::Store;
+use roadie_worker::fetcher::ProviderPolicy;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, maintenance::AccessLog, stats::Stats, waiter::JobWaiter};
 
 /// Shared by every service and task, behind one `Arc`.
 #[derive(Debug)]
@@ -22,4 +26,10 @@ pub struct AppState {
     pub nudge: Notify,
     /// When the server started.
     pub started_at: SystemTime,
+    /// URL rules of each provider whose base URL is usable, for `Fetch`.
+    pub providers: HashMap<String, ProviderPolicy>,
+    /// Wakes `Fetch` calls waiting on jobs.
+    pub waiter: JobWaiter,
+    /// Stops the server's background tasks.
+    pub background: CancellationToken,
 }

@@ -11,6 +11,9 @@ use crate::{
     sql::sql,
 };
 
+/// The Postgres notification channel carrying the ids of finished jobs.
+pub const JOB_CHANNEL: &str = "roadie_jobs";
+
 /// Where a job is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
@@ -308,6 +311,7 @@ impl Store {
             Some(entry) => Some(entry_put_in(&mut tx, entry).await?),
             None => None,
         };
+        self.job_notify(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Finish::Recorded { put })
     }
@@ -352,12 +356,31 @@ impl Store {
 
     /// Cancels an unfinished job; returns the job as it now is.
     pub async fn job_cancel(&self, id: u64, now: i64) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(sql!("job_cancel"))
             .bind(to_i64(id))
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        self.job_notify(&mut tx, id).await?;
+        tx.commit().await?;
         self.job_get(id).await
+    }
+
+    /// On Postgres, tells listeners on [`JOB_CHANNEL`] that job `id`
+    /// finished, when `tx` commits. SQLite has no notifications: waiters poll.
+    async fn job_notify(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: u64,
+    ) -> Result<(), StoreError> {
+        if self.backend == crate::Backend::Postgres {
+            sqlx::query(sql!("job_notify"))
+                .bind(to_i64(id))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Makes a failed or cancelled job available again with fresh attempts.

@@ -42,7 +42,7 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
-pub use job::{Finish, Job, JobNew, JobOutcome, JobState};
+pub use job::{Finish, JOB_CHANNEL, Job, JobNew, JobOutcome, JobState};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -382,6 +382,34 @@ impl Fetcher {
         Ok(url)
     }
 
+    /// Refuses `url` up front when its host is, or resolves only to, an
+    /// address the provider may not reach: what a server checks before it
+    /// enqueues a fetch, so the caller hears PERMISSION_DENIED at once. The
+    /// worker's resolver checks again on every connection.
+    pub async fn check_address(policy: &ProviderPolicy, url: &Url) -> Result<(), Refusal> {
+        check_literal_host(policy, url)?;
+        if policy.allow_private {
+            return Ok(());
+        }
+        let Some(Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        // A name that does not resolve now is the worker's to report.
+        let Ok(resolved) = tokio::net::lookup_host((host, 0)).await else {
+            return Ok(());
+        };
+        let resolved: Vec<SocketAddr> = resolved.collect();
+        match resolved.iter().find(|a| is_forbidden(a.ip())) {
+            Some(first) if resolved.iter().all(|a| is_forbidden(a.ip())) => {
+                Err(Refusal::PrivateAddress {
+                    host: host.to_owned(),
+                    addr: first.ip(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Fetches `url` for `policy`, revalidating with `validators` when they
     /// hold any, and classifies the answer. One request, plus at most
     /// [`MAX_REDIRECTS`] redirects inside the base URL, all within

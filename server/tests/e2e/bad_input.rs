@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use roadie_client::{
     ClientError,
     proto::{
-        BatchGetRequest, FetchRequest, GetRandomRequest, InvalidateRequest, LookupStatus,
-        PublishEventRequest, WatchRequest, invalidate_request::Selector,
+        BatchGetRequest, GetRandomRequest, InvalidateRequest, LookupStatus, PublishEventRequest,
+        WatchRequest, invalidate_request::Selector,
     },
 };
 use roadie_store::Backend;
@@ -198,17 +198,6 @@ async fn a_message_past_the_grpc_limit_is_refused_by_size(backend: Backend) {
 async fn designed_but_later_rpcs_answer_unimplemented(backend: Backend) {
     let server = start!(backend);
     let c = &server.client;
-    let fetch = c
-        .fetch(FetchRequest {
-            provider: "musicbrainz".to_owned(),
-            path: "artist/x".to_owned(),
-            ..Default::default()
-        })
-        .await;
-    assert!(
-        matches!(fetch, Err(ClientError::Unimplemented(ref m)) if m.contains("Fetch")),
-        "{fetch:?}"
-    );
     let watch = c.watch(WatchRequest::default()).await;
     assert!(
         matches!(watch, Err(ClientError::Unimplemented(ref m)) if m.contains("Watch")),

@@ -9,5 +9,6 @@ mod bad_input;
 mod cache;
 mod changes;
 mod cli;
+mod fetch;
 mod jobs;
 mod process;

@@ -16,9 +16,9 @@ use tonic_health::pb::{
 
 use crate::common::start;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_roadie-server");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_roadie-server");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -55,7 +55,7 @@ fn bad_configuration_exits_naming_the_setting_before_binding() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("store.url"));
 }
 
-async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
+pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))

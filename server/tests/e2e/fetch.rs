@@ -1,0 +1,405 @@
+//! `Cache.Fetch` end to end: a scripted upstream on 127.0.0.1, a real
+//! worker, and servers in this process or as separate processes.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::Path, extract::State, http::StatusCode, routing};
+use roadie_client::{
+    ClientError,
+    proto::{FetchMode, FetchRequest, FetchResponse, JobState, LookupStatus},
+};
+use roadie_store::{Backend, Store, config::Settings, now_ms, testing::TestDb};
+use roadie_worker::{
+    fetcher::{Fetcher, ProviderPolicy},
+    runner::{Provider, Worker, WorkerOptions},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{TestServer, get, on_both_backends, secs, stored};
+
+/// Counts requests per path.
+#[derive(Default)]
+struct Upstream {
+    seen: Mutex<HashMap<String, u32>>,
+    total: AtomicU32,
+}
+
+impl Upstream {
+    fn count(&self, path: &str) -> u32 {
+        self.seen
+            .lock()
+            .expect("lock")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn upstream() -> (SocketAddr, Arc<Upstream>) {
+    let state = Arc::new(Upstream::default());
+    let app = Router::new()
+        .route(
+            "/api/item/{id}",
+            routing::get(
+                |State(u): State<Arc<Upstream>>, Path(id): Path<String>| async move {
+                    u.total.fetch_add(1, Ordering::SeqCst);
+                    *u.seen
+                        .lock()
+                        .expect("lock")
+                        .entry(format!("/api/item/{id}"))
+                        .or_default() += 1;
+                    // Slow enough that concurrent callers overlap with the job.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    format!("item {id}")
+                },
+            ),
+        )
+        .route(
+            "/api/missing",
+            routing::get(|| async { StatusCode::NOT_FOUND }),
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, state)
+}
+
+/// The server's view of the upstream: a provider "test" allowed on loopback.
+fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
+    move |s| {
+        let provider = roadie_store::config::Provider {
+            base_url: format!("http://{addr}/api/"),
+            allow_private: true,
+            ..Default::default()
+        };
+        s.providers.insert("test".to_owned(), provider);
+        let private = roadie_store::config::Provider {
+            base_url: "http://127.0.0.1:9/".to_owned(),
+            ..Default::default()
+        };
+        s.providers.insert("private".to_owned(), private);
+    }
+}
+
+/// A worker for provider "test", running until the token is cancelled.
+fn start_worker(
+    store: Store,
+    addr: SocketAddr,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<roadie_worker::runner::Report>,
+) {
+    let mut policy = ProviderPolicy::new(
+        "test",
+        url::Url::parse(&format!("http://{addr}/api/")).expect("url"),
+    );
+    policy.allow_private = true;
+    let provider = Provider {
+        policy,
+        success_ttl: Duration::from_secs(3600),
+        negative_ttl: Duration::from_secs(60),
+    };
+    let mut options = WorkerOptions::new(format!("e2e-{}", rand_suffix()));
+    options.poll_interval = Duration::from_millis(20);
+    options.lease = Duration::from_secs(5);
+    options.heartbeat = Duration::from_secs(1);
+    let worker = Worker::new(
+        store,
+        Fetcher::new("roadie-e2e").expect("fetcher"),
+        HashMap::from([("test".to_owned(), provider)]),
+        options,
+    );
+    let stop = CancellationToken::new();
+    (stop.clone(), tokio::spawn(worker.run(stop)))
+}
+
+fn rand_suffix() -> u32 {
+    std::process::id() ^ (now_ms() as u32)
+}
+
+fn fetch(path: &str, mode: FetchMode) -> FetchRequest {
+    FetchRequest {
+        provider: "test".to_owned(),
+        path: path.to_owned(),
+        mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+fn status(r: &FetchResponse) -> LookupStatus {
+    LookupStatus::try_from(r.status).expect("status")
+}
+
+async fn modes_staleness_and_outcomes(backend: Backend) {
+    let (addr, up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    let c = &server.client;
+
+    // Background: the handle at once; a second caller shares the job.
+    let first = c
+        .fetch(fetch("item/1", FetchMode::Background))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&first), LookupStatus::Miss);
+    let job = first.job.clone().expect("job");
+    assert_eq!(
+        (job.priority, job.state, first.job_shared),
+        (2, JobState::Available as i32, false)
+    );
+    assert_eq!(job.url, format!("http://{addr}/api/item/1"));
+    let second = c
+        .fetch(fetch("item/1", FetchMode::Background))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        (second.job.expect("job").id, second.job_shared),
+        (job.id, true)
+    );
+
+    let (stop, worker) = start_worker(server.store().clone(), addr);
+    // Wait: the entry once the job completes.
+    let waited = c
+        .fetch(fetch("item/1", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&waited), LookupStatus::Hit, "{waited:?}");
+    assert_eq!(waited.entry.expect("entry").value.as_ref(), b"item 1");
+    let waited = c
+        .fetch(fetch("item/2", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&waited), LookupStatus::Hit);
+    assert_eq!(waited.job.expect("job").state, JobState::Completed as i32);
+    // Fresh: answered from the cache, no job, no request.
+    let cached = c
+        .fetch(fetch("item/1", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(
+        (status(&cached), cached.job.is_none()),
+        (LookupStatus::Hit, true)
+    );
+    assert_eq!(up.count("/api/item/1"), 1);
+
+    // Stale within the caller's window: answered at once, refreshed behind.
+    let url = format!("http://{addr}/api/item/3");
+    server
+        .store()
+        .entry_put(&stored(&url, Some(now_ms() - 5_000), false))
+        .await
+        .expect("put");
+    let mut stale = fetch("item/3", FetchMode::Wait);
+    stale.max_stale = Some(secs(60));
+    let answer = c.fetch(stale).await.expect("fetch");
+    assert_eq!(status(&answer), LookupStatus::Stale);
+    assert_eq!(answer.entry.expect("entry").value.as_ref(), b"old");
+    let refresh = answer.job.expect("a background refresh");
+    assert_eq!(refresh.priority, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = c.get(get(&url)).await.expect("get");
+        if now.status == LookupStatus::Hit as i32 {
+            assert_eq!(now.entry.expect("entry").value.as_ref(), b"item 3");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stale entry was never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A 404 upstream: a negative answer.
+    let missing = c
+        .fetch(fetch("missing", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&missing), LookupStatus::Negative);
+
+    stop.cancel();
+    worker.await.expect("worker");
+    server.stop().await;
+}
+
+async fn waiting_answers_with_the_job_before_the_deadline(backend: Backend) {
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    // No worker runs: the job cannot complete in time.
+    let client = server
+        .client
+        .clone()
+        .with_request_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let answer = client
+        .fetch(fetch("item/9", FetchMode::Wait))
+        .await
+        .expect("an answer, not DEADLINE_EXCEEDED");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "waited for most of the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status(&answer), LookupStatus::Miss);
+    let job = answer.job.expect("the job's handle");
+    assert_eq!((job.priority, job.state), (1, JobState::Available as i32));
+    server.stop().await;
+}
+
+async fn refusals_say_why(backend: Backend) {
+    let (addr, up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    let c = &server.client;
+    let field =
+        |r: Result<FetchResponse, ClientError>| r.err().and_then(|e| e.field().map(str::to_owned));
+    let mut unknown = fetch("item/1", FetchMode::Wait);
+    unknown.provider = "nowhere".to_owned();
+    assert_eq!(field(c.fetch(unknown).await).as_deref(), Some("provider"));
+    let mut images = fetch("x.jpg", FetchMode::Wait);
+    images.provider = "images".to_owned();
+    assert_eq!(field(c.fetch(images).await).as_deref(), Some("provider"));
+    assert_eq!(
+        field(
+            c.fetch(fetch("http://elsewhere.example/api/x", FetchMode::Wait))
+                .await
+        )
+        .as_deref(),
+        Some("path")
+    );
+    assert_eq!(
+        field(c.fetch(fetch("../../etc/passwd", FetchMode::Wait)).await).as_deref(),
+        Some("path")
+    );
+    assert_eq!(
+        field(c.fetch(fetch("", FetchMode::Wait)).await).as_deref(),
+        Some("path")
+    );
+    let mut urgent = fetch("item/1", FetchMode::Background);
+    urgent.priority = 1;
+    assert_eq!(field(c.fetch(urgent).await).as_deref(), Some("priority"));
+    let mut private = fetch("x", FetchMode::Background);
+    private.provider = "private".to_owned();
+    let denied = c.fetch(private).await;
+    assert!(
+        matches!(denied, Err(ClientError::PermissionDenied(ref m)) if m.contains("127.0.0.1")),
+        "{denied:?}"
+    );
+    assert_eq!(up.total.load(Ordering::SeqCst), 0);
+    assert!(
+        server
+            .store()
+            .job_list(None, None, u64::MAX, 10)
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing enqueued"
+    );
+    server.stop().await;
+}
+
+/// A `roadie-server` process on `db`, killed when dropped.
+struct ServerProcess {
+    // Held so the process lives as long as this value (killed on drop).
+    _child: tokio::process::Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    async fn start(db_url: &str, upstream: SocketAddr) -> ServerProcess {
+        let port = crate::process::free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = tokio::process::Command::new(crate::process::BINARY)
+            .current_dir(dir.path())
+            .env("ROADIE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("ROADIE__STORE__URL", db_url)
+            .env(
+                "ROADIE__PROVIDERS__TEST__BASE_URL",
+                format!("http://{upstream}/api/"),
+            )
+            .env("ROADIE__PROVIDERS__TEST__ALLOW_PRIVATE", "true")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn roadie-server");
+        let addr = format!("127.0.0.1:{port}");
+        crate::process::wait_until_serving(&addr).await;
+        ServerProcess { _child: child, addr }
+    }
+}
+
+async fn fifty_callers_through_two_servers_make_one_request(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let (addr, up) = upstream().await;
+    let store = db.store().await;
+    let a = ServerProcess::start(&db.url, addr).await;
+    let b = ServerProcess::start(&db.url, addr).await;
+    let (stop, worker) = start_worker(store.clone(), addr);
+    let mut calls = Vec::new();
+    for i in 0..50 {
+        let target = if i % 2 == 0 { &a.addr } else { &b.addr };
+        let url = format!("http://{target}");
+        calls.push(tokio::spawn(async move {
+            let client = roadie_client::connect(url, Duration::from_secs(5))
+                .await
+                .expect("connect");
+            client
+                .with_request_timeout(Duration::from_secs(20))
+                .fetch(fetch("item/shared", FetchMode::Wait))
+                .await
+        }));
+    }
+    let mut shared = 0;
+    for call in calls {
+        let answer = call.await.expect("task").expect("fetch");
+        assert_eq!(status(&answer), LookupStatus::Hit, "{answer:?}");
+        assert_eq!(answer.entry.expect("entry").value.as_ref(), b"item shared");
+        shared += usize::from(answer.job_shared);
+    }
+    assert_eq!(
+        up.count("/api/item/shared"),
+        1,
+        "exactly one upstream request"
+    );
+    assert!(
+        shared >= 1,
+        "callers that arrived while the job ran shared it"
+    );
+    stop.cancel();
+    worker.await.expect("worker");
+    drop((a, b));
+    store.close().await;
+    db.finish().await;
+}
+
+on_both_backends!(
+    modes_staleness_and_outcomes,
+    waiting_answers_with_the_job_before_the_deadline,
+    refusals_say_why,
+    fifty_callers_through_two_servers_make_one_request,
+);
