@@ -76,6 +76,9 @@ pub enum Command {
     Event(EventArgs),
     /// Entries, bytes and answers by policy, and provider state.
     Stats,
+    /// Read through the cache, fetching from the provider on a miss.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Fetch(super::fetch::FetchArgs),
     /// Inspect and steer the fetch-job queue.
     Jobs(super::jobs::JobsArgs),
 }

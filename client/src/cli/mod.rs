@@ -8,9 +8,9 @@
 //! | code | meaning |
 //! | ---- | ------- |
 //! | 0 | success; for `get`, a hit (fresh or stale) |
-//! | 1 | miss: `get` found nothing usable, `random` found no entry, `delete` found no key |
+//! | 1 | miss: `get` found nothing usable, `random` found no entry, `delete` found no key, `fetch` answered with a job still under way, `jobs show` found no job |
 //! | 2 | error: bad usage (clap's own exit code), no connection, or an error from the server |
-//! | 3 | `get` found a negative entry (a cached "not found") |
+//! | 3 | `get` or `fetch` found a negative entry (a cached "not found") |
 //! | 4 | not written: `put` kept a higher-confidence entry or its `--if-revision` did not match; `delete`'s `--if-revision` did not match |
 
 use std::io::{self, Read, Write};
@@ -23,12 +23,14 @@ use crate::proto::{self, LookupStatus, PutOutcome, invalidate_request::Selector}
 use crate::{Client, connect};
 
 mod args;
+mod fetch;
 mod jobs;
 mod output;
 
 pub use args::{
     Cli, Command, DeleteArgs, EventArgs, EventKind, GetArgs, InvalidateArgs, PutArgs, RandomArgs,
 };
+pub use fetch::FetchArgs;
 pub use jobs::{JobsArgs, JobsCommand};
 use output::{EntryJson, LookupJson, RandomJson, StatsJson, ValueSink, write_json};
 
@@ -146,6 +148,7 @@ async fn execute(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<
         Command::Event(args) => event(&client, args, json, out).await?,
         Command::Stats => stats(&client, json, out).await?,
         Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
+        Command::Fetch(args) => fetch::run(&client, args, json, out).await?,
     };
     out.flush()?;
     Ok(exit)

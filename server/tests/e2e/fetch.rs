@@ -347,7 +347,10 @@ impl ServerProcess {
             .expect("spawn roadie-server");
         let addr = format!("127.0.0.1:{port}");
         crate::process::wait_until_serving(&addr).await;
-        ServerProcess { _child: child, addr }
+        ServerProcess {
+            _child: child,
+            addr,
+        }
     }
 }
 
@@ -397,7 +400,45 @@ async fn fifty_callers_through_two_servers_make_one_request(backend: Backend) {
     db.finish().await;
 }
 
+async fn the_cli_fetches(backend: Backend) {
+    use clap::Parser;
+    use roadie_client::cli::{self, Cli, Exit};
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    let run = |args: Vec<String>| async move {
+        let cli = Cli::try_parse_from(args).expect("command line");
+        let mut out = Vec::new();
+        let exit = cli::run(cli, &mut &b""[..], &mut out, &mut Vec::new()).await;
+        (exit, String::from_utf8_lossy(&out).into_owned())
+    };
+    let base = vec![
+        "roadie".to_owned(),
+        "--server".to_owned(),
+        format!("http://{}", server.addr),
+    ];
+    let with = |rest: &[&str]| {
+        base.iter()
+            .cloned()
+            .chain(rest.iter().map(|s| (*s).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let (exit, out) = run(with(&["fetch", "test", "item/5", "--background"])).await;
+    assert_eq!(exit, Exit::Miss, "{out}");
+    assert!(out.contains("job:"), "{out}");
+    let (stop, worker) = start_worker(server.store().clone(), addr);
+    let (exit, out) = run(with(&["--json", "fetch", "test", "item/5"])).await;
+    assert_eq!(exit, Exit::Success, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["entry"]["value"], "item 5", "{json}");
+    stop.cancel();
+    worker.await.expect("worker");
+    server.stop().await;
+}
+
 on_both_backends!(
+    the_cli_fetches,
     modes_staleness_and_outcomes,
     waiting_answers_with_the_job_before_the_deadline,
     refusals_say_why,
