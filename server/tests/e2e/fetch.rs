@@ -413,7 +413,7 @@ async fn the_cli_fetches(backend: Backend) {
         let exit = cli::run(cli, &mut &b""[..], &mut out, &mut Vec::new()).await;
         (exit, String::from_utf8_lossy(&out).into_owned())
     };
-    let base = vec![
+    let base = [
         "roadie".to_owned(),
         "--server".to_owned(),
         format!("http://{}", server.addr),
