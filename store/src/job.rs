@@ -394,6 +394,25 @@ impl Store {
         self.job_get(id).await
     }
 
+    /// Stops every worker calling `provider` before `until` (ms since the
+    /// epoch); an existing later pause stands.
+    pub async fn provider_pause(&self, provider: &str, until: i64) -> Result<(), StoreError> {
+        sqlx::query(sql!("provider_pause"))
+            .bind(provider)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When `provider`'s pause ends, if it was ever paused.
+    pub async fn provider_paused_until(&self, provider: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(sql!("provider_paused_until"))
+            .bind(provider)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Deletes completed jobs finished before `completed_before` and failed
     /// or cancelled ones finished before `failed_before`.
     pub async fn job_purge(

@@ -278,6 +278,13 @@ impl Worker {
                 .and_then(|p| p.last_modified.clone()),
         };
         let now = now_ms();
+        // Another worker's job may have paused the provider since this one was claimed.
+        if let Some(until) = self.store.provider_paused_until(&job.provider).await? {
+            if until > now {
+                let error = "provider paused by upstream pushback".to_owned();
+                return Ok((Decision::Retry { error, at: until }, None));
+            }
+        }
         let fetched = self
             .fetcher
             .fetch(&provider.policy, &url, &validators)
@@ -368,6 +375,10 @@ impl Worker {
             Ok(Outcome::Throttled { status, retry_at }) => {
                 let at =
                     retry_at.map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(now, millis));
+                if let Some(until) = at {
+                    self.store.provider_pause(&job.provider, until).await?;
+                    tracing::warn!(provider = %job.provider, status, until, "upstream pushback: provider paused for every worker");
+                }
                 retry_or_fail(format!("upstream answered {status}"), at)
             }
             Ok(Outcome::Transient { reason }) => retry_or_fail(reason, None),

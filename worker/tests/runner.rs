@@ -103,6 +103,20 @@ async fn upstream() -> (SocketAddr, Arc<Counts>) {
 }
 
 fn worker(store: Store, addr: SocketAddr, id: &str, grace: Duration) -> Worker {
+    worker_options(store, addr, id, grace, 4)
+}
+
+fn worker_with(store: Store, addr: SocketAddr, id: &str, concurrency: u32) -> Worker {
+    worker_options(store, addr, id, Duration::from_secs(5), concurrency)
+}
+
+fn worker_options(
+    store: Store,
+    addr: SocketAddr,
+    id: &str,
+    grace: Duration,
+    concurrency: u32,
+) -> Worker {
     let mut policy = ProviderPolicy::new(
         "test",
         Url::parse(&format!("http://{addr}/api/")).expect("url"),
@@ -115,7 +129,7 @@ fn worker(store: Store, addr: SocketAddr, id: &str, grace: Duration) -> Worker {
         negative_ttl: Duration::from_secs(60),
     };
     let mut options = WorkerOptions::new(format!("test-worker-{id}"));
-    options.concurrency = 4;
+    options.concurrency = concurrency;
     options.lease = Duration::from_secs(5);
     options.heartbeat = Duration::from_millis(500);
     options.poll_interval = Duration::from_millis(20);
@@ -349,6 +363,97 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
     db.finish().await;
 }
 
+async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    // Every arrival is recorded; the first request is answered 429, Retry-After 2.
+    let arrivals: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let pushed_back: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/api/push/{i}",
+            get(
+                |State((arrivals, pushed_back)): State<(
+                    Arc<std::sync::Mutex<Vec<Instant>>>,
+                    Arc<std::sync::Mutex<Option<Instant>>>,
+                )>| async move {
+                    let first = {
+                        let mut arrivals = arrivals.lock().expect("lock");
+                        arrivals.push(Instant::now());
+                        arrivals.len() == 1
+                    };
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if first {
+                        *pushed_back.lock().expect("lock") = Some(Instant::now());
+                        (
+                            StatusCode::TOO_MANY_REQUESTS,
+                            [(header::RETRY_AFTER, "2")],
+                            "",
+                        )
+                            .into_response()
+                    } else {
+                        "ok".into_response()
+                    }
+                },
+            ),
+        )
+        .with_state((arrivals.clone(), pushed_back.clone()));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            store
+                .job_enqueue(&job(addr, &format!("push/{i}"), 3))
+                .await
+                .expect("enqueue")
+                .0
+                .id,
+        );
+    }
+    // Two workers, one slot each: at most two requests in flight at once.
+    let stop = CancellationToken::new();
+    let mut running = Vec::new();
+    for name in ["p1", "p2"] {
+        let w = worker_with(store.clone(), addr, name, 1);
+        running.push(tokio::spawn(w.run(stop.clone())));
+    }
+    for id in &ids {
+        assert_eq!(finished(&store, *id).await.state, JobState::Completed);
+    }
+    stop.cancel();
+    for r in running {
+        r.await.expect("worker");
+    }
+    let pushed_back = pushed_back.lock().expect("lock").expect("a 429 was sent");
+    let arrivals = arrivals.lock().expect("lock").clone();
+    // A request already sent when the 429 went out may land just after it;
+    // nothing else may reach the provider until Retry-After has passed.
+    let during: Vec<Duration> = arrivals
+        .iter()
+        .filter(|at| {
+            **at > pushed_back + Duration::from_millis(150)
+                && **at < pushed_back + Duration::from_millis(1900)
+        })
+        .map(|at| at.duration_since(pushed_back))
+        .collect();
+    assert!(during.is_empty(), "requests during the pause: {during:?}");
+    assert!(
+        arrivals
+            .iter()
+            .any(|at| *at >= pushed_back + Duration::from_millis(1900)),
+        "work resumed after the pause"
+    );
+    assert_eq!(arrivals.len(), 7, "six jobs plus the one retried");
+    db.finish().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite { $(
@@ -364,5 +469,6 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     each_outcome_becomes_the_promised_entry,
-    a_hard_stop_hands_leases_back
+    a_hard_stop_hands_leases_back,
+    pushback_pauses_the_provider_for_every_worker,
 );

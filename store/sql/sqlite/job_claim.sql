@@ -5,6 +5,8 @@ SET state = 'running', attempt = attempt + 1, lease_holder = $1, lease_expires_a
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state = 'available' AND run_after <= $3
+      -- Not for a provider that pushed back: no worker calls it until the pause ends.
+      AND provider NOT IN (SELECT provider FROM provider_state WHERE paused_until > $3)
     ORDER BY priority, id
     LIMIT $4
 )

@@ -1,0 +1,1 @@
+SELECT paused_until FROM provider_state WHERE provider = $1
