@@ -704,7 +704,11 @@ impl CacheService {
             traceparent,
             now,
         };
-        Ok(self.state.store.job_enqueue(&job).await?)
+        let (job, shared) = self.state.store.job_enqueue(&job).await?;
+        if !shared || job.priority == priority {
+            self.state.work.nudge();
+        }
+        Ok((job, shared))
     }
 
     fn entry_put(&self, req: pb::PutRequest) -> Result<EntryPut, ApiError> {

@@ -34,8 +34,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::CacheService, config::Settings, jobs::JobsService, maintenance::Maintenance,
-    state::AppState, stats::Stats, waiter::JobWaiter,
+    cache::CacheService,
+    config::Settings,
+    jobs::JobsService,
+    maintenance::Maintenance,
+    state::AppState,
+    stats::Stats,
+    waiter::{JobWaiter, WorkSignal},
 };
 
 /// Room in a request for everything but the value (key, tags, metadata),
@@ -110,10 +115,13 @@ impl App {
                 source,
             })?;
         let background = CancellationToken::new();
-        let waiter = JobWaiter::start(&store, &options.url, background.clone());
+        let waiter = JobWaiter::start(&store, background.clone());
+        let work = Arc::new(WorkSignal::default());
+        tokio::spawn(work.clone().run(store.clone(), background.clone()));
         let state = Arc::new(AppState {
             providers: provider_policies(&settings),
             waiter,
+            work,
             background,
             stats: Stats::new(settings.policies.keys()),
             settings,

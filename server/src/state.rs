@@ -9,7 +9,12 @@ use roadie_worker::fetcher::ProviderPolicy;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, maintenance::AccessLog, stats::Stats, waiter::JobWaiter};
+use crate::{
+    config::Settings,
+    maintenance::AccessLog,
+    stats::Stats,
+    waiter::{JobWaiter, WorkSignal},
+};
 
 /// Shared by every service and task, behind one `Arc`.
 #[derive(Debug)]
@@ -30,6 +35,8 @@ pub struct AppState {
     pub providers: HashMap<String, ProviderPolicy>,
     /// Wakes `Fetch` calls waiting on jobs.
     pub waiter: JobWaiter,
+    /// Wakes idle workers after enqueues.
+    pub work: std::sync::Arc<WorkSignal>,
     /// Stops the server's background tasks.
     pub background: CancellationToken,
 }

@@ -1,4 +1,7 @@
-//! Wakes `Fetch` calls that wait for a job. On Postgres one LISTEN per
+//! Notifications around jobs. [`JobWaiter`] wakes `Fetch` calls that wait
+//! for a job; [`WorkSignal`] wakes idle workers when jobs are enqueued.
+//!
+//! Waiting: On Postgres one LISTEN per
 //! server process hears each finished job's id (sent by the worker in the
 //! transaction that finishes it) and fans it out in memory, with a slow poll
 //! as a fallback; on SQLite, which has no notifications, waiters poll the
@@ -6,9 +9,11 @@
 
 use std::time::Duration;
 
-use roadie_store::{Backend, JOB_CHANNEL, Job, Store, StoreError};
-use sqlx::postgres::PgListener;
-use tokio::{sync::broadcast, time::Instant};
+use roadie_store::{Backend, JOB_CHANNEL, Job, Store, StoreError, WORK_CHANNEL};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Shared by every waiting call of one server.
@@ -20,12 +25,22 @@ pub struct JobWaiter {
 
 impl JobWaiter {
     /// Starts listening (on Postgres) until `cancel` fires.
-    pub fn start(store: &Store, url: &str, cancel: CancellationToken) -> JobWaiter {
+    pub fn start(store: &Store, cancel: CancellationToken) -> JobWaiter {
         let (finished, _) = broadcast::channel(1024);
         let poll = match store.backend() {
             Backend::Sqlite => Duration::from_millis(20),
             Backend::Postgres => {
-                tokio::spawn(listen(url.to_owned(), finished.clone(), cancel));
+                let (store, sender) = (store.clone(), finished.clone());
+                tokio::spawn(async move {
+                    store
+                        .listen(JOB_CHANNEL, cancel, |payload| {
+                            // An empty payload (a reconnect) wakes nobody: the polls cover it.
+                            if let Ok(id) = payload.parse::<u64>() {
+                                let _ = sender.send(id);
+                            }
+                        })
+                        .await;
+                });
                 Duration::from_millis(500)
             }
         };
@@ -67,33 +82,40 @@ impl JobWaiter {
     }
 }
 
-async fn listen(url: String, finished: broadcast::Sender<u64>, cancel: CancellationToken) {
-    loop {
-        match PgListener::connect(&url).await {
-            Ok(mut listener) => match listener.listen(JOB_CHANNEL).await {
-                Ok(()) => loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        notification = listener.recv() => match notification {
-                            Ok(n) => {
-                                if let Ok(id) = n.payload().parse::<u64>() {
-                                    let _ = finished.send(id);
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "job notifications lost; reconnecting");
-                                break;
-                            }
-                        }
-                    }
-                },
-                Err(error) => tracing::warn!(%error, "cannot LISTEN for jobs; waiters poll"),
-            },
-            Err(error) => tracing::warn!(%error, "cannot connect to LISTEN for jobs; waiters poll"),
+/// Tells idle workers there is new work: at most one NOTIFY per
+/// [`WORK_DEBOUNCE`] however many jobs are enqueued, so a burst of Fetch
+/// calls costs one notification, not one each.
+#[derive(Debug, Default)]
+pub struct WorkSignal {
+    pending: Notify,
+}
+
+/// Shortest gap between two work notifications from one server.
+pub const WORK_DEBOUNCE: Duration = Duration::from_millis(10);
+
+impl WorkSignal {
+    /// Notes that jobs were enqueued.
+    pub fn nudge(&self) {
+        self.pending.notify_one();
+    }
+
+    /// Sends the debounced notifications until `cancel` fires (Postgres only).
+    pub async fn run(self: std::sync::Arc<Self>, store: Store, cancel: CancellationToken) {
+        if store.backend() != Backend::Postgres {
+            return;
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.pending.notified() => {}
+            }
+            if let Err(error) = store.notify(WORK_CHANNEL, "").await {
+                tracing::warn!(%error, "cannot notify workers; they will poll");
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(WORK_DEBOUNCE) => {}
+            }
         }
     }
 }

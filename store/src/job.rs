@@ -11,9 +11,6 @@ use crate::{
     sql::sql,
 };
 
-/// The Postgres notification channel carrying the ids of finished jobs.
-pub const JOB_CHANNEL: &str = "roadie_jobs";
-
 /// Where a job is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
@@ -375,8 +372,9 @@ impl Store {
         id: u64,
     ) -> Result<(), StoreError> {
         if self.backend == crate::Backend::Postgres {
-            sqlx::query(sql!("job_notify"))
-                .bind(to_i64(id))
+            sqlx::query(sql!("notify"))
+                .bind(crate::JOB_CHANNEL)
+                .bind(id.to_string())
                 .execute(&mut **tx)
                 .await?;
         }

@@ -19,6 +19,7 @@
 //! - [`change`]: the change log (`change_list_since`, revisions).
 //! - [`job`]: the fetch-job queue (`job_enqueue`, `job_claim`, …).
 //! - [`config`]: the deployment's typed settings, shared by both binaries.
+//! - [`notify`]: Postgres NOTIFY/LISTEN between processes.
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod entry;
 pub mod error;
 pub mod job;
+pub mod notify;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -42,7 +44,8 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
-pub use job::{Finish, JOB_CHANNEL, Job, JobNew, JobOutcome, JobState};
+pub use job::{Finish, Job, JobNew, JobOutcome, JobState};
+pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +108,8 @@ impl StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    // For LISTEN, which needs a connection of its own outside the pool.
+    url: String,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -156,7 +161,7 @@ impl Store {
             Backend::Postgres => &MIGRATOR_POSTGRES,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, url })
     }
 
     /// The backend this store talks to.

@@ -1,4 +1,5 @@
-//! The claim loop: claims jobs for free slots, holds each under a lease
+//! The claim loop: claims jobs for free slots (woken by the servers'
+//! NOTIFY on Postgres, polling as a fallback and on SQLite), holds each under a lease
 //! renewed by heartbeat, fetches, and finishes the job only while it still
 //! holds the lease. A soft stop claims nothing new and lets in-flight jobs
 //! finish within a grace period; then a hard stop cancels them and hands
@@ -8,9 +9,10 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
 use roadie_store::{
-    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Store, StoreError, now_ms,
+    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Store, StoreError, WORK_CHANNEL,
+    now_ms,
 };
-use tokio::task::JoinSet;
+use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
@@ -109,6 +111,17 @@ impl Worker {
         let mut inflight = JoinSet::new();
         let mut report = Report::default();
         let mut last_rescue: Option<tokio::time::Instant> = None;
+        // Postgres: servers NOTIFY (debounced) when they enqueue; the poll stays as a fallback.
+        let wake = Arc::new(Notify::new());
+        let listening = CancellationToken::new();
+        {
+            let (store, wake, listening) = (self.store.clone(), wake.clone(), listening.clone());
+            tokio::spawn(async move {
+                store
+                    .listen(WORK_CHANNEL, listening, |_| wake.notify_one())
+                    .await
+            });
+        }
         while !stop.is_cancelled() {
             if last_rescue.is_none_or(|at| at.elapsed() >= options.lease / 2) {
                 last_rescue = Some(tokio::time::Instant::now());
@@ -146,8 +159,10 @@ impl Worker {
                 () = stop.cancelled() => break,
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 () = tokio::time::sleep(options.poll_interval) => {}
+                () = wake.notified() => {}
             }
         }
+        listening.cancel();
         tracing::info!(in_flight = inflight.len(), grace = ?options.shutdown_grace, "stopping: no new claims");
         let drained = tokio::time::timeout(options.shutdown_grace, async {
             while inflight.join_next().await.is_some() {}

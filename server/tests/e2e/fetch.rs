@@ -93,14 +93,18 @@ fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
     }
 }
 
-/// A worker for provider "test", running until the token is cancelled.
-fn start_worker(
-    store: Store,
-    addr: SocketAddr,
-) -> (
+type RunningWorker = (
     CancellationToken,
     tokio::task::JoinHandle<roadie_worker::runner::Report>,
-) {
+);
+
+/// A worker for provider "test", running until the token is cancelled.
+fn start_worker(store: Store, addr: SocketAddr) -> RunningWorker {
+    start_worker_polling(store, addr, Duration::from_millis(20))
+}
+
+/// The same, looking for work every `poll` when not woken.
+fn start_worker_polling(store: Store, addr: SocketAddr, poll: Duration) -> RunningWorker {
     let mut policy = ProviderPolicy::new(
         "test",
         url::Url::parse(&format!("http://{addr}/api/")).expect("url"),
@@ -112,7 +116,7 @@ fn start_worker(
         negative_ttl: Duration::from_secs(60),
     };
     let mut options = WorkerOptions::new(format!("e2e-{}", rand_suffix()));
-    options.poll_interval = Duration::from_millis(20);
+    options.poll_interval = poll;
     options.lease = Duration::from_secs(5);
     options.heartbeat = Duration::from_secs(1);
     let worker = Worker::new(
@@ -316,6 +320,36 @@ async fn refusals_say_why(backend: Backend) {
             .is_empty(),
         "nothing enqueued"
     );
+    server.stop().await;
+}
+
+/// On Postgres an idle worker is woken by the server's NOTIFY, not its poll:
+/// with a 30 s poll, a waiting Fetch still completes in well under a second
+/// of work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_workers_wake_on_notify() {
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(Backend::Postgres, with_provider(addr)).await else {
+        return;
+    };
+    let (stop, worker) =
+        start_worker_polling(server.store().clone(), addr, Duration::from_secs(30));
+    // Let the worker finish its first (empty) claim and go idle.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let answer = server
+        .client
+        .fetch(fetch("item/notify", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&answer), LookupStatus::Hit);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "woken by NOTIFY, not the 30 s poll: {:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+    worker.await.expect("worker");
     server.stop().await;
 }
 

@@ -1,0 +1,73 @@
+//! Postgres notifications between processes. Writers send them from the
+//! application (never per-row triggers); each process holds one LISTEN
+//! connection per channel and fans out in memory. SQLite has none: its
+//! readers poll.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Backend, Store, StoreError, sql::sql};
+
+/// Ids of finished jobs, for servers waiting on them.
+pub const JOB_CHANNEL: &str = "roadie_jobs";
+/// "There is new work", for idle workers.
+pub const WORK_CHANNEL: &str = "roadie_work";
+
+impl Store {
+    /// Sends `payload` on `channel` (Postgres; nothing on SQLite).
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query(sql!("notify"))
+                .bind(channel)
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// On Postgres, calls `on` with every payload sent on `channel` until
+    /// `cancel` fires, reconnecting after failures; returns at once on SQLite.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        cancel: CancellationToken,
+        mut on: impl FnMut(&str) + Send,
+    ) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        loop {
+            match PgListener::connect(&self.url).await {
+                Ok(mut listener) => match listener.listen(channel).await {
+                    Ok(()) => loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            notification = listener.recv() => match notification {
+                                Ok(n) => on(n.payload()),
+                                Err(error) => {
+                                    tracing::warn!(%error, channel, "notifications lost; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%error, channel, "cannot LISTEN; falling back to polling")
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, channel, "cannot connect to LISTEN; falling back to polling")
+                }
+            }
+            // Whatever was missed meanwhile is found by the callers' polls.
+            on("");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
