@@ -36,6 +36,7 @@ struct Counts {
     throttle: AtomicU32,
     flaky: AtomicU32,
     revalidate_304: AtomicU32,
+    unavailable: AtomicU32,
 }
 
 async fn upstream() -> (SocketAddr, Arc<Counts>) {
@@ -74,6 +75,27 @@ async fn upstream() -> (SocketAddr, Arc<Counts>) {
                         .into_response()
                 } else {
                     (StatusCode::OK, "finally").into_response()
+                }
+            }),
+        )
+        .route("/api/bad", get(|| async { StatusCode::BAD_REQUEST }))
+        .route("/api/huge", get(|| async { "x".repeat(64 * 1024) }))
+        .route(
+            "/api/unavailable",
+            get(|State(c): State<Arc<Counts>>| async move {
+                if c.unavailable.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Retry-After as an HTTP-date, two seconds ahead.
+                    let at = httpdate::fmt_http_date(
+                        std::time::SystemTime::now() + Duration::from_secs(2),
+                    );
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, at)],
+                        "",
+                    )
+                        .into_response()
+                } else {
+                    (StatusCode::OK, "back").into_response()
                 }
             }),
         )
@@ -123,6 +145,7 @@ fn worker_options(
     );
     policy.allow_private = true;
     policy.timeout = Duration::from_secs(5);
+    policy.max_body_bytes = 16 * 1024;
     let provider = Provider {
         policy,
         success_ttl: Duration::from_secs(3600),
@@ -279,6 +302,43 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
     assert_eq!(after.value, b"body");
     assert!(after.revision > before.revision);
     assert_eq!(after.provenance.expect("provenance").upstream_status, 304);
+
+    // Other 4xx, and a body over the limit: final at once, a negative failed_lookup.
+    for path in ["bad", "huge"] {
+        let (j, _) = store
+            .job_enqueue(&job(addr, path, 3))
+            .await
+            .expect("enqueue");
+        let failed = finished(&store, j.id).await;
+        assert_eq!(
+            (failed.state, failed.attempt),
+            (JobState::Failed, 1),
+            "{path}: {failed:?}"
+        );
+        let entry = store.entry_get(&j.url).await.expect("get").expect("entry");
+        assert!(
+            entry.negative && entry.policy == "failed_lookup",
+            "{path}: {entry:?}"
+        );
+    }
+
+    // 503 with an HTTP-date Retry-After: the provider waits, then works.
+    let enqueued = Instant::now();
+    let (unavailable, _) = store
+        .job_enqueue(&job(addr, "unavailable", 3))
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        finished(&store, unavailable.id).await.state,
+        JobState::Completed
+    );
+    // HTTP-dates have whole seconds: at least one of the two has passed.
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    assert_eq!(counts.unavailable.load(Ordering::SeqCst), 2);
 
     // A failed refresh never replaces a good entry.
     let mut good = job(addr, "flaky", 1);
