@@ -423,22 +423,24 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
     db.finish().await;
 }
 
+/// When each request reached the upstream.
+type Arrivals = Arc<std::sync::Mutex<Vec<Instant>>>;
+/// When the 429 was sent.
+type PushedBack = Arc<std::sync::Mutex<Option<Instant>>>;
+
 async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
     let store = db.store().await;
     // Every arrival is recorded; the first request is answered 429, Retry-After 2.
-    let arrivals: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
-    let pushed_back: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let arrivals: Arrivals = Arc::default();
+    let pushed_back: PushedBack = Arc::default();
     let app = Router::new()
         .route(
             "/api/push/{i}",
             get(
-                |State((arrivals, pushed_back)): State<(
-                    Arc<std::sync::Mutex<Vec<Instant>>>,
-                    Arc<std::sync::Mutex<Option<Instant>>>,
-                )>| async move {
+                |State((arrivals, pushed_back)): State<(Arrivals, PushedBack)>| async move {
                     let first = {
                         let mut arrivals = arrivals.lock().expect("lock");
                         arrivals.push(Instant::now());
