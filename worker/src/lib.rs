@@ -4,9 +4,9 @@
 //!
 //! In the architecture (see `DESIGN.md`), any number of `roadie-worker`
 //! processes claim jobs from the shared store, obey each provider's rate limit
-//! across the whole deployment, fetch, and write the results back. This crate
-//! will hold that claim loop, the rate gate and the rescuer; for now it holds
-//! the HTTP part only.
+//! across the whole deployment, fetch, and write the results back. The
+//! `roadie-worker` binary (`main.rs`) only reads flags and configuration and
+//! wires these modules together.
 //!
 //! # Layout
 //!
@@ -18,6 +18,11 @@
 //!   private or loopback addresses are refused ([`fetcher::Refusal`]).
 //! - [`runner`]: the claim loop: leases, heartbeats, outcome → cache entry,
 //!   retries with backoff, soft and hard stop.
+//! - [`settings`]: the shared typed configuration turned into the runner's
+//!   providers and options (secret headers read from the environment).
+//! - [`retention`]: deletes finished jobs once `jobs.keep_*` has passed.
 
 pub mod fetcher;
+pub mod retention;
 pub mod runner;
+pub mod settings;

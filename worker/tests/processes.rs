@@ -1,0 +1,610 @@
+//! Real `roadie-worker` processes against one store (a SQLite file shared by
+//! every process, or a fresh Postgres database) and a loopback upstream that
+//! counts requests per path. The workers are configured through environment
+//! variables only, as a deployment would configure them.
+//!
+//! What must hold across processes: several workers share a queue without
+//! fetching anything twice; the jobs of a worker killed with SIGKILL are
+//! taken over within one lease; SIGTERM lets running jobs finish within the
+//! grace period, and past it hands their leases back; finished jobs are
+//! purged; bad configuration exits 2 before anything is opened.
+
+#![allow(missing_docs)]
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{Uri, header},
+};
+use roadie_store::{Backend, Job, JobNew, JobOutcome, JobState, Store, now_ms, testing::TestDb};
+use tokio::sync::watch;
+
+const LEASE: Duration = Duration::from_secs(2);
+
+/// The loopback upstream. Every path under `/api/` answers JSON; the first
+/// segment after it chooses how fast:
+/// `item` at once, `slow` after a second, `gated` once the gate opens,
+/// `hang` never.
+struct Upstream {
+    addr: SocketAddr,
+    state: Arc<UpstreamState>,
+}
+
+struct UpstreamState {
+    hits: Mutex<HashMap<String, u32>>,
+    gate: watch::Sender<bool>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let state = Arc::new(UpstreamState {
+            hits: Mutex::new(HashMap::new()),
+            gate: watch::Sender::new(false),
+        });
+        let app = Router::new()
+            .fallback(
+                |State(state): State<Arc<UpstreamState>>, uri: Uri| async move {
+                    let path = uri.path().to_owned();
+                    *state
+                        .hits
+                        .lock()
+                        .expect("hits")
+                        .entry(path.clone())
+                        .or_default() += 1;
+                    match path.split('/').nth(2) {
+                        Some("slow") => tokio::time::sleep(Duration::from_secs(1)).await,
+                        Some("gated") => {
+                            let _ = state.gate.subscribe().wait_for(|open| *open).await;
+                        }
+                        Some("hang") => std::future::pending::<()>().await,
+                        _ => {}
+                    }
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        format!("{{\"path\":{path:?}}}"),
+                    )
+                },
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Upstream { addr, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}/api/{path}", self.addr)
+    }
+
+    fn hits(&self) -> HashMap<String, u32> {
+        self.state.hits.lock().expect("hits").clone()
+    }
+
+    fn open_gate(&self) {
+        self.state.gate.send_replace(true);
+    }
+}
+
+/// A `roadie-worker` process, killed when the guard drops (so a failed test
+/// leaves no process behind); its stderr goes to a file, printed when the
+/// test fails.
+struct WorkerProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    log: PathBuf,
+    name: String,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on `db` fetching from `upstream`; `extra` adds or
+    /// overrides environment variables.
+    fn spawn(
+        name: &str,
+        db: &TestDb,
+        upstream: &Upstream,
+        logs: &Path,
+        extra: &[(&str, &str)],
+    ) -> WorkerProcess {
+        let log = logs.join(format!("{name}.log"));
+        let stderr = File::create(&log).expect("create the log file");
+        let mut env: HashMap<&str, String> = HashMap::from([
+            ("ROADIE__STORE__URL", db.url.clone()),
+            ("ROADIE__STORE__MAX_CONNECTIONS", "6".to_owned()),
+            ("ROADIE__WORKER__LEASE", "2s".to_owned()),
+            ("ROADIE__WORKER__HEARTBEAT", "500ms".to_owned()),
+            ("ROADIE__WORKER__POLL_INTERVAL", "50ms".to_owned()),
+            ("ROADIE__WORKER__CONCURRENCY", "8".to_owned()),
+            ("ROADIE__PROVIDERS__TEST__BASE_URL", upstream.url("")),
+            ("ROADIE__PROVIDERS__TEST__ALLOW_PRIVATE", "true".to_owned()),
+            ("ROADIE__PROVIDERS__TEST__TIMEOUT", "30s".to_owned()),
+            // The tests are about leases and stops, not the provider's rate limit.
+            (
+                "ROADIE__PROVIDERS__TEST__RATE_PER_SECOND",
+                "100000".to_owned(),
+            ),
+            ("ROADIE__PROVIDERS__TEST__BURST", "1000".to_owned()),
+            ("NO_COLOR", "1".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ]);
+        for (key, value) in extra {
+            env.insert(key, (*value).to_owned());
+        }
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadie-worker"))
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start roadie-worker");
+        let pid = child.id().expect("a running child has a pid");
+        WorkerProcess {
+            child,
+            pid,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    /// True when `job` is leased by this process (worker ids are `HOST-PID-XXXX`).
+    fn holds(&self, job: &Job) -> bool {
+        job.lease_holder
+            .as_deref()
+            .is_some_and(|holder| holder.contains(&format!("-{}-", self.pid)))
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid);
+    }
+
+    /// Waits (bounded) for the process to exit.
+    async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for roadie-worker"),
+            Err(_) => panic!("{} did not exit within {limit:?}", self.name),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The jobs a stopped worker claimed, from its last log line.
+fn claimed_by(worker: &WorkerProcess) -> u64 {
+    let log = worker.log();
+    let stopped = log
+        .lines()
+        .find(|line| line.contains("roadie-worker stopped"))
+        .unwrap_or_else(|| panic!("{} never logged its stop:\n{log}", worker.name));
+    stopped
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("claimed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no claimed= in {stopped:?}"))
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} (pid {}) stderr ---\n{}",
+                self.name,
+                self.pid,
+                self.log()
+            );
+        }
+    }
+}
+
+fn job(url: String) -> JobNew {
+    JobNew {
+        provider: "test".to_owned(),
+        url,
+        policy: "api_metadata".to_owned(),
+        tags: vec![],
+        priority: 2,
+        max_attempts: 3,
+        traceparent: None,
+        now: now_ms(),
+    }
+}
+
+/// Enqueues one job per path; returns their URLs.
+async fn enqueue(store: &Store, upstream: &Upstream, paths: &[String]) -> Vec<String> {
+    let mut urls = Vec::with_capacity(paths.len());
+    for path in paths {
+        let url = upstream.url(path);
+        let (_, shared) = store.job_enqueue(&job(url.clone())).await.expect("enqueue");
+        assert!(!shared, "{url} enqueued twice");
+        urls.push(url);
+    }
+    urls
+}
+
+async fn all_jobs(store: &Store) -> Vec<Job> {
+    store
+        .job_list(None, Some("test"), u64::MAX, 10_000)
+        .await
+        .expect("list jobs")
+}
+
+fn count(jobs: &[Job], state: JobState) -> usize {
+    jobs.iter().filter(|j| j.state == state).count()
+}
+
+/// Polls `probe` every 25 ms until it gives `Ok`, for at most `limit`; the
+/// `Err` it gave last says what was still missing.
+async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; last seen: {state}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until every job is running under `worker` and upstream has seen
+/// each of `paths`, so the fetches are truly in flight.
+async fn running_under(
+    store: &Store,
+    upstream: &Upstream,
+    worker: &WorkerProcess,
+    paths: &[String],
+) {
+    eventually("jobs in flight", Duration::from_secs(10), async || {
+        let jobs = all_jobs(store).await;
+        let held = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running && worker.holds(j))
+            .count();
+        let hits = upstream.hits();
+        let seen = paths
+            .iter()
+            .filter(|p| hits.contains_key(&format!("/api/{p}")))
+            .count();
+        if held == paths.len() && seen == paths.len() {
+            Ok(())
+        } else {
+            Err(format!("{held} held, {seen} requested of {}", paths.len()))
+        }
+    })
+    .await;
+}
+
+/// Asserts every job completed and every URL has a live entry.
+async fn all_completed_with_entries(store: &Store, urls: &[String]) {
+    let jobs = all_jobs(store).await;
+    assert_eq!(jobs.len(), urls.len());
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Completed),
+        "not all completed: {:?}",
+        jobs.iter().find(|j| j.state != JobState::Completed)
+    );
+    let entries = store.entry_get_many(urls).await.expect("entries");
+    assert_eq!(entries.len(), urls.len(), "every URL has an entry");
+    assert!(entries.iter().all(|e| !e.negative));
+}
+
+async fn three_workers_share_500_jobs(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..500).map(|i| format!("item/{i}")).collect();
+    let urls = enqueue(&store, &upstream, &paths).await;
+
+    let started = Instant::now();
+    let mut workers: Vec<WorkerProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &[]))
+        .collect();
+    eventually("500 jobs completed", Duration::from_secs(20), async || {
+        let jobs = all_jobs(&store).await;
+        match count(&jobs, JobState::Completed) {
+            500 => Ok(()),
+            done => Err(format!("{done} completed")),
+        }
+    })
+    .await;
+    eprintln!("500 jobs by 3 workers in {:?}", started.elapsed());
+
+    all_completed_with_entries(&store, &urls).await;
+    let hits = upstream.hits();
+    assert_eq!(hits.values().sum::<u32>(), 500, "one request per job");
+    for path in &paths {
+        assert_eq!(hits.get(&format!("/api/{path}")), Some(&1), "{path}");
+    }
+    let mut claimed = Vec::new();
+    for worker in &mut workers {
+        worker.signal("TERM");
+        let status = worker.exit_within(Duration::from_secs(10)).await;
+        assert!(status.success(), "{}: {status}", worker.name);
+        claimed.push(claimed_by(worker));
+    }
+    eprintln!("claims per worker: {claimed:?}");
+    assert_eq!(claimed.iter().sum::<u64>(), 500, "each job claimed once");
+    store.close().await;
+    db.finish().await;
+}
+
+async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..6).map(|i| format!("gated/{i}")).collect();
+    let urls = enqueue(&store, &upstream, &paths).await;
+
+    let mut a = WorkerProcess::spawn("a", &db, &upstream, logs.path(), &[]);
+    running_under(&store, &upstream, &a, &paths).await;
+    a.signal("KILL");
+    let killed = Instant::now();
+    let status = a.exit_within(Duration::from_secs(5)).await;
+    assert!(!status.success(), "SIGKILL is not a clean exit: {status}");
+
+    upstream.open_gate();
+    let mut b = WorkerProcess::spawn("b", &db, &upstream, logs.path(), &[]);
+    let limit = (LEASE + Duration::from_secs(5)).saturating_sub(killed.elapsed());
+    eventually("jobs taken over", limit, async || {
+        let jobs = all_jobs(&store).await;
+        match count(&jobs, JobState::Completed) {
+            6 => Ok(()),
+            done => Err(format!("{done} completed: {jobs:?}")),
+        }
+    })
+    .await;
+    eprintln!("taken over {:?} after the kill", killed.elapsed());
+    all_completed_with_entries(&store, &urls).await;
+
+    b.signal("TERM");
+    assert!(b.exit_within(Duration::from_secs(10)).await.success());
+    store.close().await;
+    db.finish().await;
+}
+
+async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..4).map(|i| format!("slow/{i}")).collect();
+    let urls = enqueue(&store, &upstream, &paths).await;
+
+    let mut worker = WorkerProcess::spawn(
+        "soft",
+        &db,
+        &upstream,
+        logs.path(),
+        &[("ROADIE__WORKER__SHUTDOWN_GRACE", "10s")],
+    );
+    running_under(&store, &upstream, &worker, &paths).await;
+    worker.signal("TERM");
+    let signalled = Instant::now();
+    let status = worker.exit_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "finished within the grace: {:?}",
+        signalled.elapsed()
+    );
+    let jobs = all_jobs(&store).await;
+    assert_eq!(count(&jobs, JobState::Running), 0);
+    all_completed_with_entries(&store, &urls).await;
+    assert!(worker.log().contains("roadie-worker stopped"));
+    store.close().await;
+    db.finish().await;
+}
+
+async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..3).map(|i| format!("hang/{i}")).collect();
+    enqueue(&store, &upstream, &paths).await;
+
+    let mut worker = WorkerProcess::spawn(
+        "hard",
+        &db,
+        &upstream,
+        logs.path(),
+        &[("ROADIE__WORKER__SHUTDOWN_GRACE", "300ms")],
+    );
+    running_under(&store, &upstream, &worker, &paths).await;
+    worker.signal("TERM");
+    let signalled = Instant::now();
+    let status = worker.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+    eprintln!("hard stop exited {:?} after SIGTERM", signalled.elapsed());
+    for job in all_jobs(&store).await {
+        assert_eq!(
+            (job.state, job.lease_holder.as_deref(), job.attempt),
+            (JobState::Available, None, 0),
+            "{job:?}"
+        );
+    }
+    store.close().await;
+    db.finish().await;
+}
+
+async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..3).map(|i| format!("item/{i}")).collect();
+    enqueue(&store, &upstream, &paths).await;
+    // Finished here, not by a worker, so nothing else runs meanwhile.
+    let now = now_ms();
+    let claimed = store
+        .job_claim("test-finisher", 3, now + 60_000, now)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    for (i, job) in claimed.iter().enumerate() {
+        let outcome = if i == 0 {
+            JobOutcome::Fail {
+                error: "gave up".to_owned(),
+                entry: None,
+            }
+        } else {
+            JobOutcome::Complete { entry: None }
+        };
+        store
+            .job_finish_if_leased(job.id, "test-finisher", &outcome, now_ms())
+            .await
+            .expect("finish");
+    }
+
+    // Completed jobs are kept for nothing, failed ones for an hour.
+    let mut worker = WorkerProcess::spawn(
+        "retention",
+        &db,
+        &upstream,
+        logs.path(),
+        &[
+            ("ROADIE__JOBS__KEEP_COMPLETED", "0s"),
+            ("ROADIE__JOBS__KEEP_FAILED", "1h"),
+        ],
+    );
+    let left = eventually(
+        "completed jobs purged",
+        Duration::from_secs(10),
+        async || {
+            let jobs = all_jobs(&store).await;
+            match count(&jobs, JobState::Completed) {
+                0 => Ok(jobs),
+                n => Err(format!("{n} completed jobs left")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        left.iter().map(|j| (j.id, j.state)).collect::<Vec<_>>(),
+        [(claimed[0].id, JobState::Failed)]
+    );
+    worker.signal("TERM");
+    assert!(worker.exit_within(Duration::from_secs(10)).await.success());
+    store.close().await;
+    db.finish().await;
+}
+
+/// Bad configuration exits 2 with a message naming the setting, before the
+/// store is opened (the SQLite file's directory is never created).
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("data/roadie.db").display());
+    // (environment, what stderr must name)
+    type Case = (
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+    );
+    let cases: [Case; 3] = [
+        (
+            // Over half of the default 30 s lease.
+            &[("ROADIE__WORKER__HEARTBEAT", "20s")],
+            &["worker.heartbeat"],
+        ),
+        (&[("ROADIE__WORKER__LEASE", "soon")], &["worker.lease"]),
+        (
+            &[
+                (
+                    "ROADIE__PROVIDERS__TEST__BASE_URL",
+                    "http://127.0.0.1:9/api/",
+                ),
+                (
+                    "ROADIE__PROVIDERS__TEST__SECRET_HEADERS__X_API_KEY",
+                    "ROADIE_TEST_API_KEY",
+                ),
+            ],
+            &[
+                "providers.test.secret_headers.x_api_key",
+                "ROADIE_TEST_API_KEY",
+            ],
+        ),
+    ];
+    for (env, expected) in cases {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadie-worker"))
+            .env_clear()
+            .env("ROADIE__STORE__URL", &url)
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), child)
+            .await
+            .expect("exits at once")
+            .expect("run roadie-worker");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
+        for text in expected {
+            assert!(stderr.contains(text), "{env:?}: {text} not in {stderr}");
+        }
+        assert!(
+            !dir.path().join("data").exists(),
+            "{env:?}: the store was opened"
+        );
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await; }
+        )* }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await; }
+        )* }
+    };
+}
+
+on_both_backends!(
+    three_workers_share_500_jobs,
+    a_killed_workers_jobs_are_taken_over_within_one_lease,
+    sigterm_lets_running_jobs_finish_within_the_grace,
+    sigterm_past_the_grace_hands_leases_back,
+    finished_jobs_are_purged_after_their_retention,
+);
