@@ -160,6 +160,12 @@ impl Store {
             Backend::Sqlite => &MIGRATOR_SQLITE,
             Backend::Postgres => &MIGRATOR_POSTGRES,
         };
+        // Postgres migrations take an advisory lock; SQLite's take none, so
+        // processes starting together on a new file would race to create it.
+        let _lock = match backend {
+            Backend::Sqlite => migration_lock(&url).await?,
+            Backend::Postgres => None,
+        };
         migrator.run(&pool).await?;
         Ok(Store { pool, backend, url })
     }
@@ -202,6 +208,28 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         format!("{query}&mode=rwc")
     };
     Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// An exclusive lock on `<file>.migrate-lock` beside a SQLite file, held
+/// while migrating; released when dropped. None for in-memory databases.
+async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let rest = url.trim_start_matches("sqlite://");
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.migrate-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| StoreError::Config(format!("cannot open {lock_path}: {error}")))?;
+    let locked = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .map_err(|error| StoreError::Config(format!("migration lock: {error}")))?
+        .map_err(|error| StoreError::Config(format!("cannot lock {lock_path}: {error}")))?;
+    Ok(Some(locked))
 }
 
 /// The URL with any password replaced, for messages.

@@ -1121,3 +1121,25 @@ mod jobs {
         list_pages_and_purge,
     );
 }
+
+/// Servers and workers starting together on a new SQLite file all migrate it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_starts_on_one_sqlite_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("roadie.db").display());
+    let mut opens = Vec::new();
+    for _ in 0..6 {
+        let url = url.clone();
+        opens.push(tokio::spawn(async move {
+            Store::connect(&roadie_store::StoreOptions::new(url)).await
+        }));
+    }
+    for open in opens {
+        let store = open
+            .await
+            .expect("task")
+            .expect("every process opens the store");
+        assert_eq!(store.revision_current().await.expect("revision"), 0);
+        store.close().await;
+    }
+}
