@@ -21,18 +21,6 @@ trap stop INT TERM
 pids+=($!)
 echo "roadie: server starting on ${ROADIE__SERVER__LISTEN:-127.0.0.1:50051} (pid $!); Ctrl-C stops it" >&2
 
-# The worker starts once the server listens: by then the server has created and
-# migrated a fresh store, which two processes must not do at the same time on
-# SQLite. A listen address set only in a --config file is not seen here; then
-# the worker starts after 10 s. A server that dies first ends the script.
-listen="${ROADIE__SERVER__LISTEN:-127.0.0.1:50051}"
-host="${listen%:*}" port="${listen##*:}"
-for _ in $(seq 50); do
-  kill -0 "${pids[0]}" 2>/dev/null || { status=0; wait "${pids[0]}" || status=$?; exit "$status"; }
-  (: >"/dev/tcp/${host//[\[\]]/}/$port") 2>/dev/null && break
-  sleep 0.2
-done
-
 ./target/release/roadie-worker "$@" &
 pids+=($!)
 echo "roadie: worker started (pid $!); the CLI is ./target/release/roadie" >&2

@@ -482,13 +482,14 @@ pub(crate) async fn entry_put_in(
             return Ok(PutResult::RevisionMismatch { revision: actual });
         }
     }
-    if let Some((revision, confidence)) = stored {
-        if put.keep_higher_confidence && confidence > put.confidence {
-            return Ok(PutResult::KeptHigherConfidence {
-                revision,
-                confidence,
-            });
-        }
+    if let Some((revision, confidence)) = stored
+        && put.keep_higher_confidence
+        && confidence > put.confidence
+    {
+        return Ok(PutResult::KeptHigherConfidence {
+            revision,
+            confidence,
+        });
     }
 
     let revision = base + 1;

@@ -190,15 +190,15 @@ impl Store {
 fn sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(dir) = Path::new(path)
+    if path != ":memory:"
+        && !path.is_empty()
+        && let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|error| {
-                StoreError::Config(format!("cannot create {}: {error}", dir.display()))
-            })?;
-        }
+    {
+        std::fs::create_dir_all(dir).map_err(|error| {
+            StoreError::Config(format!("cannot create {}: {error}", dir.display()))
+        })?;
     }
     let query = if query.split('&').any(|p| p.starts_with("mode=")) {
         query.to_owned()

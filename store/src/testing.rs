@@ -104,12 +104,12 @@ impl TestDb {
 
     /// Drops a Postgres database (a SQLite directory goes with `self`).
     pub async fn finish(self) {
-        if let Some((admin, name)) = &self.postgres {
-            if let Ok(mut conn) = AnyConnection::connect(admin).await {
-                let _ = conn
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await;
-            }
+        if let Some((admin, name)) = &self.postgres
+            && let Ok(mut conn) = AnyConnection::connect(admin).await
+        {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await;
         }
     }
 }

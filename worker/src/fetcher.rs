@@ -674,10 +674,10 @@ async fn read_body(
         reason: format!("body exceeds the limit of {limit} bytes ({detail})"),
     };
     let declared = response.content_length();
-    if let Some(length) = declared {
-        if length > limit as u64 {
-            return Err(too_large(format!("Content-Length is {length} bytes")));
-        }
+    if let Some(length) = declared
+        && length > limit as u64
+    {
+        return Err(too_large(format!("Content-Length is {length} bytes")));
     }
     let capacity = declared.map_or(0, |length| usize::try_from(length).unwrap_or(limit));
     let mut body = BytesMut::with_capacity(capacity.min(limit));

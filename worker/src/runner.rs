@@ -294,11 +294,11 @@ impl Worker {
         };
         let now = now_ms();
         // Another worker's job may have paused the provider since this one was claimed.
-        if let Some(until) = self.store.provider_paused_until(&job.provider).await? {
-            if until > now {
-                let error = "provider paused by upstream pushback".to_owned();
-                return Ok((Decision::Retry { error, at: until }, None));
-            }
+        if let Some(until) = self.store.provider_paused_until(&job.provider).await?
+            && until > now
+        {
+            let error = "provider paused by upstream pushback".to_owned();
+            return Ok((Decision::Retry { error, at: until }, None));
         }
         let fetched = self
             .fetcher

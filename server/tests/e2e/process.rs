@@ -67,10 +67,10 @@ pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
             let request = HealthCheckRequest {
                 service: "roadie.v1.Cache".to_owned(),
             };
-            if let Ok(response) = health.check(request).await {
-                if response.into_inner().status == ServingStatus::Serving as i32 {
-                    return health;
-                }
+            if let Ok(response) = health.check(request).await
+                && response.into_inner().status == ServingStatus::Serving as i32
+            {
+                return health;
             }
         }
         assert!(
