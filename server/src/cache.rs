@@ -11,7 +11,7 @@ use std::{
 use futures::Stream;
 use roadie_proto::v1::{self as pb, cache_server::Cache};
 use roadie_store::{
-    ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Selector, now_ms,
+    ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Rate, Selector, now_ms,
 };
 use roadie_worker::fetcher::{Fetcher, Refusal};
 use tokio::time::Instant;
@@ -574,8 +574,7 @@ impl Cache for CacheService {
             .map_or(0, |d| d.as_millis() as i64);
         Ok(Response::new(pb::StatsResponse {
             policies: rows,
-            // Per-provider rate-limit figures arrive with the shared rate limiter.
-            providers: vec![],
+            providers: self.provider_stats().await?,
             revision,
             started_at: Some(timestamp(started_ms)),
             backend: self.state.store.backend().name().to_owned(),
@@ -677,6 +676,36 @@ impl CacheService {
                 miss_policy: policy,
             },
         })
+    }
+
+    /// Each configured provider's limit, backlog, next allowed request and
+    /// the total time its jobs waited, from the state all workers share.
+    async fn provider_stats(&self) -> Result<Vec<pb::ProviderStats>, ApiError> {
+        let states = self.state.store.provider_stats().await?;
+        let now = now_ms();
+        Ok(self
+            .state
+            .settings
+            .providers
+            .iter()
+            .map(|(name, provider)| {
+                let state = states.iter().find(|s| &s.provider == name);
+                let rate = Rate::new(provider.rate_per_second, provider.burst);
+                let next = state
+                    .map_or(now, |s| rate.next_at(s.tat).max(s.paused_until))
+                    .max(now);
+                pb::ProviderStats {
+                    provider: name.clone(),
+                    rate_per_second: provider.rate_per_second,
+                    backlog: state.map_or(0, |s| s.backlog),
+                    next_request_at: Some(timestamp(next)),
+                    total_wait: Some(prost_types::Duration {
+                        seconds: state.map_or(0, |s| s.waited_ms / 1000),
+                        nanos: state.map_or(0, |s| (s.waited_ms % 1000) as i32 * 1_000_000),
+                    }),
+                }
+            })
+            .collect())
     }
 
     async fn enqueue(

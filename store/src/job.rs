@@ -8,6 +8,7 @@ use crate::{
     Store, StoreError,
     change::{from_i64, to_i64},
     entry::{EntryPut, PutResult, entry_put_in, parse_tags},
+    rate::Rates,
     sql::sql,
 };
 
@@ -97,6 +98,10 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// W3C traceparent of the enqueuing request.
     pub traceparent: Option<String>,
+    /// Claims only: the ETag of the good entry cached under `url`, to revalidate.
+    pub stored_etag: Option<String>,
+    /// Claims only: the Last-Modified of the good entry cached under `url`.
+    pub stored_last_modified: Option<String>,
 }
 
 /// A job to enqueue.
@@ -118,6 +123,31 @@ pub struct JobNew {
     pub traceparent: Option<String>,
     /// The clock.
     pub now: i64,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// The jobs now leased to the worker.
+    pub jobs: Vec<Job>,
+    /// When a provider that had due work but no budget may be called next
+    /// (ms since the epoch): the moment to look again instead of polling.
+    pub next_due: Option<i64>,
+}
+
+/// One provider's shared state, as `Stats` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderState {
+    /// Provider name.
+    pub provider: String,
+    /// Jobs available (due or not).
+    pub backlog: u64,
+    /// Pushback pause end, ms since the epoch (0: never paused).
+    pub paused_until: i64,
+    /// GCRA theoretical arrival time, ms since the epoch.
+    pub tat: i64,
+    /// Total time claimed jobs waited between becoming due and being claimed.
+    pub waited_ms: i64,
 }
 
 /// How a worker ends its attempt at a job.
@@ -206,7 +236,7 @@ impl Store {
     }
 
     /// Claims up to `limit` available jobs for `worker`, leased until
-    /// `lease_until`, lowest priority number then oldest first.
+    /// `lease_until`, with no rate limits (see [`Store::job_claim_within`]).
     pub async fn job_claim(
         &self,
         worker: &str,
@@ -214,22 +244,129 @@ impl Store {
         lease_until: i64,
         now: i64,
     ) -> Result<Vec<Job>, StoreError> {
+        Ok(self
+            .job_claim_within(worker, limit, lease_until, now, &Rates::default())
+            .await?
+            .jobs)
+    }
+
+    /// Claims up to `limit` available jobs for `worker`, leased until
+    /// `lease_until`: providers holding the most urgent work first, lowest
+    /// priority number then oldest first within a provider, and for a
+    /// provider in `rates` only as many as its budget allows now. The budget
+    /// is spent in the transaction that claims, so no worker holds a claim
+    /// it may not use yet. Paused providers are skipped.
+    pub async fn job_claim_within(
+        &self,
+        worker: &str,
+        limit: u32,
+        lease_until: i64,
+        now: i64,
+        rates: &Rates,
+    ) -> Result<Claim, StoreError> {
+        let mut claim = Claim::default();
         if limit == 0 {
-            return Ok(vec![]);
+            return Ok(claim);
         }
-        let rows = sqlx::query(sql!(self.backend, "job_claim"))
-            .bind(worker)
-            .bind(lease_until)
+        let due: Vec<String> = sqlx::query_scalar(sql!("job_due_providers"))
             .bind(now)
-            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        let mut jobs = rows
-            .iter()
-            .map(job_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by_key(|j| (j.priority, j.id));
-        Ok(jobs)
+        for provider in due {
+            let remaining = limit - u32::try_from(claim.jobs.len()).unwrap_or(limit);
+            if remaining == 0 {
+                break;
+            }
+            let mut tx = self.pool.begin().await?;
+            let (want, rate, tat) = match rates.get(&provider) {
+                None => (remaining, None, 0),
+                Some(rate) => {
+                    sqlx::query(sql!("provider_state_ensure"))
+                        .bind(&provider)
+                        .execute(&mut *tx)
+                        .await?;
+                    let row = sqlx::query(sql!(self.backend, "provider_state_lock"))
+                        .bind(&provider)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let tat: i64 = row.try_get("tat")?;
+                    let paused_until: i64 = row.try_get("paused_until")?;
+                    let allowed = rate.allowance(tat, now, remaining);
+                    if paused_until > now || allowed == 0 {
+                        let next = rate.next_at(tat).max(paused_until);
+                        claim.next_due = Some(claim.next_due.map_or(next, |n: i64| n.min(next)));
+                        continue;
+                    }
+                    (allowed, Some(*rate), tat)
+                }
+            };
+            let rows = sqlx::query(sql!(self.backend, "job_claim"))
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .bind(i64::from(want))
+                .bind(&provider)
+                .fetch_all(&mut *tx)
+                .await?;
+            let jobs = rows
+                .iter()
+                .map(job_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(rate) = rate {
+                let spent = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+                let waited: i64 = jobs
+                    .iter()
+                    .map(|j| (now - j.run_after.max(j.created_at)).max(0))
+                    .sum();
+                sqlx::query(sql!("provider_state_spend"))
+                    .bind(&provider)
+                    .bind(rate.spend(tat, now, spent))
+                    .bind(waited)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            claim.jobs.extend(jobs);
+        }
+        claim.jobs.sort_by_key(|j| (j.priority, j.id));
+        Ok(claim)
+    }
+
+    /// Each known provider's shared state and backlog, for `Stats`.
+    pub async fn provider_stats(&self) -> Result<Vec<ProviderState>, StoreError> {
+        let rows = sqlx::query(sql!("provider_stats"))
+            .fetch_all(&self.pool)
+            .await?;
+        let backlog = sqlx::query(sql!("job_backlog"))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut states: std::collections::BTreeMap<String, ProviderState> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            let provider: String = row.try_get("provider")?;
+            states.insert(
+                provider.clone(),
+                ProviderState {
+                    provider,
+                    backlog: 0,
+                    paused_until: row.try_get("paused_until")?,
+                    tat: row.try_get("tat")?,
+                    waited_ms: row.try_get("waited_ms")?,
+                },
+            );
+        }
+        for row in &backlog {
+            let provider: String = row.try_get("provider")?;
+            let count = from_i64(row.try_get("backlog")?);
+            states
+                .entry(provider.clone())
+                .or_insert_with(|| ProviderState {
+                    provider,
+                    ..ProviderState::default()
+                })
+                .backlog = count;
+        }
+        Ok(states.into_values().collect())
     }
 
     /// Makes jobs whose lease expired claimable again (or failed, after their
@@ -403,14 +540,6 @@ impl Store {
         Ok(())
     }
 
-    /// When `provider`'s pause ends, if it was ever paused.
-    pub async fn provider_paused_until(&self, provider: &str) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(sql!("provider_paused_until"))
-            .bind(provider)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
     /// Deletes completed jobs finished before `completed_before` and failed
     /// or cancelled ones finished before `failed_before`.
     pub async fn job_purge(
@@ -451,5 +580,8 @@ fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
         traceparent: row.try_get("traceparent")?,
+        // Present only in claims' answers.
+        stored_etag: row.try_get("stored_etag").ok().flatten(),
+        stored_last_modified: row.try_get("stored_last_modified").ok().flatten(),
     })
 }

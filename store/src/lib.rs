@@ -19,6 +19,7 @@
 //! - [`change`]: the change log (`change_list_since`, revisions).
 //! - [`job`]: the fetch-job queue (`job_enqueue`, `job_claim`, …).
 //! - [`config`]: the deployment's typed settings, shared by both binaries.
+//! - [`rate`]: per-provider GCRA limits, spent at claim time.
 //! - [`notify`]: Postgres NOTIFY/LISTEN between processes.
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
@@ -28,6 +29,7 @@ pub mod entry;
 pub mod error;
 pub mod job;
 pub mod notify;
+pub mod rate;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -44,8 +46,9 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
-pub use job::{Finish, Job, JobNew, JobOutcome, JobState};
+pub use job::{Claim, Finish, Job, JobNew, JobOutcome, JobState, ProviderState};
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
+pub use rate::{Rate, Rates};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1106,7 +1106,121 @@ mod queue {
     }
 }
 
+mod limits {
+    //! Claim-time rate limits, on both backends.
+
+    use roadie_store::{Rate, Rates, Store};
+
+    use super::{T0, queue::job};
+
+    fn rates(provider: &str, per_second: f64, burst: u32) -> Rates {
+        Rates::from([(provider.to_owned(), Rate::new(per_second, burst))])
+    }
+
+    pub async fn claims_spend_the_providers_budget(store: Store) {
+        for i in 0..5 {
+            let mut j = job(&format!("mb/{i}"), 2);
+            j.provider = "musicbrainz".to_owned();
+            store.job_enqueue(&j).await.expect("enqueue");
+            let mut other = job(&format!("lastfm/{i}"), 2);
+            other.provider = "lastfm".to_owned();
+            store.job_enqueue(&other).await.expect("enqueue");
+        }
+        let limited = rates("musicbrainz", 2.0, 1);
+        let claim = store
+            .job_claim_within("w", 10, T0 + 30_000, T0, &limited)
+            .await
+            .expect("claim");
+        let mb = claim
+            .jobs
+            .iter()
+            .filter(|j| j.provider == "musicbrainz")
+            .count();
+        let other = claim.jobs.iter().filter(|j| j.provider == "lastfm").count();
+        assert_eq!(
+            (mb, other),
+            (1, 5),
+            "the limited provider holds back nobody else"
+        );
+        // Nothing more now, and the claim says when to look again.
+        let again = store
+            .job_claim_within("w", 10, T0 + 30_000, T0 + 100, &limited)
+            .await
+            .expect("claim");
+        assert!(again.jobs.is_empty());
+        assert_eq!(again.next_due, Some(T0 + 525));
+        let due = store
+            .job_claim_within("w", 10, T0 + 30_000, T0 + 525, &limited)
+            .await
+            .expect("claim");
+        assert_eq!(due.jobs.len(), 1);
+        // A burst after an idle spell, never more than the burst.
+        let burst = rates("musicbrainz", 2.0, 2);
+        let later = store
+            .job_claim_within("w", 10, T0 + 90_000, T0 + 60_000, &burst)
+            .await
+            .expect("claim");
+        assert_eq!(later.jobs.len(), 2);
+    }
+
+    pub async fn waiting_callers_get_the_budget_first(store: Store) {
+        for i in 0..3 {
+            store
+                .job_enqueue(&job(&format!("bg/{i}"), 2))
+                .await
+                .expect("enqueue");
+        }
+        let mut urgent = job("wait/1", 1);
+        urgent.now = T0 + 5;
+        store.job_enqueue(&urgent).await.expect("enqueue");
+        let limited = rates("musicbrainz", 1.0, 1);
+        let claim = store
+            .job_claim_within("w", 10, T0 + 30_000, T0 + 10, &limited)
+            .await
+            .expect("claim");
+        assert_eq!(
+            claim
+                .jobs
+                .iter()
+                .map(|j| j.url.as_str())
+                .collect::<Vec<_>>(),
+            ["wait/1"]
+        );
+    }
+
+    pub async fn concurrent_claimers_share_one_budget(store: Store) {
+        for i in 0..50 {
+            store
+                .job_enqueue(&job(&format!("c/{i}"), 2))
+                .await
+                .expect("enqueue");
+        }
+        let limited = rates("musicbrainz", 1.0, 3);
+        let mut tasks = Vec::new();
+        for w in 0..6 {
+            let (store, limited) = (store.clone(), limited.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .job_claim_within(&format!("w{w}"), 8, T0 + 30_000, T0, &limited)
+                    .await
+                    .expect("claim")
+                    .jobs
+                    .len()
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.expect("task");
+        }
+        assert_eq!(
+            total, 3,
+            "six claimers at one instant get the burst of 3 between them"
+        );
+    }
+}
+
 mod jobs {
+    use super::limits::*;
     use super::queue::*;
     use super::*;
 
@@ -1119,6 +1233,9 @@ mod jobs {
         retries_and_failures,
         expired_leases_are_rescued_and_releases_hand_back,
         list_pages_and_purge,
+        claims_spend_the_providers_budget,
+        waiting_callers_get_the_budget_first,
+        concurrent_claimers_share_one_budget,
     );
 }
 

@@ -9,8 +9,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
 use roadie_store::{
-    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Store, StoreError, WORK_CHANNEL,
-    now_ms,
+    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Rate, Rates, Store, StoreError,
+    WORK_CHANNEL, now_ms,
 };
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub struct Provider {
     pub success_ttl: Duration,
     /// Lifetime of a cached 404.
     pub negative_ttl: Duration,
+    /// The provider's limit for the whole deployment; `None`: unlimited.
+    pub rate: Option<Rate>,
 }
 
 /// How a worker runs.
@@ -85,6 +87,7 @@ pub struct Worker {
     store: Store,
     fetcher: Fetcher,
     providers: Arc<HashMap<String, Provider>>,
+    rates: Arc<Rates>,
     options: Arc<WorkerOptions>,
 }
 
@@ -96,10 +99,15 @@ impl Worker {
         providers: HashMap<String, Provider>,
         options: WorkerOptions,
     ) -> Worker {
+        let rates: Rates = providers
+            .iter()
+            .filter_map(|(name, p)| p.rate.map(|rate| (name.clone(), rate)))
+            .collect();
         Worker {
             store,
             fetcher,
             providers: Arc::new(providers),
+            rates: Arc::new(rates),
             options: Arc::new(options),
         }
     }
@@ -136,16 +144,19 @@ impl Worker {
             let free = options
                 .concurrency
                 .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
+            let mut next_due = None;
             if free > 0 {
                 let now = now_ms();
+                let lease_until = now + millis(options.lease);
                 match self
                     .store
-                    .job_claim(&options.id, free, now + millis(options.lease), now)
+                    .job_claim_within(&options.id, free, lease_until, now, &self.rates)
                     .await
                 {
-                    Ok(jobs) => {
-                        report.claimed += jobs.len() as u64;
-                        for job in jobs {
+                    Ok(claim) => {
+                        report.claimed += claim.jobs.len() as u64;
+                        next_due = claim.next_due;
+                        for job in claim.jobs {
                             let span = tracing::info_span!("worker.job", job = job.id, provider = %job.provider, attempt = job.attempt);
                             inflight
                                 .spawn(self.clone().process(job, hard.clone()).instrument(span));
@@ -154,12 +165,19 @@ impl Worker {
                     Err(error) => tracing::warn!(%error, "claim failed"),
                 }
             }
+            // A throttled provider's budget returns at a known moment: look
+            // again then rather than at the next poll.
+            let budget_back = next_due.map(|at| {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+            });
             // A freed slot claims again at once; an idle worker polls.
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 () = tokio::time::sleep(options.poll_interval) => {}
                 () = wake.notified() => {}
+                () = sleep_until_some(budget_back) => {}
             }
         }
         listening.cancel();
@@ -277,33 +295,22 @@ impl Worker {
                 ));
             }
         };
+        // The validators came with the claim: nothing stands between the
+        // claim and the request, which keeps requests on the rate's schedule.
+        let validators = Validators {
+            etag: job.stored_etag.clone(),
+            last_modified: job.stored_last_modified.clone(),
+        };
+        let now = now_ms();
+        let fetched = self
+            .fetcher
+            .fetch(&provider.policy, &url, &validators)
+            .await;
         let stored = self
             .store
             .entry_get(&job.url)
             .await?
             .filter(|e| !e.negative);
-        let validators = Validators {
-            etag: stored
-                .as_ref()
-                .and_then(|e| e.provenance.as_ref())
-                .and_then(|p| p.etag.clone()),
-            last_modified: stored
-                .as_ref()
-                .and_then(|e| e.provenance.as_ref())
-                .and_then(|p| p.last_modified.clone()),
-        };
-        let now = now_ms();
-        // Another worker's job may have paused the provider since this one was claimed.
-        if let Some(until) = self.store.provider_paused_until(&job.provider).await?
-            && until > now
-        {
-            let error = "provider paused by upstream pushback".to_owned();
-            return Ok((Decision::Retry { error, at: until }, None));
-        }
-        let fetched = self
-            .fetcher
-            .fetch(&provider.policy, &url, &validators)
-            .await;
         let retry_or_fail = |error: String, at: Option<i64>| -> (Decision, Option<EntryPut>) {
             if job.attempt < job.max_attempts {
                 let at = at.unwrap_or_else(|| now + millis(self.backoff(job.attempt)));
@@ -485,6 +492,13 @@ fn result_entry(
         if_revision: None,
         kind: ChangeKind::Fetch,
         now,
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

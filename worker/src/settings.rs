@@ -11,6 +11,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use roadie_store::Rate;
 use roadie_store::config::{ConfigError, Settings};
 use url::Url;
 
@@ -94,6 +95,7 @@ pub fn providers(
                 policy,
                 success_ttl: provider.success_ttl,
                 negative_ttl: provider.negative_ttl,
+                rate: Some(Rate::new(provider.rate_per_second, provider.burst)),
             },
         );
     }

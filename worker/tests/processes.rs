@@ -42,6 +42,8 @@ struct Upstream {
 
 struct UpstreamState {
     hits: Mutex<HashMap<String, u32>>,
+    /// Every request's path and arrival time, in arrival order.
+    arrivals: Mutex<Vec<(String, Instant)>>,
     gate: watch::Sender<bool>,
 }
 
@@ -49,12 +51,18 @@ impl Upstream {
     async fn start() -> Upstream {
         let state = Arc::new(UpstreamState {
             hits: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(Vec::new()),
             gate: watch::Sender::new(false),
         });
         let app = Router::new()
             .fallback(
                 |State(state): State<Arc<UpstreamState>>, uri: Uri| async move {
                     let path = uri.path().to_owned();
+                    state
+                        .arrivals
+                        .lock()
+                        .expect("arrivals")
+                        .push((path.clone(), Instant::now()));
                     *state
                         .hits
                         .lock()
@@ -90,6 +98,16 @@ impl Upstream {
 
     fn hits(&self) -> HashMap<String, u32> {
         self.state.hits.lock().expect("hits").clone()
+    }
+
+    /// Arrival times of the requests whose path starts with `prefix`.
+    fn arrivals(&self, prefix: &str) -> Vec<Instant> {
+        let arrivals = self.state.arrivals.lock().expect("arrivals");
+        arrivals
+            .iter()
+            .filter(|(path, _)| path.starts_with(prefix))
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     fn open_gate(&self) {
@@ -217,8 +235,12 @@ impl Drop for WorkerProcess {
 }
 
 fn job(url: String) -> JobNew {
+    job_for("test", url)
+}
+
+fn job_for(provider: &str, url: String) -> JobNew {
     JobNew {
-        provider: "test".to_owned(),
+        provider: provider.to_owned(),
         url,
         policy: "api_metadata".to_owned(),
         tags: vec![],
@@ -315,6 +337,7 @@ async fn all_completed_with_entries(store: &Store, urls: &[String]) {
 }
 
 async fn three_workers_share_500_jobs(backend: Backend) {
+    let _alone = TIMING.lock().await;
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
@@ -588,6 +611,143 @@ async fn bad_configuration_exits_2_naming_the_setting() {
     }
 }
 
+/// Timing-sensitive tests take this so they do not share the two cores with
+/// another multi-process test: what they measure is Roadie, not the load of
+/// the test run.
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The most requests any half-open one-second window holds.
+fn busiest_second(arrivals: &[Instant]) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|at| at.duration_since(sorted[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn four_workers_hold_one_shared_rate(backend: Backend) {
+    let _alone = TIMING.lock().await;
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    let paths: Vec<String> = (0..40).map(|i| format!("item/limited-{i}")).collect();
+    let urls = enqueue(&store, &upstream, &paths).await;
+    let limit = [
+        ("ROADIE__PROVIDERS__TEST__RATE_PER_SECOND", "2"),
+        ("ROADIE__PROVIDERS__TEST__BURST", "1"),
+    ];
+    let started = Instant::now();
+    let mut workers: Vec<WorkerProcess> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &limit))
+        .collect();
+    let took = eventually(
+        "40 jobs completed",
+        Duration::from_secs(30),
+        async || match count(&all_jobs(&store).await, JobState::Completed) {
+            40 => Ok(started.elapsed()),
+            done => Err(format!("{done} completed")),
+        },
+    )
+    .await;
+    all_completed_with_entries(&store, &urls).await;
+    let arrivals = upstream.arrivals("/api/item/limited-");
+    assert_eq!(arrivals.len(), 40, "one request per job");
+    let busiest = busiest_second(&arrivals);
+    let mut sorted = arrivals.clone();
+    sorted.sort();
+    let gaps: Vec<u128> = sorted
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis())
+        .collect();
+    eprintln!("gaps: {gaps:?}");
+    eprintln!("40 jobs at 2/s by 4 workers in {took:?}; busiest second held {busiest}");
+    assert!(
+        busiest <= 2,
+        "a one-second window held {busiest} requests; gaps in ms: {gaps:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(21),
+        "the limit is used, not just respected: {took:?}"
+    );
+    for worker in &mut workers {
+        worker.signal("TERM");
+        assert!(worker.exit_within(Duration::from_secs(10)).await.success());
+    }
+    store.close().await;
+    db.finish().await;
+}
+
+async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    let upstream = Upstream::start().await;
+    for i in 0..30 {
+        store
+            .job_enqueue(&job(upstream.url(&format!("item/slow-{i}"))))
+            .await
+            .expect("enqueue");
+        store
+            .job_enqueue(&job_for("fast", upstream.url(&format!("item/fast-{i}"))))
+            .await
+            .expect("enqueue");
+    }
+    let base = upstream.url("");
+    let env = [
+        ("ROADIE__PROVIDERS__TEST__RATE_PER_SECOND", "1"),
+        ("ROADIE__PROVIDERS__TEST__BURST", "1"),
+        ("ROADIE__PROVIDERS__FAST__BASE_URL", base.as_str()),
+        ("ROADIE__PROVIDERS__FAST__ALLOW_PRIVATE", "true"),
+        ("ROADIE__PROVIDERS__FAST__RATE_PER_SECOND", "100000"),
+        ("ROADIE__PROVIDERS__FAST__BURST", "1000"),
+    ];
+    let started = Instant::now();
+    let mut workers: Vec<WorkerProcess> = ["a", "b"]
+        .iter()
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &env))
+        .collect();
+    let took = eventually(
+        "the unlimited provider's 30 jobs",
+        Duration::from_secs(5),
+        async || {
+            let fast = store
+                .job_list(Some(JobState::Completed), Some("fast"), u64::MAX, 100)
+                .await
+                .expect("list");
+            if fast.len() == 30 {
+                Ok(started.elapsed())
+            } else {
+                Err(format!("{} completed", fast.len()))
+            }
+        },
+    )
+    .await;
+    let slow_done = count(&all_jobs(&store).await, JobState::Completed);
+    eprintln!("30 unlimited jobs in {took:?} while the 1/s provider had done {slow_done}");
+    assert!(
+        slow_done < 30,
+        "the limited provider is still working through its backlog"
+    );
+    for worker in &mut workers {
+        worker.signal("TERM");
+        assert!(worker.exit_within(Duration::from_secs(10)).await.success());
+    }
+    store.close().await;
+    db.finish().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite { $(
@@ -607,4 +767,6 @@ on_both_backends!(
     sigterm_lets_running_jobs_finish_within_the_grace,
     sigterm_past_the_grace_hands_leases_back,
     finished_jobs_are_purged_after_their_retention,
+    four_workers_hold_one_shared_rate,
+    a_throttled_provider_holds_back_nobody_else,
 );

@@ -150,6 +150,7 @@ fn worker_options(
         policy,
         success_ttl: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(60),
+        rate: None,
     };
     let mut options = WorkerOptions::new(format!("test-worker-{id}"));
     options.concurrency = concurrency;

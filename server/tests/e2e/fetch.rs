@@ -114,6 +114,7 @@ fn start_worker_polling(store: Store, addr: SocketAddr, poll: Duration) -> Runni
         policy,
         success_ttl: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(60),
+        rate: None,
     };
     let mut options = WorkerOptions::new(format!("e2e-{}", rand_suffix()));
     options.poll_interval = poll;
@@ -471,7 +472,54 @@ async fn the_cli_fetches(backend: Backend) {
     server.stop().await;
 }
 
+async fn stats_show_each_providers_budget(backend: Backend) {
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    let c = &server.client;
+    for i in 0..3 {
+        c.fetch(fetch(&format!("item/s{i}"), FetchMode::Background))
+            .await
+            .expect("fetch");
+    }
+    // A worker at the provider's configured rate (1/s, burst 1) claims one.
+    let rates = roadie_store::Rates::from([("test".to_owned(), roadie_store::Rate::new(1.0, 1))]);
+    let now = now_ms();
+    let claim = server
+        .store()
+        .job_claim_within("w", 8, now + 30_000, now, &rates)
+        .await
+        .expect("claim");
+    assert_eq!(claim.jobs.len(), 1);
+    let stats = c
+        .stats(roadie_client::proto::StatsRequest {})
+        .await
+        .expect("stats");
+    let test = stats
+        .providers
+        .iter()
+        .find(|p| p.provider == "test")
+        .expect("a row per configured provider");
+    assert_eq!((test.rate_per_second, test.backlog), (1.0, 2));
+    let next = test.next_request_at.as_ref().expect("next request time");
+    let next_ms = next.seconds * 1000 + i64::from(next.nanos) / 1_000_000;
+    assert!(
+        next_ms >= now + 900,
+        "the next request waits for budget: {}",
+        next_ms - now
+    );
+    let musicbrainz = stats
+        .providers
+        .iter()
+        .find(|p| p.provider == "musicbrainz")
+        .expect("defaults listed");
+    assert_eq!((musicbrainz.rate_per_second, musicbrainz.backlog), (1.0, 0));
+    server.stop().await;
+}
+
 on_both_backends!(
+    stats_show_each_providers_budget,
     the_cli_fetches,
     modes_staleness_and_outcomes,
     waiting_answers_with_the_job_before_the_deadline,

@@ -1,14 +1,18 @@
--- Lowest priority number first, oldest first within a priority. One
+-- One provider's jobs: lowest priority number first, oldest first within a
+-- priority. One
 -- statement in a short write transaction: SQLite has a single writer.
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, lease_holder = $1, lease_expires_at = $2, updated_at = $3
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE state = 'available' AND run_after <= $3
+    WHERE state = 'available' AND run_after <= $3 AND provider = $5
       -- Not for a provider that pushed back: no worker calls it until the pause ends.
       AND provider NOT IN (SELECT provider FROM provider_state WHERE paused_until > $3)
     ORDER BY priority, id
     LIMIT $4
 )
 RETURNING id, provider, url, policy, tags, priority, state, attempt, max_attempts, run_after,
-       lease_expires_at, lease_holder, last_error, created_at, updated_at, finished_at, traceparent
+       lease_expires_at, lease_holder, last_error, created_at, updated_at, finished_at, traceparent,
+       -- The cached entry's validators, so the worker can revalidate without a query.
+       (SELECT e.etag FROM entries e WHERE e.key = jobs.url AND NOT e.negative) AS stored_etag,
+       (SELECT e.last_modified FROM entries e WHERE e.key = jobs.url AND NOT e.negative) AS stored_last_modified

@@ -1,1 +1,0 @@
-SELECT paused_until FROM provider_state WHERE provider = $1
