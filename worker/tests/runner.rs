@@ -434,7 +434,7 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
         return;
     };
     let store = db.store().await;
-    // Every arrival is recorded; the first request is answered 429, Retry-After 2.
+    // Every arrival is recorded; the first request is answered 429, Retry-After 3.
     let arrivals: Arrivals = Arc::default();
     let pushed_back: PushedBack = Arc::default();
     let app = Router::new()
@@ -452,7 +452,7 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
                         *pushed_back.lock().expect("lock") = Some(Instant::now());
                         (
                             StatusCode::TOO_MANY_REQUESTS,
-                            [(header::RETRY_AFTER, "2")],
+                            [(header::RETRY_AFTER, "3")],
                             "",
                         )
                             .into_response()
@@ -502,7 +502,7 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
         .iter()
         .filter(|at| {
             **at > pushed_back + Duration::from_millis(150)
-                && **at < pushed_back + Duration::from_millis(1900)
+                && **at < pushed_back + Duration::from_millis(2900)
         })
         .map(|at| at.duration_since(pushed_back))
         .collect();
@@ -510,7 +510,7 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
     assert!(
         arrivals
             .iter()
-            .any(|at| *at >= pushed_back + Duration::from_millis(1900)),
+            .any(|at| *at >= pushed_back + Duration::from_millis(2900)),
         "work resumed after the pause"
     );
     assert_eq!(arrivals.len(), 7, "six jobs plus the one retried");
