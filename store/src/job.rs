@@ -281,11 +281,7 @@ impl Store {
             let (want, rate, tat) = match rates.get(&provider) {
                 None => (remaining, None, 0),
                 Some(rate) => {
-                    sqlx::query(sql!("provider_state_ensure"))
-                        .bind(&provider)
-                        .execute(&mut *tx)
-                        .await?;
-                    let row = sqlx::query(sql!(self.backend, "provider_state_lock"))
+                    let row = sqlx::query(sql!("provider_state_lock"))
                         .bind(&provider)
                         .fetch_one(&mut *tx)
                         .await?;
