@@ -234,6 +234,25 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// What every multi-process test starts from: a fresh database of the
+/// backend, its store, a folder for worker logs and a loopback upstream;
+/// `None` when Postgres is absent and not required.
+async fn setup(backend: Backend) -> Option<(TestDb, Store, tempfile::TempDir, Upstream)> {
+    let db = TestDb::new(backend).await?;
+    let store = db.store().await;
+    let logs = tempfile::tempdir().expect("log dir");
+    Some((db, store, logs, Upstream::start().await))
+}
+
+/// SIGTERM to every worker; each must exit cleanly.
+async fn stop_all(workers: &mut [WorkerProcess]) {
+    for worker in workers {
+        worker.signal("TERM");
+        let status = worker.exit_within(Duration::from_secs(10)).await;
+        assert!(status.success(), "{}: {status}", worker.name);
+    }
+}
+
 fn job(url: String) -> JobNew {
     job_for("test", url)
 }
@@ -338,12 +357,9 @@ async fn all_completed_with_entries(store: &Store, urls: &[String]) {
 
 async fn three_workers_share_500_jobs(backend: Backend) {
     let _alone = TIMING.lock().await;
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..500).map(|i| format!("item/{i}")).collect();
     let urls = enqueue(&store, &upstream, &paths).await;
 
@@ -382,12 +398,9 @@ async fn three_workers_share_500_jobs(backend: Backend) {
 }
 
 async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..6).map(|i| format!("gated/{i}")).collect();
     let urls = enqueue(&store, &upstream, &paths).await;
 
@@ -419,12 +432,9 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
 }
 
 async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..4).map(|i| format!("slow/{i}")).collect();
     let urls = enqueue(&store, &upstream, &paths).await;
 
@@ -454,12 +464,9 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
 }
 
 async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..3).map(|i| format!("hang/{i}")).collect();
     enqueue(&store, &upstream, &paths).await;
 
@@ -488,12 +495,9 @@ async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
 }
 
 async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..3).map(|i| format!("item/{i}")).collect();
     enqueue(&store, &upstream, &paths).await;
     // Finished here, not by a worker, so nothing else runs meanwhile.
@@ -633,12 +637,9 @@ fn busiest_second(arrivals: &[Instant]) -> usize {
 
 async fn four_workers_hold_one_shared_rate(backend: Backend) {
     let _alone = TIMING.lock().await;
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     let paths: Vec<String> = (0..40).map(|i| format!("item/limited-{i}")).collect();
     let urls = enqueue(&store, &upstream, &paths).await;
     let limit = [
@@ -679,21 +680,15 @@ async fn four_workers_hold_one_shared_rate(backend: Backend) {
         took <= Duration::from_secs(21),
         "the limit is used, not just respected: {took:?}"
     );
-    for worker in &mut workers {
-        worker.signal("TERM");
-        assert!(worker.exit_within(Duration::from_secs(10)).await.success());
-    }
+    stop_all(&mut workers).await;
     store.close().await;
     db.finish().await;
 }
 
 async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
-    let Some(db) = TestDb::new(backend).await else {
+    let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
-    let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    let upstream = Upstream::start().await;
     for i in 0..30 {
         store
             .job_enqueue(&job(upstream.url(&format!("item/slow-{i}"))))
@@ -740,10 +735,7 @@ async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
         slow_done < 30,
         "the limited provider is still working through its backlog"
     );
-    for worker in &mut workers {
-        worker.signal("TERM");
-        assert!(worker.exit_within(Duration::from_secs(10)).await.success());
-    }
+    stop_all(&mut workers).await;
     store.close().await;
     db.finish().await;
 }
