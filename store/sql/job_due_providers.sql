@@ -1,6 +1,8 @@
--- Providers with claimable work, the one holding the most urgent job first.
-SELECT provider, MIN(priority) AS priority, MIN(id) AS first_id
+-- Due work by provider and priority, most urgent first (oldest first within
+-- a priority): claims go down this list, so the lowest priority number is
+-- claimed first across every provider.
+SELECT provider, priority
 FROM jobs
 WHERE state = 'available' AND run_after <= $1
-GROUP BY provider
-ORDER BY MIN(priority), MIN(id)
+GROUP BY provider, priority
+ORDER BY priority, MIN(id)

@@ -251,9 +251,9 @@ impl Store {
     }
 
     /// Claims up to `limit` available jobs for `worker`, leased until
-    /// `lease_until`: providers holding the most urgent work first, lowest
-    /// priority number then oldest first within a provider, and for a
-    /// provider in `rates` only as many as its budget allows now. The budget
+    /// `lease_until`: lowest priority number first across every provider,
+    /// oldest first within a priority, and for a provider in `rates` only as
+    /// many as its budget allows now. The budget
     /// is spent in the transaction that claims, so no worker holds a claim
     /// it may not use yet. Paused providers are skipped.
     pub async fn job_claim_within(
@@ -268,14 +268,25 @@ impl Store {
         if limit == 0 {
             return Ok(claim);
         }
-        let due: Vec<String> = sqlx::query_scalar(sql!("job_due_providers"))
+        // The budget is measured at the moment the provider's row is locked,
+        // not when the claim began: the queries before it take variable time,
+        // and a request goes out right after the claim commits.
+        let started = std::time::Instant::now();
+        let due = sqlx::query(sql!("job_due_providers"))
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
-        for provider in due {
+        // Providers found without budget in this claim are not asked again.
+        let mut throttled: Vec<String> = Vec::new();
+        for row in &due {
+            let provider: String = row.try_get("provider")?;
+            let priority: i64 = row.try_get("priority")?;
             let remaining = limit - u32::try_from(claim.jobs.len()).unwrap_or(limit);
             if remaining == 0 {
                 break;
+            }
+            if throttled.contains(&provider) {
+                continue;
             }
             let mut tx = self.pool.begin().await?;
             let (want, rate, tat) = match rates.get(&provider) {
@@ -287,13 +298,15 @@ impl Store {
                         .await?;
                     let tat: i64 = row.try_get("tat")?;
                     let paused_until: i64 = row.try_get("paused_until")?;
-                    let allowed = rate.allowance(tat, now, remaining);
-                    if paused_until > now || allowed == 0 {
+                    let at = now + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+                    let allowed = rate.allowance(tat, at, remaining);
+                    if paused_until > at || allowed == 0 {
                         let next = rate.next_at(tat).max(paused_until);
                         claim.next_due = Some(claim.next_due.map_or(next, |n: i64| n.min(next)));
+                        throttled.push(provider);
                         continue;
                     }
-                    (allowed, Some(*rate), tat)
+                    (allowed, Some((*rate, at)), tat)
                 }
             };
             let rows = sqlx::query(sql!(self.backend, "job_claim"))
@@ -302,13 +315,14 @@ impl Store {
                 .bind(now)
                 .bind(i64::from(want))
                 .bind(&provider)
+                .bind(priority)
                 .fetch_all(&mut *tx)
                 .await?;
             let jobs = rows
                 .iter()
                 .map(job_from_row)
                 .collect::<Result<Vec<_>, _>>()?;
-            if let Some(rate) = rate {
+            if let Some((rate, at)) = rate {
                 let spent = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
                 let waited: i64 = jobs
                     .iter()
@@ -316,7 +330,7 @@ impl Store {
                     .sum();
                 sqlx::query(sql!("provider_state_spend"))
                     .bind(&provider)
-                    .bind(rate.spend(tat, now, spent))
+                    .bind(rate.spend(tat, at, spent))
                     .bind(waited)
                     .execute(&mut *tx)
                     .await?;

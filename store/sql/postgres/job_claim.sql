@@ -1,11 +1,10 @@
--- One provider's jobs: lowest priority number first, oldest first within a
--- priority. SKIP LOCKED lets concurrent workers claim disjoint batches
--- without waiting.
+-- One provider's jobs of one priority, oldest first. SKIP LOCKED lets
+-- concurrent workers claim disjoint batches without waiting.
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, lease_holder = $1, lease_expires_at = $2, updated_at = $3
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE state = 'available' AND run_after <= $3 AND provider = $5
+    WHERE state = 'available' AND run_after <= $3 AND provider = $5 AND priority = $6
       -- Not for a provider that pushed back: no worker calls it until the pause ends.
       AND provider NOT IN (SELECT provider FROM provider_state WHERE paused_until > $3)
     ORDER BY priority, id
