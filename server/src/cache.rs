@@ -586,6 +586,8 @@ impl Cache for CacheService {
 struct FetchPlan {
     provider: String,
     url: String,
+    /// `url`, parsed, for the address check before enqueueing.
+    target: url::Url,
     mode: pb::FetchMode,
     priority: u32,
     tags: Vec<String>,
@@ -649,7 +651,8 @@ impl CacheService {
                 FieldError::new("path", refusal.to_string()).into()
             }
         })?;
-        let url = url.to_string();
+        let target = url;
+        let url = target.to_string();
         validate::key("path", &url)?;
         let policy = if req.policy.is_empty() {
             "api_metadata".to_owned()
@@ -666,6 +669,7 @@ impl CacheService {
         Ok(FetchPlan {
             provider: req.provider,
             url,
+            target,
             mode,
             priority,
             tags: req.tags,
@@ -717,9 +721,7 @@ impl CacheService {
     ) -> Result<(Job, bool), ApiError> {
         // Checked only when a fetch is due: a cache hit costs no DNS lookup.
         if let Some(provider) = self.state.providers.get(&plan.provider) {
-            let url =
-                url::Url::parse(&plan.url).map_err(|e| FieldError::new("path", e.to_string()))?;
-            Fetcher::check_address(provider, &url)
+            Fetcher::check_address(provider, &plan.target)
                 .await
                 .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
         }

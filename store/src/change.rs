@@ -95,14 +95,6 @@ impl Store {
             .await?;
         Ok(from_i64(value))
     }
-
-    /// The oldest revision still in the log, if any.
-    pub async fn change_oldest(&self) -> Result<Option<u64>, StoreError> {
-        let value: Option<i64> = sqlx::query_scalar(sql!("change_oldest"))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(value.map(from_i64))
-    }
 }
 
 fn change_from_row(row: &AnyRow) -> Result<Change, StoreError> {

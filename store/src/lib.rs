@@ -178,11 +178,6 @@ impl Store {
         self.backend
     }
 
-    /// The underlying pool, for operations that live in other crates' tests.
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     /// Closes every pooled connection.
     pub async fn close(&self) {
         self.pool.close().await;

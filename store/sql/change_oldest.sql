@@ -1,1 +1,0 @@
-SELECT MIN(revision) FROM changes
