@@ -39,6 +39,43 @@ pub fn violated_field(status: &Status) -> Option<(String, String)> {
     Some((violation.field, violation.description))
 }
 
+/// `ErrorInfo.domain` of Roadie's own error reasons.
+pub const ERROR_DOMAIN: &str = "roadie.v1";
+/// `ErrorInfo.reason` of a Watch whose start revision was compacted away.
+pub const REASON_COMPACTED: &str = "REVISION_COMPACTED";
+/// `ErrorInfo.metadata` key holding the oldest revision still retained.
+pub const OLDEST_REVISION: &str = "oldest_revision";
+
+/// OUT_OF_RANGE for a Watch asking for changes after `after`, when the log
+/// only holds revisions from `oldest` on. The oldest retained revision is in
+/// the message and, for programs, in a `google.rpc.ErrorInfo` detail
+/// (reason [`REASON_COMPACTED`], metadata [`OLDEST_REVISION`]).
+pub fn revision_compacted(after: u64, oldest: u64) -> Status {
+    let details = ErrorDetails::with_error_info(
+        REASON_COMPACTED,
+        ERROR_DOMAIN,
+        [(OLDEST_REVISION.to_owned(), oldest.to_string())],
+    );
+    Status::with_error_details(
+        Code::OutOfRange,
+        format!(
+            "after_revision {after} is older than the retained change log; \
+             the oldest retained revision is {oldest}: resync, then watch from \
+             the revision your copy reflects"
+        ),
+        details,
+    )
+}
+
+/// The oldest retained revision named by a [`revision_compacted`] status.
+pub fn compacted_oldest(status: &Status) -> Option<u64> {
+    let info = status.get_details_error_info()?;
+    if info.reason != REASON_COMPACTED {
+        return None;
+    }
+    info.metadata.get(OLDEST_REVISION)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +89,14 @@ mod tests {
             violated_field(&status),
             Some(("key".to_owned(), "longer than 1024 bytes".to_owned()))
         );
+    }
+
+    #[test]
+    fn compaction_names_the_oldest_revision() {
+        let status = revision_compacted(3, 42);
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert!(status.message().contains("oldest retained revision is 42"));
+        assert_eq!(compacted_oldest(&status), Some(42));
+        assert_eq!(compacted_oldest(&field_violation("key", "bad")), None);
     }
 }
