@@ -1,8 +1,33 @@
 //! The change log: one row per change to one entry, in revision order.
+//!
+//! Revisions are gapless: every write transaction takes the revision row's
+//! lock first and numbers its changes after the value it finds, so commit
+//! order is revision order, and a reader that sees revision N sees every
+//! revision below it. Readers rely on that to prove they missed nothing.
+//!
+//! After a commit the writer announces its revision: in process through
+//! [`Store::committed`], and on Postgres with a debounced NOTIFY on
+//! [`CHANGE_CHANNEL`] (not a per-row trigger: one notification covers every
+//! commit of the last [`CHANGE_DEBOUNCE`]). SQLite readers in other processes
+//! notice commits with [`DataVersion`], a cheap pragma.
 
-use sqlx::{Row, any::AnyRow};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection, Row, any::AnyRow};
+use tokio::sync::watch;
 
 use crate::{Store, StoreError, entry::parse_tags, sql::sql};
+
+/// Postgres channel carrying the latest committed revision of a writer.
+pub const CHANGE_CHANNEL: &str = "roadie_changes";
+
+/// Shortest gap between two change notifications from one process. The
+/// first commit after a quiet spell is announced at once.
+pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(2);
+
+/// Rows deleted per statement by [`Store::change_compact`], so a long
+/// compaction never holds SQLite's write lock for long.
+const COMPACT_SLICE: u64 = 10_000;
 
 /// What happened to an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,6 +113,75 @@ impl Store {
         rows.iter().map(change_from_row).collect()
     }
 
+    /// The oldest revision still in the log; with an empty log, the next
+    /// revision to be written. A watcher may resume after any revision from
+    /// one below this on.
+    pub async fn change_oldest(&self) -> Result<u64, StoreError> {
+        let value: i64 = sqlx::query_scalar(sql!("change_oldest"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(from_i64(value))
+    }
+
+    /// Removes the oldest changes: those committed before `now - max_age`,
+    /// and all but the latest `max_count`. Always a prefix of the log, even
+    /// when writers' clocks disagree. Returns how many were removed.
+    pub async fn change_compact(
+        &self,
+        max_age: Duration,
+        max_count: u64,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let current = self.revision_current().await?;
+        let cutoff = now.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+        let young: Option<i64> = sqlx::query_scalar(sql!("change_age_horizon"))
+            .bind(cutoff)
+            .fetch_optional(&self.pool)
+            .await?;
+        let by_age = young.map_or(current, |first| from_i64(first).saturating_sub(1));
+        let target = by_age.max(current.saturating_sub(max_count));
+        let mut removed = 0;
+        loop {
+            let oldest = self.change_oldest().await?;
+            if oldest > target {
+                return Ok(removed);
+            }
+            let through = target.min(oldest.saturating_add(COMPACT_SLICE - 1));
+            let done = sqlx::query(sql!("change_delete_through"))
+                .bind(to_i64(through))
+                .execute(&self.pool)
+                .await?;
+            removed += done.rows_affected();
+        }
+    }
+
+    /// The latest revision committed through this handle (or its clones),
+    /// changing after every commit that wrote changes.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Announces that a transaction up to `revision` has committed.
+    pub(crate) fn announce(&self, revision: u64) {
+        if revision > 0 {
+            self.committed.send_if_modified(|latest| {
+                let newer = revision > *latest;
+                *latest = (*latest).max(revision);
+                newer
+            });
+        }
+    }
+
+    /// A connection of its own for [`DataVersion`] (SQLite); `None` on
+    /// Postgres, which notifies instead.
+    pub async fn data_version(&self) -> Result<Option<DataVersion>, StoreError> {
+        if self.backend != crate::Backend::Sqlite {
+            return Ok(None);
+        }
+        let conn = AnyConnection::connect(&self.url).await?;
+        Ok(Some(DataVersion { conn }))
+    }
+
     /// The latest revision (0 before the first change).
     pub async fn revision_current(&self) -> Result<u64, StoreError> {
         let value: i64 = sqlx::query_scalar(sql!("revision_get"))
@@ -95,6 +189,45 @@ impl Store {
             .await?;
         Ok(from_i64(value))
     }
+}
+
+/// SQLite's `PRAGMA data_version`: a number that changes whenever another
+/// connection (of this process or any other) commits to the database.
+/// Reading it costs no I/O, so polling it often is cheap.
+#[derive(Debug)]
+pub struct DataVersion {
+    conn: AnyConnection,
+}
+
+impl DataVersion {
+    /// The current value; compare with the previous one.
+    pub async fn read(&mut self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut self.conn)
+            .await?)
+    }
+}
+
+/// Sends one NOTIFY per burst of commits on Postgres, until the last handle
+/// on the store is dropped.
+pub(crate) fn spawn_notifier(pool: sqlx::AnyPool, mut committed: watch::Receiver<u64>) {
+    tokio::spawn(async move {
+        while committed.changed().await.is_ok() {
+            if pool.is_closed() {
+                return;
+            }
+            let revision = *committed.borrow_and_update();
+            let sent = sqlx::query(sql!("notify"))
+                .bind(CHANGE_CHANNEL)
+                .bind(revision.to_string())
+                .execute(&pool)
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(%error, "cannot notify watchers; they will poll");
+            }
+            tokio::time::sleep(CHANGE_DEBOUNCE).await;
+        }
+    });
 }
 
 fn change_from_row(row: &AnyRow) -> Result<Change, StoreError> {

@@ -55,6 +55,75 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// `[jobs]`: the job queue.
     pub jobs: JobSettings,
+    /// `[watch]`: the change stream and how long its history is kept.
+    pub watch: WatchSettings,
+    /// `[hot_tier]`: the server's in-memory copy of hot entries.
+    pub hot_tier: HotTierSettings,
+}
+
+/// `[watch]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchSettings {
+    /// How long a watcher may go without a message before it gets a
+    /// progress message with the current revision.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
+    /// Changes a watcher may fall behind the server's tail of the log before
+    /// it is cut off with RESOURCE_EXHAUSTED (it resumes from its revision).
+    /// Also the size of the one in-memory ring every watcher reads from.
+    pub buffer: usize,
+    /// SQLite: how often the server checks `PRAGMA data_version` for commits
+    /// by other processes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Postgres: how often the server reads the log without a notification,
+    /// in case one was lost.
+    #[serde(with = "humantime_serde")]
+    pub fallback_poll: Duration,
+    /// Changes older than this are compacted away.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+    /// At most this many of the latest changes are kept.
+    pub retention_count: u64,
+}
+
+impl Default for WatchSettings {
+    fn default() -> WatchSettings {
+        WatchSettings {
+            progress_interval: Duration::from_secs(5),
+            buffer: 4096,
+            poll_interval: Duration::from_millis(5),
+            fallback_poll: Duration::from_millis(250),
+            retention_age: Duration::from_secs(DAY),
+            retention_count: 1_000_000,
+        }
+    }
+}
+
+/// `[hot_tier]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HotTierSettings {
+    /// Whether `Get` and `BatchGet` answer from memory when they can.
+    pub enabled: bool,
+    /// Memory the hot tier may hold: keys, values and metadata, in bytes.
+    pub max_bytes: u64,
+    /// The staleness bound: the hot tier answers only while the server's
+    /// tail of the change log has confirmed, within this long, that it has
+    /// applied every committed change; otherwise reads go to the store.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+}
+
+impl Default for HotTierSettings {
+    fn default() -> HotTierSettings {
+        HotTierSettings {
+            enabled: true,
+            max_bytes: 256 * MIB,
+            max_lag: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[worker]`.
@@ -332,6 +401,8 @@ impl Default for Settings {
             events: EventSettings::default(),
             worker: WorkerSettings::default(),
             jobs: JobSettings::default(),
+            watch: WatchSettings::default(),
+            hot_tier: HotTierSettings::default(),
         }
     }
 }
@@ -582,6 +653,51 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The `[watch]` and `[hot_tier]` part of [`Settings::validate`].
+    fn validate_watch(&self) -> Result<(), ConfigError> {
+        let watch = &self.watch;
+        for (setting, value) in [
+            ("watch.progress_interval", watch.progress_interval),
+            ("watch.poll_interval", watch.poll_interval),
+            ("watch.fallback_poll", watch.fallback_poll),
+            ("watch.retention_age", watch.retention_age),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::new(setting, "must be longer than 0s"));
+            }
+        }
+        if watch.buffer == 0 || watch.buffer > 1_000_000 {
+            return Err(ConfigError::new(
+                "watch.buffer",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if watch.retention_count == 0 {
+            return Err(ConfigError::new(
+                "watch.retention_count",
+                "must be at least 1",
+            ));
+        }
+        let hot = &self.hot_tier;
+        if hot.enabled && hot.max_bytes == 0 {
+            return Err(ConfigError::new("hot_tier.max_bytes", "must be at least 1"));
+        }
+        // The tail confirms it is caught up once per poll; the bound must
+        // leave room for a few polls or the hot tier would rarely answer.
+        let poll = watch.poll_interval.max(watch.fallback_poll);
+        if hot.enabled && hot.max_lag < poll * 2 {
+            return Err(ConfigError::new(
+                "hot_tier.max_lag",
+                format!(
+                    "must be at least twice the longer of watch.poll_interval and \
+                     watch.fallback_poll ({:?})",
+                    poll * 2
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if crate::Backend::from_url(&self.store.url).is_none() {
@@ -693,6 +809,7 @@ impl Settings {
                 "must be longer than 0s",
             ));
         }
+        self.validate_watch()?;
         if self.jobs.max_attempts == 0 || self.jobs.max_attempts > 100 {
             return Err(ConfigError::new(
                 "jobs.max_attempts",

@@ -238,8 +238,9 @@ impl Store {
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         let mut tx = self.pool.begin().await?;
         let result = entry_put_in(&mut tx, put).await?;
-        if matches!(result, PutResult::Written { .. }) {
+        if let PutResult::Written { revision } = result {
             tx.commit().await?;
+            self.announce(revision);
         }
         Ok(result)
     }
@@ -290,6 +291,7 @@ impl Store {
         .await?;
         revision_set(&mut tx, revision).await?;
         tx.commit().await?;
+        self.announce(revision);
         Ok(DeleteResult::Deleted { revision })
     }
 
@@ -336,6 +338,7 @@ impl Store {
         let last = base + deleted;
         revision_set(&mut tx, last).await?;
         tx.commit().await?;
+        self.announce(last);
         Ok((deleted, last))
     }
 
@@ -436,6 +439,7 @@ impl Store {
         }
         revision_set(&mut tx, base + eviction.count).await?;
         tx.commit().await?;
+        self.announce(base + eviction.count);
         Ok(eviction)
     }
 

@@ -457,6 +457,9 @@ impl Store {
         };
         self.job_notify(&mut tx, id).await?;
         tx.commit().await?;
+        if let Some(PutResult::Written { revision }) = put {
+            self.announce(revision);
+        }
         Ok(Finish::Recorded { put })
     }
 

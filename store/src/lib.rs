@@ -41,7 +41,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use change::{Change, ChangeKind};
+pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
 pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
@@ -113,6 +113,8 @@ pub struct Store {
     backend: Backend,
     // For LISTEN, which needs a connection of its own outside the pool.
     url: String,
+    // The latest revision this process committed; see `change`.
+    committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -170,7 +172,16 @@ impl Store {
             Backend::Postgres => None,
         };
         migrator.run(&pool).await?;
-        Ok(Store { pool, backend, url })
+        let (committed, announced) = tokio::sync::watch::channel(0);
+        if backend == Backend::Postgres {
+            change::spawn_notifier(pool.clone(), announced);
+        }
+        Ok(Store {
+            pool,
+            backend,
+            url,
+            committed: std::sync::Arc::new(committed),
+        })
     }
 
     /// The backend this store talks to.

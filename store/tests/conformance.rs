@@ -576,6 +576,75 @@ async fn migrations_are_idempotent_across_reconnects(store: Store) {
     store.close().await;
 }
 
+/// Compaction keeps a suffix of the log by count and by age, and
+/// `change_oldest` says where watchers may resume.
+async fn compaction_keeps_the_latest_changes(store: Store) {
+    assert_eq!(store.change_oldest().await.expect("oldest"), 1, "empty log");
+    for i in 0..30 {
+        let mut entry = put(&format!("k{i}"), "v");
+        // Ten old changes, then twenty recent ones.
+        entry.now = if i < 10 { T0 - 3_600_000 } else { T0 };
+        written(store.entry_put(&entry).await.expect("put"));
+    }
+    assert_eq!(store.change_oldest().await.expect("oldest"), 1);
+    let hour = std::time::Duration::from_secs(3600);
+
+    // By count: the latest 25 stay.
+    let removed = store
+        .change_compact(hour * 24, 25, T0)
+        .await
+        .expect("compact");
+    assert_eq!(removed, 5);
+    assert_eq!(store.change_oldest().await.expect("oldest"), 6);
+    // By age: everything older than 30 minutes goes (revisions 1 to 10).
+    let removed = store
+        .change_compact(hour / 2, 25, T0)
+        .await
+        .expect("compact");
+    assert_eq!(removed, 5);
+    assert_eq!(store.change_oldest().await.expect("oldest"), 11);
+    let left = store.change_list_since(0, 100).await.expect("list");
+    assert_eq!(left.first().map(|c| c.revision), Some(11));
+    assert_eq!(left.len(), 20);
+    // Nothing to do twice.
+    assert_eq!(
+        store
+            .change_compact(hour / 2, 25, T0)
+            .await
+            .expect("compact"),
+        0
+    );
+    // All of it old: the log empties and the next revision is the oldest.
+    let removed = store
+        .change_compact(hour / 2, 25, T0 + 7_200_000)
+        .await
+        .expect("compact");
+    assert_eq!(removed, 20);
+    assert_eq!(store.change_oldest().await.expect("oldest"), 31);
+    assert_eq!(store.revision_current().await.expect("current"), 30);
+}
+
+/// Every committing write announces its revision in process.
+async fn commits_are_announced(store: Store) {
+    let mut committed = store.committed();
+    let revision = written(store.entry_put(&put("a", "1")).await.expect("put"));
+    committed.changed().await.expect("announced");
+    assert_eq!(*committed.borrow_and_update(), revision);
+    let (count, last) = store
+        .entry_invalidate(&Selector::All, ChangeKind::Invalidate, T0)
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 1);
+    committed.changed().await.expect("announced");
+    assert_eq!(*committed.borrow_and_update(), last);
+    // A write that changes nothing announces nothing.
+    store
+        .entry_invalidate(&Selector::All, ChangeKind::Invalidate, T0)
+        .await
+        .expect("invalidate");
+    assert!(!committed.has_changed().expect("open"));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -615,7 +684,52 @@ conformance!(
     get_many_returns_the_found_entries,
     concurrent_writers_get_gapless_revisions,
     migrations_are_idempotent_across_reconnects,
+    compaction_keeps_the_latest_changes,
+    commits_are_announced,
 );
+
+/// SQLite's data_version moves when another connection commits, and only then.
+#[tokio::test]
+async fn data_version_sees_commits_of_other_connections() {
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    let mut version = store
+        .data_version()
+        .await
+        .expect("open")
+        .expect("sqlite has a data version");
+    let before = version.read().await.expect("read");
+    assert_eq!(
+        version.read().await.expect("read"),
+        before,
+        "no commit, no change"
+    );
+    written(store.entry_put(&put("k", "v")).await.expect("put"));
+    assert_ne!(version.read().await.expect("read"), before);
+    store.close().await;
+}
+
+/// A Postgres writer's commits reach listeners as one NOTIFY per burst.
+#[tokio::test]
+async fn postgres_commits_notify_their_revision() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    assert!(store.data_version().await.expect("none").is_none());
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url)
+        .await
+        .expect("listen");
+    listener
+        .listen(roadie_store::CHANGE_CHANNEL)
+        .await
+        .expect("listen");
+    let revision = written(store.entry_put(&put("k", "v")).await.expect("put"));
+    let heard = listener.recv().await.expect("notification");
+    assert_eq!(heard.payload(), revision.to_string());
+    store.close().await;
+    db.finish().await;
+}
 
 mod queue {
     //! The job queue, on both backends.
