@@ -25,6 +25,7 @@ use crate::{
     state::AppState,
     stats::Answer,
     validate::{self, FieldError},
+    watch,
 };
 
 /// The Cache service.
@@ -95,6 +96,73 @@ impl CacheService {
             ),
         )
         .into())
+    }
+
+    /// One entry, from the hot tier when it may answer, else from the store
+    /// (keeping the answer in the hot tier).
+    async fn read_through(&self, key: &str) -> Result<Option<Entry>, ApiError> {
+        let Some(hot) = self.state.feed.hot() else {
+            return Ok(self.state.store.entry_get(key).await?);
+        };
+        if let Some(slot) = hot.get(key) {
+            return Ok(slot.as_ref().clone());
+        }
+        let ticket = hot.ticket(key);
+        let entry = self.state.store.entry_get(key).await?;
+        hot.fill(key, ticket, entry.clone());
+        Ok(entry)
+    }
+
+    /// The entries of `keys` that exist, by key, as [`Self::read_through`].
+    async fn read_many_through(&self, keys: &[String]) -> Result<HashMap<String, Entry>, ApiError> {
+        let Some(hot) = self.state.feed.hot() else {
+            let found = self.state.store.entry_get_many(keys).await?;
+            return Ok(found.into_iter().map(|e| (e.key.clone(), e)).collect());
+        };
+        let mut by_key = HashMap::new();
+        let mut missing = Vec::new();
+        for key in keys {
+            match hot.get(key) {
+                Some(slot) => {
+                    if let Some(entry) = slot.as_ref() {
+                        by_key.insert(key.clone(), entry.clone());
+                    }
+                }
+                None => missing.push((key.clone(), hot.ticket(key))),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(by_key);
+        }
+        let wanted: Vec<String> = missing.iter().map(|(key, _)| key.clone()).collect();
+        let found = self.state.store.entry_get_many(&wanted).await?;
+        let mut found: HashMap<String, Entry> =
+            found.into_iter().map(|e| (e.key.clone(), e)).collect();
+        for (key, ticket) in missing {
+            let entry = found.remove(&key);
+            hot.fill(&key, ticket, entry.clone());
+            if let Some(entry) = entry {
+                by_key.insert(key, entry);
+            }
+        }
+        Ok(by_key)
+    }
+
+    /// After this server's own write of `key`: its next read sees it.
+    fn forget(&self, key: &str) {
+        if let Some(hot) = self.state.feed.hot_tier() {
+            hot.remove(key);
+        }
+    }
+
+    /// After this server's own invalidation of many keys.
+    fn forget_selected(&self, selector: &Selector) {
+        if let Some(hot) = self.state.feed.hot_tier() {
+            match selector {
+                Selector::Key(key) => hot.remove(key),
+                _ => hot.clear(),
+            }
+        }
     }
 
     /// Classifies what a read found, counts it, and builds the answer.
@@ -183,12 +251,7 @@ impl Cache for CacheService {
             req.fingerprint,
             req.policy,
         )?;
-        let entry = self
-            .state
-            .store
-            .entry_get(&req.key)
-            .await
-            .map_err(ApiError::from)?;
+        let entry = self.read_through(&req.key).await?;
         Ok(Response::new(self.answer(entry, &read, now_ms())))
     }
 
@@ -214,14 +277,7 @@ impl Cache for CacheService {
             String::new(),
             req.policy,
         )?;
-        let found = self
-            .state
-            .store
-            .entry_get_many(&req.keys)
-            .await
-            .map_err(ApiError::from)?;
-        let mut by_key: HashMap<String, Entry> =
-            found.into_iter().map(|e| (e.key.clone(), e)).collect();
+        let mut by_key = self.read_many_through(&req.keys).await?;
         let now = now_ms();
         let mut results = Vec::with_capacity(req.keys.len());
         for (i, key) in req.keys.iter().enumerate() {
@@ -251,6 +307,7 @@ impl Cache for CacheService {
             .map_err(ApiError::from)?;
         let response = match result {
             PutResult::Written { revision } => {
+                self.forget(&put.key);
                 self.state.nudge.notify_one();
                 pb::PutResponse {
                     outcome: pb::PutOutcome::Written.into(),
@@ -288,10 +345,13 @@ impl Cache for CacheService {
             .await
             .map_err(ApiError::from)?;
         let response = match result {
-            DeleteResult::Deleted { revision } => pb::DeleteResponse {
-                deleted: true,
-                revision,
-            },
+            DeleteResult::Deleted { revision } => {
+                self.forget(&req.key);
+                pb::DeleteResponse {
+                    deleted: true,
+                    revision,
+                }
+            }
             DeleteResult::Absent => pb::DeleteResponse {
                 deleted: false,
                 revision: 0,
@@ -348,6 +408,9 @@ impl Cache for CacheService {
             .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
             .await
             .map_err(ApiError::from)?;
+        if count > 0 {
+            self.forget_selected(&selector);
+        }
         Ok(Response::new(pb::InvalidateResponse { count, revision }))
     }
 
@@ -500,6 +563,9 @@ impl Cache for CacheService {
                 .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
                 .await
                 .map_err(ApiError::from)?;
+            if count > 0 {
+                self.forget_selected(&selector);
+            }
             response.count += count;
             response.revision = response.revision.max(revision);
             response.applied.push(pb::AppliedRule {
@@ -516,12 +582,13 @@ impl Cache for CacheService {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchRequest>,
+        request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(ApiError::Unimplemented(
-            "Cache.Watch is not implemented yet: it arrives with the change stream",
-        )
-        .into())
+        let plan = watch::plan(&self.state, request.into_inner())?;
+        let messages = watch::start(self.state.clone(), plan).await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(messages),
+        )))
     }
 
     async fn stats(

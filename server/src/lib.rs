@@ -10,6 +10,8 @@
 //! - [`validate`]: request limits; [`error`]: the one mapping to `Status`.
 //! - [`cache`], [`jobs`]: the services.
 //! - [`events`]: library events → invalidations.
+//! - [`feed`]: the one tail of the change log, fanned out to [`watch`]ers
+//!   and to the [`hot`] tier.
 //! - [`maintenance`]: expiry clean-up, eviction, read statistics.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
@@ -17,12 +19,15 @@ pub mod cache;
 pub use roadie_store::config;
 pub mod error;
 pub mod events;
+pub mod feed;
+pub mod hot;
 pub mod jobs;
 pub mod maintenance;
 pub mod state;
 pub mod stats;
 pub mod validate;
 pub mod waiter;
+pub mod watch;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
 
@@ -36,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cache::CacheService,
     config::Settings,
+    feed::Feed,
     jobs::JobsService,
     maintenance::Maintenance,
     state::AppState,
@@ -118,7 +124,18 @@ impl App {
         let waiter = JobWaiter::start(&store, background.clone());
         let work = Arc::new(WorkSignal::default());
         tokio::spawn(work.clone().run(store.clone(), background.clone()));
+        let revision = store
+            .revision_current()
+            .await
+            .map_err(ServerError::Startup)?;
+        let feed = Arc::new(Feed::new(&settings, revision));
+        tokio::spawn(
+            feed.clone()
+                .run(store.clone(), settings.clone(), background.clone()),
+        );
         let state = Arc::new(AppState {
+            feed,
+            stopping: CancellationToken::new(),
             providers: provider_policies(&settings),
             waiter,
             work,
@@ -139,6 +156,7 @@ impl App {
         tracing::info!(
             expired = report.expired,
             evicted = report.evicted,
+            compacted = report.compacted,
             "start-up clean-up done"
         );
         Ok(app)
@@ -191,8 +209,11 @@ impl App {
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = {
             let health = health.clone();
+            let stopping = self.state.stopping.clone();
             async move {
                 shutdown.await;
+                // Watch streams end now, telling their clients where to resume.
+                stopping.cancel();
                 tracing::info!(
                     ?grace,
                     "shutting down: no new calls, draining in-flight ones"

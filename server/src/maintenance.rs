@@ -53,6 +53,8 @@ pub struct Report {
     pub expired: u64,
     /// Entries evicted for budgets.
     pub evicted: u64,
+    /// Changes compacted out of the log (`watch.retention_*`).
+    pub compacted: u64,
 }
 
 /// Runs the upkeep; a cheap clone of the server's state.
@@ -89,7 +91,17 @@ impl Maintenance {
             )
             .await?;
         let evicted = self.enforce_budgets().await?;
-        Ok(Report { expired, evicted })
+        let watch = &self.state.settings.watch;
+        let compacted = self
+            .state
+            .store
+            .change_compact(watch.retention_age, watch.retention_count, now)
+            .await?;
+        Ok(Report {
+            expired,
+            evicted,
+            compacted,
+        })
     }
 
     /// Evicts, in every configured policy over its budget, the least

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Settings,
+    feed::Feed,
     maintenance::AccessLog,
     stats::Stats,
     waiter::{JobWaiter, WorkSignal},
@@ -39,4 +40,8 @@ pub struct AppState {
     pub work: std::sync::Arc<WorkSignal>,
     /// Stops the server's background tasks.
     pub background: CancellationToken,
+    /// The change-log tail, the watchers' ring and the hot tier.
+    pub feed: std::sync::Arc<Feed>,
+    /// Fires when shutdown begins, ending Watch streams.
+    pub stopping: CancellationToken,
 }

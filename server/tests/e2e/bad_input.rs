@@ -7,7 +7,7 @@ use roadie_client::{
     ClientError,
     proto::{
         BatchGetRequest, GetRandomRequest, InvalidateRequest, LookupStatus, PublishEventRequest,
-        WatchRequest, invalidate_request::Selector,
+        invalidate_request::Selector,
     },
 };
 use roadie_store::Backend;
@@ -195,21 +195,9 @@ async fn a_message_past_the_grpc_limit_is_refused_by_size(backend: Backend) {
     server.stop().await;
 }
 
-async fn designed_but_later_rpcs_answer_unimplemented(backend: Backend) {
-    let server = start!(backend);
-    let c = &server.client;
-    let watch = c.watch(WatchRequest::default()).await;
-    assert!(
-        matches!(watch, Err(ClientError::Unimplemented(ref m)) if m.contains("Watch")),
-        "{watch:?}"
-    );
-    server.stop().await;
-}
-
 on_both_backends!(
     every_limit_is_enforced_with_the_field_named,
     a_message_past_the_grpc_limit_is_refused_by_size,
-    designed_but_later_rpcs_answer_unimplemented,
 );
 
 /// A TCP forwarder to Postgres that the test can cut, like a network or

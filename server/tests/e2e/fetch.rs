@@ -28,13 +28,13 @@ use crate::common::{TestServer, get, on_both_backends, secs, stored};
 
 /// Counts requests per path.
 #[derive(Default)]
-struct Upstream {
+pub(crate) struct Upstream {
     seen: Mutex<HashMap<String, u32>>,
     total: AtomicU32,
 }
 
 impl Upstream {
-    fn count(&self, path: &str) -> u32 {
+    pub(crate) fn count(&self, path: &str) -> u32 {
         self.seen
             .lock()
             .expect("lock")
@@ -44,7 +44,7 @@ impl Upstream {
     }
 }
 
-async fn upstream() -> (SocketAddr, Arc<Upstream>) {
+pub(crate) async fn upstream() -> (SocketAddr, Arc<Upstream>) {
     let state = Arc::new(Upstream::default());
     let app = Router::new()
         .route(
@@ -77,7 +77,7 @@ async fn upstream() -> (SocketAddr, Arc<Upstream>) {
 }
 
 /// The server's view of the upstream: a provider "test" allowed on loopback.
-fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
+pub(crate) fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
     move |s| {
         let provider = roadie_store::config::Provider {
             base_url: format!("http://{addr}/api/"),
@@ -93,13 +93,13 @@ fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
     }
 }
 
-type RunningWorker = (
+pub(crate) type RunningWorker = (
     CancellationToken,
     tokio::task::JoinHandle<roadie_worker::runner::Report>,
 );
 
 /// A worker for provider "test", running until the token is cancelled.
-fn start_worker(store: Store, addr: SocketAddr) -> RunningWorker {
+pub(crate) fn start_worker(store: Store, addr: SocketAddr) -> RunningWorker {
     start_worker_polling(store, addr, Duration::from_millis(20))
 }
 
@@ -134,7 +134,7 @@ fn rand_suffix() -> u32 {
     std::process::id() ^ (now_ms() as u32)
 }
 
-fn fetch(path: &str, mode: FetchMode) -> FetchRequest {
+pub(crate) fn fetch(path: &str, mode: FetchMode) -> FetchRequest {
     FetchRequest {
         provider: "test".to_owned(),
         path: path.to_owned(),
@@ -355,14 +355,14 @@ async fn postgres_workers_wake_on_notify() {
 }
 
 /// A `roadie-server` process on `db`, killed when dropped.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     // Held so the process lives as long as this value (killed on drop).
     _child: tokio::process::Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl ServerProcess {
-    async fn start(db_url: &str, upstream: SocketAddr) -> ServerProcess {
+    pub(crate) async fn start(db_url: &str, upstream: SocketAddr) -> ServerProcess {
         let port = crate::process::free_port();
         let dir = tempfile::tempdir().expect("tempdir");
         let child = tokio::process::Command::new(crate::process::BINARY)

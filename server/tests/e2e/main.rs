@@ -12,3 +12,4 @@ mod cli;
 mod fetch;
 mod jobs;
 mod process;
+mod watch;

@@ -1,0 +1,305 @@
+//! The change feed: one tail of the change log per server process, fanned
+//! out in memory to every watcher and to the hot tier.
+//!
+//! The tail reads the log only when something may have changed: at once
+//! after this process commits ([`Store::committed`]); on Postgres when
+//! another process NOTIFYs after its commit, or every `watch.fallback_poll`
+//! in case a notification was lost; on SQLite when `PRAGMA data_version`
+//! moves, checked every `watch.poll_interval`. Each read is one indexed
+//! query however many watchers there are.
+//!
+//! Changes go into one broadcast ring of `watch.buffer` changes. A watcher
+//! that falls further behind than the ring loses its place and is cut off
+//! (see [`crate::watch`]); the others never wait for it.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use roadie_store::{Backend, CHANGE_CHANNEL, Change, ChangeKind, Entry, Store, StoreError};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Settings, hot::HotTier};
+
+/// Changes read from the log per query.
+pub const PAGE: u32 = 1024;
+
+/// One change as the tail read it, shared by every watcher.
+#[derive(Debug)]
+pub struct Live {
+    /// The change.
+    pub change: Change,
+    /// The entry as of this change (PUT and FETCH), when a watcher asked
+    /// for values as the tail read it; `None` also when a later change
+    /// already replaced it.
+    pub entry: Option<Entry>,
+    /// Whether the tail looked up entries for this change at all.
+    pub values_loaded: bool,
+}
+
+/// True for the kinds whose changes carry the entry written.
+pub fn carries_value(kind: ChangeKind) -> bool {
+    matches!(kind, ChangeKind::Put | ChangeKind::Fetch)
+}
+
+/// The tail's position and the ring, changed together under one lock so a
+/// subscriber knows exactly which revisions its receiver will get.
+#[derive(Debug)]
+struct Ring {
+    last: u64,
+    sender: broadcast::Sender<Arc<Live>>,
+}
+
+/// The feed of one server process.
+#[derive(Debug)]
+pub struct Feed {
+    ring: Mutex<Ring>,
+    hot: Option<HotTier>,
+    max_lag: Duration,
+    /// When the tail last confirmed it had applied every change committed
+    /// before that moment, in milliseconds after `epoch`.
+    caught_up: AtomicU64,
+    epoch: Instant,
+    /// Watchers that want values; the tail loads entries only while some do.
+    value_watchers: AtomicUsize,
+}
+
+impl Feed {
+    /// A feed whose tail starts after `revision`.
+    pub fn new(settings: &Settings, revision: u64) -> Feed {
+        let (sender, _) = broadcast::channel(settings.watch.buffer);
+        let hot = &settings.hot_tier;
+        Feed {
+            ring: Mutex::new(Ring {
+                last: revision,
+                sender,
+            }),
+            hot: hot.enabled.then(|| HotTier::new(hot.max_bytes)),
+            max_lag: hot.max_lag,
+            caught_up: AtomicU64::new(0),
+            epoch: Instant::now(),
+            value_watchers: AtomicUsize::new(0),
+        }
+    }
+
+    /// The latest revision the tail has applied.
+    pub fn last(&self) -> u64 {
+        self.lock().last
+    }
+
+    /// A receiver of every change after the returned revision.
+    pub fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<Live>>) {
+        let ring = self.lock();
+        (ring.last, ring.sender.subscribe())
+    }
+
+    /// The hot tier, for removing keys after this server's own writes.
+    pub fn hot_tier(&self) -> Option<&HotTier> {
+        self.hot.as_ref()
+    }
+
+    /// The hot tier if it may answer reads now: the tail confirmed less than
+    /// `hot_tier.max_lag` ago that it was caught up.
+    pub fn hot(&self) -> Option<&HotTier> {
+        let hot = self.hot.as_ref()?;
+        let confirmed = Duration::from_millis(self.caught_up.load(Ordering::Acquire));
+        (self.epoch.elapsed().saturating_sub(confirmed) < self.max_lag).then_some(hot)
+    }
+
+    /// Counts a watcher that wants values while the guard lives.
+    pub fn want_values(self: &Arc<Self>) -> ValueGuard {
+        self.value_watchers.fetch_add(1, Ordering::AcqRel);
+        ValueGuard { feed: self.clone() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        // Both fields are written together under the lock; never half-done.
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks every change committed before `started` as applied.
+    fn confirm(&self, started: Instant) {
+        let at = started.saturating_duration_since(self.epoch).as_millis();
+        self.caught_up
+            .fetch_max(u64::try_from(at).unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+
+    /// Reads the log from the tail's position to its end and hands every
+    /// change to the hot tier and the watchers.
+    async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        loop {
+            let after = self.last();
+            let changes = store.change_list_since(after, PAGE).await?;
+            let Some(first) = changes.first() else {
+                return Ok(());
+            };
+            if first.revision != after + 1 {
+                // The log was compacted past the tail (it was stopped longer
+                // than the retention): which keys changed is unknown.
+                tracing::warn!(
+                    after,
+                    next = first.revision,
+                    "change log compacted past this server's tail"
+                );
+                if let Some(hot) = &self.hot {
+                    hot.clear();
+                }
+            }
+            let full = changes.len() == PAGE as usize;
+            let values_loaded = self.value_watchers.load(Ordering::Acquire) > 0;
+            let mut entries = if values_loaded {
+                load_entries(store, &changes).await?
+            } else {
+                Default::default()
+            };
+            if let Some(hot) = &self.hot {
+                for change in &changes {
+                    hot.remove(&change.key);
+                }
+            }
+            let mut ring = self.lock();
+            for change in changes {
+                let entry = entries
+                    .remove(&(change.key.clone(), change.revision))
+                    .filter(|_| carries_value(change.kind));
+                ring.last = change.revision;
+                // No receivers is fine: nobody is watching.
+                let _ = ring.sender.send(Arc::new(Live {
+                    change,
+                    entry,
+                    values_loaded,
+                }));
+            }
+            drop(ring);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Tails the log until `cancel` fires.
+    pub async fn run(self: Arc<Self>, store: Store, settings: Settings, cancel: CancellationToken) {
+        let mut committed = store.committed();
+        let heard = Arc::new(Notify::new());
+        let interval = match store.backend() {
+            Backend::Sqlite => settings.watch.poll_interval,
+            Backend::Postgres => {
+                let (store, heard, cancel) = (store.clone(), heard.clone(), cancel.clone());
+                tokio::spawn(async move {
+                    // An empty payload (a reconnect) wakes the tail as well:
+                    // whatever was missed meanwhile is in the log.
+                    store
+                        .listen(CHANGE_CHANNEL, cancel, |_| heard.notify_one())
+                        .await;
+                });
+                settings.watch.fallback_poll
+            }
+        };
+        let mut version = DataVersionCheck::default();
+        let mut failing = false;
+        loop {
+            let started = Instant::now();
+            let result = match version.changed(&store).await {
+                Ok(false) => Ok(()),
+                Ok(true) => self.catch_up(&store).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(()) => {
+                    self.confirm(started);
+                    if failing {
+                        tracing::info!("change log readable again");
+                        failing = false;
+                    }
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "cannot read the change log; the hot tier is bypassed until it can");
+                        failing = true;
+                    }
+                    version.forget();
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = committed.changed() => {}
+                () = heard.notified() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// Decrements the count of value watchers when dropped.
+#[derive(Debug)]
+pub struct ValueGuard {
+    feed: Arc<Feed>,
+}
+
+impl Drop for ValueGuard {
+    fn drop(&mut self) {
+        self.feed.value_watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The entries written by `changes` (PUT and FETCH), by key and revision,
+/// still as they were at their change.
+pub async fn load_entries(
+    store: &Store,
+    changes: &[Change],
+) -> Result<std::collections::HashMap<(String, u64), Entry>, StoreError> {
+    let keys: Vec<String> = changes
+        .iter()
+        .filter(|c| carries_value(c.kind))
+        .map(|c| c.key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let found = store.entry_get_many(&keys).await?;
+    Ok(found
+        .into_iter()
+        .map(|e| ((e.key.clone(), e.revision), e))
+        .collect())
+}
+
+/// Whether the log may have changed since the last look: always on
+/// Postgres (the wake-ups say so); on SQLite, whether `data_version` moved.
+#[derive(Debug, Default)]
+struct DataVersionCheck {
+    connection: Option<roadie_store::DataVersion>,
+    seen: Option<i64>,
+}
+
+impl DataVersionCheck {
+    async fn changed(&mut self, store: &Store) -> Result<bool, StoreError> {
+        if store.backend() != Backend::Sqlite {
+            return Ok(true);
+        }
+        if self.connection.is_none() {
+            self.connection = store.data_version().await?;
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(true);
+        };
+        // Read before the log: a commit after this read moves it again.
+        let now = connection.read().await?;
+        let moved = self.seen != Some(now);
+        self.seen = Some(now);
+        Ok(moved)
+    }
+
+    /// After a failure: reconnect and read the log on the next check.
+    fn forget(&mut self) {
+        self.connection = None;
+        self.seen = None;
+    }
+}

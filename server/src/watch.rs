@@ -1,0 +1,367 @@
+//! `Cache.Watch`: one task per watcher, reading history from the store
+//! until it reaches the feed's tail, then the feed's ring in memory.
+//!
+//! The stream's first message is a progress message with the position it
+//! starts from; for "now" it is sent once the watcher is subscribed, so a
+//! client that has it sees every later change. Every change after the
+//! position follows exactly once, in revision order: revisions are gapless,
+//! so the watcher checks each one is the next and fails loudly rather than
+//! skip. Progress messages keep a quiet watcher's resume point recent.
+//!
+//! Endings, each telling the client where to resume:
+//! - OUT_OF_RANGE: the start is older than the retained log, with the
+//!   oldest retained revision ([`roadie_proto::revision_compacted`]);
+//! - RESOURCE_EXHAUSTED: the client read so slowly that it fell more than
+//!   `watch.buffer` changes behind the tail;
+//! - UNAVAILABLE: the server is shutting down.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use roadie_proto::v1 as pb;
+use roadie_store::{Change, ChangeKind, Entry, now_ms};
+use tokio::{
+    sync::{broadcast::error::RecvError, mpsc},
+    time::Instant,
+};
+use tonic::Status;
+
+use crate::{
+    cache::{entry_to_proto, timestamp},
+    error::ApiError,
+    feed::{self, PAGE},
+    state::AppState,
+    validate::{self, FieldError},
+};
+
+/// Messages queued for one client beyond what HTTP/2 already buffers.
+const QUEUE: usize = 64;
+
+/// What a watcher asked to see.
+#[derive(Debug, Default)]
+pub struct Filter {
+    prefix: String,
+    tags: HashSet<String>,
+    policies: HashSet<String>,
+    providers: HashSet<String>,
+    kinds: HashSet<ChangeKind>,
+}
+
+impl Filter {
+    /// Whether `change` passes every filter (an empty list passes all).
+    pub fn matches(&self, change: &Change) -> bool {
+        change.key.starts_with(&self.prefix)
+            && (self.tags.is_empty() || change.tags.iter().any(|t| self.tags.contains(t)))
+            && (self.policies.is_empty() || self.policies.contains(&change.policy))
+            && (self.providers.is_empty()
+                || change
+                    .provider
+                    .as_ref()
+                    .is_some_and(|p| self.providers.contains(p)))
+            && (self.kinds.is_empty() || self.kinds.contains(&change.kind))
+    }
+}
+
+/// A validated Watch request.
+#[derive(Debug)]
+pub struct WatchPlan {
+    filter: Filter,
+    after: Option<u64>,
+    include_values: bool,
+}
+
+/// Checks a Watch request against the limits and the configuration.
+pub fn plan(state: &AppState, req: pb::WatchRequest) -> Result<WatchPlan, ApiError> {
+    if !req.key_prefix.is_empty() {
+        validate::key("key_prefix", &req.key_prefix)?;
+    }
+    validate::tags("tags", &req.tags)?;
+    for (i, policy) in req.policies.iter().enumerate() {
+        if !state.settings.policies.contains_key(policy) {
+            return Err(FieldError::new(
+                format!("policies[{i}]"),
+                format!("unknown policy {policy:?}"),
+            )
+            .into());
+        }
+    }
+    for (i, provider) in req.providers.iter().enumerate() {
+        if !state.settings.providers.contains_key(provider) {
+            return Err(FieldError::new(
+                format!("providers[{i}]"),
+                format!("unknown provider {provider:?}"),
+            )
+            .into());
+        }
+    }
+    let mut kinds = HashSet::new();
+    for (i, &kind) in req.kinds.iter().enumerate() {
+        let kind = pb::ChangeKind::try_from(kind)
+            .ok()
+            .and_then(change_kind_from_proto)
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("kinds[{i}]"),
+                    format!("{kind} is not a change kind"),
+                )
+            })?;
+        kinds.insert(kind);
+    }
+    Ok(WatchPlan {
+        filter: Filter {
+            prefix: req.key_prefix,
+            tags: req.tags.into_iter().collect(),
+            policies: req.policies.into_iter().collect(),
+            providers: req.providers.into_iter().collect(),
+            kinds,
+        },
+        after: req.after_revision,
+        include_values: req.include_values,
+    })
+}
+
+/// Starts the watcher's task; its messages arrive on the returned receiver.
+/// A start older than the retained log fails here, before the stream opens.
+pub async fn start(
+    state: Arc<AppState>,
+    plan: WatchPlan,
+) -> Result<mpsc::Receiver<Result<pb::WatchResponse, Status>>, Status> {
+    if let Some(after) = plan.after {
+        let oldest = state.store.change_oldest().await.map_err(ApiError::from)?;
+        if after.saturating_add(1) < oldest {
+            return Err(roadie_proto::revision_compacted(after, oldest));
+        }
+    }
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut watcher = Watcher {
+        values: plan.include_values.then(|| state.feed.want_values()),
+        state,
+        filter: plan.filter,
+        tx,
+        pos: 0,
+        last_sent: Instant::now(),
+    };
+    tokio::spawn(async move {
+        let ending = watcher.run(plan.after).await;
+        if let Err(status) = ending {
+            // The client may be gone already; nothing to tell then.
+            let _ = watcher.tx.send(Err(status)).await;
+        }
+    });
+    Ok(rx)
+}
+
+/// Why a watcher stopped without an error for the client.
+struct Gone;
+
+struct Watcher {
+    state: Arc<AppState>,
+    filter: Filter,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    /// Every change up to here was sent or filtered out.
+    pos: u64,
+    last_sent: Instant,
+    values: Option<feed::ValueGuard>,
+}
+
+impl Watcher {
+    /// Streams until the client goes (Ok) or the watch must end (Err).
+    async fn run(&mut self, after: Option<u64>) -> Result<(), Status> {
+        let feed = self.state.feed.clone();
+        let mut ring = match after {
+            None => {
+                let (last, ring) = feed.subscribe();
+                self.pos = last;
+                ring
+            }
+            Some(after) => {
+                self.pos = after;
+                if self.progress().await.is_err() {
+                    return Ok(());
+                }
+                // History first, from the store, until close to the tail,
+                // so the ring does not overflow while history is read.
+                while feed.last().saturating_sub(self.pos) > u64::from(PAGE) {
+                    if self.history(u64::MAX).await?.is_err() {
+                        return Ok(());
+                    }
+                }
+                let (last, ring) = feed.subscribe();
+                while self.pos < last {
+                    if self.history(last).await?.is_err() {
+                        return Ok(());
+                    }
+                }
+                ring
+            }
+        };
+        if after.is_none() && self.progress().await.is_err() {
+            return Ok(());
+        }
+        let interval = self.state.settings.watch.progress_interval;
+        let stopping = self.state.stopping.clone();
+        let client = self.tx.clone();
+        loop {
+            tokio::select! {
+                received = ring.recv() => match received {
+                    Ok(live) => {
+                        if self.live(&live).await?.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        return Err(Status::resource_exhausted(format!(
+                            "this watcher fell more than {} changes behind ({missed} missed); \
+                             resume with after_revision {}",
+                            self.state.settings.watch.buffer, self.pos
+                        )));
+                    }
+                    Err(RecvError::Closed) => return Err(self.shutting_down()),
+                },
+                () = tokio::time::sleep_until(self.last_sent + interval) => {
+                    if self.progress().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = stopping.cancelled() => return Err(self.shutting_down()),
+                () = client.closed() => return Ok(()),
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> Status {
+        Status::unavailable(format!(
+            "the server is shutting down; resume with after_revision {}",
+            self.pos
+        ))
+    }
+
+    /// Sends the changes after `pos` and up to `until` from the store, one
+    /// page. The outer error ends the watch; the inner one means the client left.
+    async fn history(&mut self, until: u64) -> Result<Result<(), Gone>, Status> {
+        let store = &self.state.store;
+        let changes = store
+            .change_list_since(self.pos, PAGE)
+            .await
+            .map_err(ApiError::from)?;
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .take_while(|c| c.revision <= until)
+            .collect();
+        if changes.is_empty() {
+            // Compacted away since the watch started (the log cannot end
+            // before the tail otherwise).
+            let oldest = store.change_oldest().await.map_err(ApiError::from)?;
+            return Err(roadie_proto::revision_compacted(self.pos, oldest));
+        }
+        let mut entries = if self.values.is_some() {
+            feed::load_entries(store, &changes)
+                .await
+                .map_err(ApiError::from)?
+        } else {
+            HashMap::new()
+        };
+        for change in changes {
+            let entry = entries.remove(&(change.key.clone(), change.revision));
+            if self.send_change(change, entry).await.is_err() {
+                return Ok(Err(Gone));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends one change from the ring, skipping what history already sent.
+    async fn live(&mut self, live: &feed::Live) -> Result<Result<(), Gone>, Status> {
+        let change = &live.change;
+        if change.revision <= self.pos {
+            return Ok(Ok(()));
+        }
+        let mut entry = live.entry.clone();
+        if self.values.is_some()
+            && !live.values_loaded
+            && feed::carries_value(change.kind)
+            && self.filter.matches(change)
+        {
+            // Subscribed just as the tail stopped loading values: look it up.
+            entry = self
+                .state
+                .store
+                .entry_get(&change.key)
+                .await
+                .map_err(ApiError::from)?
+                .filter(|e| e.revision == change.revision);
+        }
+        Ok(self.send_change(change.clone(), entry).await)
+    }
+
+    async fn send_change(&mut self, change: Change, entry: Option<Entry>) -> Result<(), Gone> {
+        if change.revision != self.pos + 1 {
+            // Only compaction past a running watcher can make a hole.
+            let status = roadie_proto::revision_compacted(self.pos, change.revision);
+            let _ = self.tx.send(Err(status)).await;
+            return Err(Gone);
+        }
+        self.pos = change.revision;
+        if !self.filter.matches(&change) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let message = pb::WatchResponse {
+            event: Some(pb::watch_response::Event::Change(pb::Change {
+                revision: change.revision,
+                kind: change_kind_to_proto(change.kind).into(),
+                at: Some(timestamp(change.at)),
+                provider: change.provider.unwrap_or_default(),
+                entry: entry
+                    .filter(|_| self.values.is_some())
+                    .map(|e| entry_to_proto(e, now)),
+                key: change.key,
+                policy: change.policy,
+                tags: change.tags,
+            })),
+        };
+        self.send(message).await
+    }
+
+    async fn progress(&mut self) -> Result<(), Gone> {
+        let message = pb::WatchResponse {
+            event: Some(pb::watch_response::Event::Progress(pb::Progress {
+                revision: self.pos,
+            })),
+        };
+        self.send(message).await
+    }
+
+    async fn send(&mut self, message: pb::WatchResponse) -> Result<(), Gone> {
+        self.last_sent = Instant::now();
+        self.tx.send(Ok(message)).await.map_err(|_| Gone)
+    }
+}
+
+/// The API's name for a change kind.
+pub fn change_kind_to_proto(kind: ChangeKind) -> pb::ChangeKind {
+    match kind {
+        ChangeKind::Put => pb::ChangeKind::Put,
+        ChangeKind::Delete => pb::ChangeKind::Delete,
+        ChangeKind::Invalidate => pb::ChangeKind::Invalidate,
+        ChangeKind::Expire => pb::ChangeKind::Expire,
+        ChangeKind::Evict => pb::ChangeKind::Evict,
+        ChangeKind::Fetch => pb::ChangeKind::Fetch,
+        ChangeKind::Negative => pb::ChangeKind::Negative,
+    }
+}
+
+fn change_kind_from_proto(kind: pb::ChangeKind) -> Option<ChangeKind> {
+    Some(match kind {
+        pb::ChangeKind::Unspecified => return None,
+        pb::ChangeKind::Put => ChangeKind::Put,
+        pb::ChangeKind::Delete => ChangeKind::Delete,
+        pb::ChangeKind::Invalidate => ChangeKind::Invalidate,
+        pb::ChangeKind::Expire => ChangeKind::Expire,
+        pb::ChangeKind::Evict => ChangeKind::Evict,
+        pb::ChangeKind::Fetch => ChangeKind::Fetch,
+        pb::ChangeKind::Negative => ChangeKind::Negative,
+    })
+}
