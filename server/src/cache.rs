@@ -645,6 +645,9 @@ impl Cache for CacheService {
             revision,
             started_at: Some(timestamp(started_ms)),
             backend: self.state.store.backend().name().to_owned(),
+            hot_tier: self.state.feed.hot_stats(),
+            tail_revision: self.state.feed.last(),
+            watchers: self.state.feed.watchers(),
         }))
     }
 }

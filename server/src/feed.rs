@@ -70,6 +70,10 @@ pub struct Feed {
     epoch: Instant,
     /// Watchers that want values; the tail loads entries only while some do.
     value_watchers: AtomicUsize,
+    /// Open Watch streams.
+    watchers: AtomicUsize,
+    /// Reads the hot tier could not answer because the tail lagged.
+    bypassed: AtomicU64,
 }
 
 impl Feed {
@@ -87,6 +91,8 @@ impl Feed {
             caught_up: AtomicU64::new(0),
             epoch: Instant::now(),
             value_watchers: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
+            bypassed: AtomicU64::new(0),
         }
     }
 
@@ -111,13 +117,36 @@ impl Feed {
     pub fn hot(&self) -> Option<&HotTier> {
         let hot = self.hot.as_ref()?;
         let confirmed = Duration::from_millis(self.caught_up.load(Ordering::Acquire));
-        (self.epoch.elapsed().saturating_sub(confirmed) < self.max_lag).then_some(hot)
+        if self.epoch.elapsed().saturating_sub(confirmed) < self.max_lag {
+            Some(hot)
+        } else {
+            self.bypassed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 
-    /// Counts a watcher that wants values while the guard lives.
-    pub fn want_values(self: &Arc<Self>) -> ValueGuard {
-        self.value_watchers.fetch_add(1, Ordering::AcqRel);
-        ValueGuard { feed: self.clone() }
+    /// The hot tier's figures, if it is on.
+    pub fn hot_stats(&self) -> Option<roadie_proto::v1::HotTierStats> {
+        let hot = self.hot.as_ref()?;
+        Some(hot.stats(self.bypassed.load(Ordering::Relaxed)))
+    }
+
+    /// Open Watch streams.
+    pub fn watchers(&self) -> u64 {
+        self.watchers.load(Ordering::Relaxed) as u64
+    }
+
+    /// Counts a watcher while the guard lives (and, with `values`, one that
+    /// wants values: the tail loads entries only while some do).
+    pub fn watcher(self: &Arc<Self>, values: bool) -> WatcherGuard {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        if values {
+            self.value_watchers.fetch_add(1, Ordering::AcqRel);
+        }
+        WatcherGuard {
+            feed: self.clone(),
+            values,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -238,15 +267,26 @@ impl Feed {
     }
 }
 
-/// Decrements the count of value watchers when dropped.
+/// Uncounts a watcher when dropped.
 #[derive(Debug)]
-pub struct ValueGuard {
+pub struct WatcherGuard {
     feed: Arc<Feed>,
+    values: bool,
 }
 
-impl Drop for ValueGuard {
+impl WatcherGuard {
+    /// Whether this watcher wants values.
+    pub fn values(&self) -> bool {
+        self.values
+    }
+}
+
+impl Drop for WatcherGuard {
     fn drop(&mut self) {
-        self.feed.value_watchers.fetch_sub(1, Ordering::AcqRel);
+        self.feed.watchers.fetch_sub(1, Ordering::AcqRel);
+        if self.values {
+            self.feed.value_watchers.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

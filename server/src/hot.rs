@@ -14,7 +14,10 @@
 //! tail has confirmed, within `hot_tier.max_lag`, that it has applied every
 //! committed change (see [`crate::feed::Feed::hot`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{
+    Arc, Mutex, PoisonError,
+    atomic::{AtomicU64, Ordering},
+};
 
 use moka::sync::Cache;
 use roadie_store::Entry;
@@ -31,6 +34,9 @@ pub type Slot = Arc<Option<Entry>>;
 pub struct HotTier {
     cache: Cache<String, Slot>,
     generations: Box<[Mutex<u64>]>,
+    max_bytes: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// Taken before reading the store, handed to [`HotTier::fill`] after.
@@ -50,12 +56,22 @@ impl HotTier {
         HotTier {
             cache,
             generations: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
+            max_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
     /// What the tier holds for `key`, if anything.
     pub fn get(&self, key: &str) -> Option<Slot> {
-        self.cache.get(key)
+        let slot = self.cache.get(key);
+        let counter = if slot.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        slot
     }
 
     /// The generation of `key`'s shard, before a read of the store.
@@ -95,6 +111,18 @@ impl HotTier {
     pub fn weighted_bytes(&self) -> u64 {
         self.cache.run_pending_tasks();
         self.cache.weighted_size()
+    }
+
+    /// Figures for `Stats`; `bypassed` is counted by the feed.
+    pub fn stats(&self, bypassed: u64) -> roadie_proto::v1::HotTierStats {
+        roadie_proto::v1::HotTierStats {
+            bytes: self.weighted_bytes(),
+            entries: self.cache.entry_count(),
+            max_bytes: self.max_bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bypassed,
+        }
     }
 
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, u64> {

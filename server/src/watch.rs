@@ -136,7 +136,7 @@ pub async fn start(
     }
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut watcher = Watcher {
-        values: plan.include_values.then(|| state.feed.want_values()),
+        guard: state.feed.watcher(plan.include_values),
         state,
         filter: plan.filter,
         tx,
@@ -163,7 +163,7 @@ struct Watcher {
     /// Every change up to here was sent or filtered out.
     pos: u64,
     last_sent: Instant,
-    values: Option<feed::ValueGuard>,
+    guard: feed::WatcherGuard,
 }
 
 impl Watcher {
@@ -256,7 +256,7 @@ impl Watcher {
             let oldest = store.change_oldest().await.map_err(ApiError::from)?;
             return Err(roadie_proto::revision_compacted(self.pos, oldest));
         }
-        let mut entries = if self.values.is_some() {
+        let mut entries = if self.guard.values() {
             feed::load_entries(store, &changes)
                 .await
                 .map_err(ApiError::from)?
@@ -279,7 +279,7 @@ impl Watcher {
             return Ok(Ok(()));
         }
         let mut entry = live.entry.clone();
-        if self.values.is_some()
+        if self.guard.values()
             && !live.values_loaded
             && feed::carries_value(change.kind)
             && self.filter.matches(change)
@@ -315,7 +315,7 @@ impl Watcher {
                 at: Some(timestamp(change.at)),
                 provider: change.provider.unwrap_or_default(),
                 entry: entry
-                    .filter(|_| self.values.is_some())
+                    .filter(|_| self.guard.values())
                     .map(|e| entry_to_proto(e, now)),
                 key: change.key,
                 policy: change.policy,

@@ -12,7 +12,8 @@ pub struct TestServer {
     pub client: Client,
     pub addr: SocketAddr,
     pub app: App,
-    pub db: TestDb,
+    /// The database, dropped at `stop` (none for a second server on it).
+    pub db: Option<TestDb>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), ServerError>>,
 }
@@ -27,8 +28,15 @@ impl TestServer {
 
     /// Starts a server over an existing test database.
     pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        let mut server = TestServer::start_at(&db.url, tweak).await;
+        server.db = Some(db);
+        server
+    }
+
+    /// Starts another server on the database at `url`, owned elsewhere.
+    pub async fn start_at(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestServer {
         let mut settings = Settings::default();
-        settings.store.url = db.url.clone();
+        settings.store.url = url.to_owned();
         settings.server.shutdown_grace = Duration::from_secs(5);
         tweak(&mut settings);
         settings.validate().expect("test settings are valid");
@@ -48,7 +56,7 @@ impl TestServer {
             client,
             addr,
             app,
-            db,
+            db: None,
             stop: Some(stop),
             handle,
         }
@@ -68,7 +76,9 @@ impl TestServer {
             .await
             .expect("server task")
             .expect("server stopped cleanly");
-        self.db.finish().await;
+        if let Some(db) = self.db.take() {
+            db.finish().await;
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod cache;
 mod changes;
 mod cli;
 mod fetch;
+mod hot_tier;
 mod jobs;
 mod process;
 mod watch;

@@ -1,0 +1,164 @@
+//! The hot tier: two servers on one database, each with its own tier. A
+//! write through one (or by a worker) is what the other answers within
+//! `hot_tier.max_lag`, and never anything older after it; a server's own
+//! writes are what its next read answers.
+
+use std::time::{Duration, Instant};
+
+use roadie_client::{
+    Client,
+    proto::{FetchMode, LookupStatus, StatsRequest},
+};
+use roadie_server::config::Settings;
+use roadie_store::{Backend, testing::TestDb};
+
+use crate::common::{TestServer, get, on_both_backends, put};
+
+const MAX_LAG: Duration = Duration::from_secs(1);
+
+fn hot(settings: &mut Settings) {
+    settings.hot_tier.enabled = true;
+    settings.hot_tier.max_lag = MAX_LAG;
+}
+
+async fn value(client: &Client, key: &str) -> Option<String> {
+    let answer = client.get(get(key)).await.expect("get");
+    let hit = answer.status() == LookupStatus::Hit;
+    answer
+        .entry
+        .filter(|_| hit)
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+}
+
+async fn hot_hits(client: &Client) -> u64 {
+    let stats = client.stats(StatsRequest::default()).await.expect("stats");
+    stats.hot_tier.expect("the hot tier is on").hits
+}
+
+/// Reads `key` through `reader` until it answers `want`. Every read sent
+/// later than `written + MAX_LAG` must already answer it.
+async fn converges(reader: &Client, key: &str, want: Option<&str>, written: Instant) -> Duration {
+    loop {
+        let sent = Instant::now();
+        let got = value(reader, key).await;
+        if got.as_deref() == want {
+            return sent.saturating_duration_since(written);
+        }
+        assert!(
+            sent < written + MAX_LAG,
+            "{key}: still {got:?} {:?} after the write, past the bound of {MAX_LAG:?}",
+            sent - written
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn writes_elsewhere_reach_the_hot_tier_within_the_bound(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let (upstream, _) = crate::fetch::upstream().await;
+    let url = db.url.clone();
+    let a = TestServer::start_on(db, |s| {
+        hot(s);
+        crate::fetch::with_provider(upstream)(s);
+    })
+    .await;
+    let b = TestServer::start_at(&url, |s| {
+        hot(s);
+        crate::fetch::with_provider(upstream)(s);
+    })
+    .await;
+
+    // B caches v1 (a fill racing B's tail applying the write is dropped,
+    // so it may take a second read), then answers it from memory.
+    a.client.put(put("k", "v1")).await.expect("put");
+    let written = Instant::now();
+    converges(&b.client, "k", Some("v1"), written).await;
+    assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));
+    let before = hot_hits(&b.client).await;
+    assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));
+    assert!(hot_hits(&b.client).await > before, "answered from memory");
+
+    // Writes through A: B's memory follows within the bound, ten times over.
+    let mut lags = Vec::new();
+    for i in 2..12 {
+        let v = format!("v{i}");
+        a.client.put(put("k", &v)).await.expect("put");
+        lags.push(converges(&b.client, "k", Some(&v), Instant::now()).await);
+    }
+    // A delete, too.
+    a.client
+        .delete(roadie_client::proto::DeleteRequest {
+            key: "k".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
+    lags.push(converges(&b.client, "k", None, Instant::now()).await);
+    eprintln!("{backend:?}: B saw A's writes after {lags:?}");
+
+    // B's own write is what B answers next, at once, though its tier
+    // remembered the key as absent; BatchGet reads through the tier too.
+    b.client.put(put("k", "mine")).await.expect("put");
+    assert_eq!(value(&b.client, "k").await.as_deref(), Some("mine"));
+    let batch = b
+        .client
+        .batch_get(roadie_client::proto::BatchGetRequest {
+            keys: vec!["k".to_owned(), "nope".to_owned(), "k".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("batch get");
+    let statuses: Vec<LookupStatus> = batch.results.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses,
+        [LookupStatus::Hit, LookupStatus::Miss, LookupStatus::Hit]
+    );
+    assert_eq!(
+        batch.results[0].entry.as_ref().map(|e| e.value.as_ref()),
+        Some(&b"mine"[..])
+    );
+
+    // A worker's result: B remembered the miss, and follows the fetch.
+    let fetched = format!("http://{upstream}/api/item/3");
+    assert_eq!(value(&b.client, &fetched).await, None);
+    assert_eq!(value(&b.client, &fetched).await, None, "a remembered miss");
+    let (stop, worker) = crate::fetch::start_worker(a.store().clone(), upstream);
+    let answer = a
+        .client
+        .clone()
+        .with_request_timeout(Duration::from_secs(20))
+        .fetch(crate::fetch::fetch("item/3", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(answer.status(), LookupStatus::Hit);
+    converges(&b.client, &fetched, Some("item 3"), Instant::now()).await;
+
+    stop.cancel();
+    worker.await.expect("worker");
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Switched off, reads go to the store and Stats says there is no tier.
+async fn the_hot_tier_can_be_switched_off(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = TestServer::start_on(db, |s| s.hot_tier.enabled = false).await;
+    server.client.put(put("k", "v")).await.expect("put");
+    assert_eq!(value(&server.client, "k").await.as_deref(), Some("v"));
+    let stats = server
+        .client
+        .stats(StatsRequest::default())
+        .await
+        .expect("stats");
+    assert!(stats.hot_tier.is_none());
+    server.stop().await;
+}
+
+on_both_backends!(
+    writes_elsewhere_reach_the_hot_tier_within_the_bound,
+    the_hot_tier_can_be_switched_off,
+);
