@@ -2,8 +2,8 @@
 //! until it reaches the feed's tail, then the feed's ring in memory.
 //!
 //! The stream's first message is a progress message with the position it
-//! starts from; for "now" it is sent once the watcher is subscribed, so a
-//! client that has it sees every later change. Every change after the
+//! starts from (for "now", the latest committed revision): every change
+//! after it follows, so a client that has it sees every later write. Every change after the
 //! position follows exactly once, in revision order: revisions are gapless,
 //! so the watcher checks each one is the next and fails loudly rather than
 //! skip. Progress messages keep a quiet watcher's resume point recent.
@@ -128,12 +128,22 @@ pub async fn start(
     state: Arc<AppState>,
     plan: WatchPlan,
 ) -> Result<mpsc::Receiver<Result<pb::WatchResponse, Status>>, Status> {
-    if let Some(after) = plan.after {
-        let oldest = state.store.change_oldest().await.map_err(ApiError::from)?;
-        if after.saturating_add(1) < oldest {
-            return Err(roadie_proto::revision_compacted(after, oldest));
+    let after = match plan.after {
+        Some(after) => {
+            let oldest = state.store.change_oldest().await.map_err(ApiError::from)?;
+            if after.saturating_add(1) < oldest {
+                return Err(roadie_proto::revision_compacted(after, oldest));
+            }
+            after
         }
-    }
+        // "Now" is the latest commit, this server's own writes included,
+        // even before the tail has read them.
+        None => state
+            .store
+            .revision_current()
+            .await
+            .map_err(ApiError::from)?,
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut watcher = Watcher {
         guard: state.feed.watcher(plan.include_values),
@@ -144,7 +154,7 @@ pub async fn start(
         last_sent: Instant::now(),
     };
     tokio::spawn(async move {
-        let ending = watcher.run(plan.after).await;
+        let ending = watcher.run(after).await;
         if let Err(status) = ending {
             // The client may be gone already; nothing to tell then.
             let _ = watcher.tx.send(Err(status)).await;
@@ -168,37 +178,24 @@ struct Watcher {
 
 impl Watcher {
     /// Streams until the client goes (Ok) or the watch must end (Err).
-    async fn run(&mut self, after: Option<u64>) -> Result<(), Status> {
+    async fn run(&mut self, after: u64) -> Result<(), Status> {
         let feed = self.state.feed.clone();
-        let mut ring = match after {
-            None => {
-                let (last, ring) = feed.subscribe();
-                self.pos = last;
-                ring
-            }
-            Some(after) => {
-                self.pos = after;
-                if self.progress().await.is_err() {
-                    return Ok(());
-                }
-                // History first, from the store, until close to the tail,
-                // so the ring does not overflow while history is read.
-                while feed.last().saturating_sub(self.pos) > u64::from(PAGE) {
-                    if self.history(u64::MAX).await?.is_err() {
-                        return Ok(());
-                    }
-                }
-                let (last, ring) = feed.subscribe();
-                while self.pos < last {
-                    if self.history(last).await?.is_err() {
-                        return Ok(());
-                    }
-                }
-                ring
-            }
-        };
-        if after.is_none() && self.progress().await.is_err() {
+        self.pos = after;
+        if self.progress().await.is_err() {
             return Ok(());
+        }
+        // History first, from the store, until close to the tail, so the
+        // ring does not overflow while history is read.
+        while feed.last().saturating_sub(self.pos) > u64::from(PAGE) {
+            if self.history(u64::MAX).await?.is_err() {
+                return Ok(());
+            }
+        }
+        let (last, mut ring) = feed.subscribe();
+        while self.pos < last {
+            if self.history(last).await?.is_err() {
+                return Ok(());
+            }
         }
         let interval = self.state.settings.watch.progress_interval;
         let stopping = self.state.stopping.clone();
