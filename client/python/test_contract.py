@@ -13,6 +13,7 @@ Run from the repository root (see README.md):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.resources
 import os
@@ -28,7 +29,9 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO / "proto"
@@ -109,10 +112,11 @@ def _check_serving(address: str) -> bool:
     return response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[str]:
-    """Starts ``roadie-server`` on a free loopback port with a fresh SQLite
-    database, yields its ``host:port``, and at the end checks that SIGTERM
+@contextlib.contextmanager
+def running_server(workdir: Path, settings: dict[str, str] | None = None) -> Iterator[str]:
+    """Starts ``roadie-server`` in ``workdir`` on a free loopback port with a
+    fresh SQLite database (plus ``settings``, as ``ROADIE__*`` environment
+    variables), yields its ``host:port``, and at the end checks that SIGTERM
     stops it cleanly (exit code 0) within the deadline."""
     binary = Path(os.environ.get("ROADIE_SERVER_BIN", DEFAULT_SERVER_BIN))
     if not binary.is_file():
@@ -122,12 +126,12 @@ def server(tmp_path_factory) -> Iterator[str]:
             pytrace=False,
         )
 
-    workdir = tmp_path_factory.mktemp("server")
     port = _free_port()
     address = f"{HOST}:{port}"
     # Drop any ROADIE__* settings inherited from the caller's shell so the
-    # server runs on its defaults plus exactly the two settings below.
+    # server runs on its defaults plus exactly the settings below.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROADIE__")}
+    env.update(settings or {})
     env["ROADIE__SERVER__LISTEN"] = address
     env["ROADIE__STORE__URL"] = f"sqlite://{workdir / 'roadie.db'}"
     # The server colours its log even when stderr is not a terminal; keep the
@@ -173,7 +177,14 @@ def server(tmp_path_factory) -> Iterator[str]:
         log.close()
         raise
 
-    yield address
+    try:
+        yield address
+    except BaseException:
+        # The caller failed; that failure is the one to report.
+        process.kill()
+        process.wait()
+        log.close()
+        raise
 
     try:
         process.send_signal(signal.SIGTERM)
@@ -193,6 +204,13 @@ def server(tmp_path_factory) -> Iterator[str]:
         )
     finally:
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[str]:
+    """The server every test shares, on its default settings."""
+    with running_server(tmp_path_factory.mktemp("server")) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -235,6 +253,26 @@ def get(cache, pb, key: str):
 def status_name(pb, status: int) -> str:
     """LOOKUP_STATUS_* name, so failures read as names rather than numbers."""
     return pb.cache.LookupStatus.Name(status)
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo detail of an error, if it carries one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def next_change(pb, stream):
+    """The next change on a Watch stream, skipping progress messages."""
+    for message in stream:
+        if message.WhichOneof("event") == "change":
+            return message.change
+        assert message.WhichOneof("event") == "progress", message
+    pytest.fail("the Watch stream ended", pytrace=False)
 
 
 def has_bad_request_detail(error: grpc.RpcError) -> bool:
@@ -410,3 +448,100 @@ def test_keep_higher_confidence_keeps_the_stored_entry(cache, pb, prefix):
 
     entry = get(cache, pb, key).entry
     assert (entry.value, entry.confidence) == (b"confident", 90)
+
+
+def test_watch_opens_with_progress_then_streams_each_change(cache, pb, prefix):
+    request = pb.cache.WatchRequest(key_prefix=prefix)
+    stream = cache.Watch(request, timeout=RPC_TIMEOUT)
+    try:
+        # The first message says where the stream starts; once it is in, the
+        # server is subscribed and no later change can be missed.
+        first = next(stream)
+        assert first.WhichOneof("event") == "progress", first
+        start = first.progress.revision
+
+        written = put(cache, pb, prefix + "artist", b"{}", tags=["kind:artist"])
+        change = next_change(pb, stream)
+        assert change.revision == written.revision
+        assert change.revision > start
+        assert change.kind == pb.cache.CHANGE_KIND_PUT
+        assert change.key == prefix + "artist"
+        assert change.policy == "generic"
+        assert list(change.tags) == ["kind:artist"]
+        # Values only when asked for.
+        assert not change.HasField("entry")
+    finally:
+        stream.cancel()
+
+    # Resuming after the start position delivers the same change again, and
+    # the stream opens at exactly that position.
+    request.after_revision = start
+    request.include_values = True
+    resumed = cache.Watch(request, timeout=RPC_TIMEOUT)
+    try:
+        first = next(resumed)
+        assert first.WhichOneof("event") == "progress", first
+        assert first.progress.revision == start
+        change = next_change(pb, resumed)
+        assert change.revision == written.revision
+        assert change.entry.value == b"{}"
+    finally:
+        resumed.cancel()
+
+
+def test_watch_with_an_unspecified_kind_is_invalid_argument(cache, pb):
+    request = pb.cache.WatchRequest(kinds=[pb.cache.CHANGE_KIND_UNSPECIFIED])
+    with pytest.raises(grpc.RpcError) as caught:
+        next(cache.Watch(request, timeout=RPC_TIMEOUT))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "kinds" in error.details()
+    assert has_bad_request_detail(error)
+
+
+def test_watch_from_a_compacted_revision_names_the_oldest_retained(pb, tmp_path):
+    # A server of its own that keeps only the last two changes and compacts
+    # every 50 ms.
+    settings = {
+        "ROADIE__WATCH__RETENTION_COUNT": "2",
+        "ROADIE__MAINTENANCE__INTERVAL": "50ms",
+    }
+    with (
+        running_server(tmp_path, settings) as address,
+        grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel,
+    ):
+        cache = pb.cache_grpc.CacheStub(channel)
+        for i in range(5):
+            put(cache, pb, f"compacted/{i}")
+        request = pb.cache.WatchRequest(after_revision=0)
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            stream = cache.Watch(request, timeout=RPC_TIMEOUT)
+            try:
+                next(stream)
+            except grpc.RpcError as caught:
+                error = caught
+                break
+            finally:
+                stream.cancel()
+            if time.monotonic() > deadline:
+                pytest.fail("the change log was never compacted", pytrace=False)
+            time.sleep(0.05)
+
+        assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+        info = error_info(error)
+        assert info is not None, error
+        assert (info.domain, info.reason) == ("roadie.v1", "REVISION_COMPACTED")
+        oldest = int(info.metadata["oldest_revision"])
+        assert oldest > 1
+        assert f"oldest retained revision is {oldest}" in error.details()
+
+        # From just before the oldest retained revision nothing is missing.
+        stream = cache.Watch(
+            pb.cache.WatchRequest(after_revision=oldest - 1), timeout=RPC_TIMEOUT
+        )
+        try:
+            assert next(stream).progress.revision == oldest - 1
+            assert next_change(pb, stream).revision == oldest
+        finally:
+            stream.cancel()

@@ -9,6 +9,7 @@ use crate::error::ClientError;
 use crate::proto;
 use crate::proto::cache_client::CacheClient;
 use crate::proto::jobs_client::JobsClient;
+use crate::watch::{Watch, watch_error};
 
 /// Largest message the client sends or accepts. The server stores values up
 /// to 8 MiB by default, and one BatchGet answer can carry many of them; tonic's
@@ -160,12 +161,39 @@ impl Client {
             .into_inner())
     }
 
-    /// Cache.Watch: the raw change stream. It ends on any disconnect; resuming
-    /// from the last revision seen is up to the caller for now.
-    pub async fn watch(
+    /// Cache.Watch, resuming by itself: every change matching `request`'s
+    /// filters after `request.after_revision` (or after the revision current
+    /// when the server starts the stream, when unset), in revision order,
+    /// across disconnects and server restarts. See [`Watch`] for what is
+    /// retried and what ends it.
+    ///
+    /// Nothing is sent until the returned [`Watch`] is first polled; it holds
+    /// a clone of this client, so it shares the connection.
+    pub fn watch(&self, request: proto::WatchRequest) -> Watch {
+        Watch::new(self.clone(), request)
+    }
+
+    /// Cache.Watch, one attempt: the raw stream, which ends at the first
+    /// disconnect. Resuming from the last revision seen is up to the caller;
+    /// [`Client::watch`] does it. A revision the server no longer holds fails
+    /// with [`ClientError::Compacted`].
+    pub async fn watch_once(
         &self,
         request: proto::WatchRequest,
     ) -> Result<tonic::Streaming<proto::WatchResponse>, ClientError> {
+        let after = request.after_revision;
+        self.open_watch(request)
+            .await
+            .map_err(|status| watch_error(status, after))
+    }
+
+    /// Opens one Watch stream, keeping the status whole so that [`Watch`]
+    /// can decide whether to retry. Without a deadline: the stream is meant
+    /// to outlive any single one.
+    pub(crate) async fn open_watch(
+        &self,
+        request: proto::WatchRequest,
+    ) -> Result<tonic::Streaming<proto::WatchResponse>, tonic::Status> {
         let mut cache = self.cache.clone();
         Ok(cache
             .watch(tonic::Request::new(request))

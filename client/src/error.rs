@@ -39,9 +39,25 @@ pub enum ClientError {
     /// RESOURCE_EXHAUSTED: a size or rate limit was hit.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
-    /// OUT_OF_RANGE, for example a watch revision older than the retained log.
+    /// OUT_OF_RANGE, for example a value larger than the server accepts.
+    /// A watch revision older than the retained log is
+    /// [`Compacted`](ClientError::Compacted) instead.
     #[error("out of range: {0}")]
     OutOfRange(String),
+    /// OUT_OF_RANGE from Cache.Watch: the change log no longer holds every
+    /// revision after `after`, so the changes in between cannot be streamed.
+    /// Resync (read again what you mirror), then watch from the revision your
+    /// copy reflects.
+    #[error(
+        "revision {after} is no longer in the change log (the oldest retained \
+         revision is {oldest}): resync, then watch from the revision your copy reflects"
+    )]
+    Compacted {
+        /// The revision the watch asked to continue after.
+        after: u64,
+        /// The oldest revision the server still retains.
+        oldest: u64,
+    },
     /// UNAVAILABLE: the server or its store cannot be reached; retry with backoff.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -69,7 +85,7 @@ impl ClientError {
             ClientError::NotFound(_) => Some(Code::NotFound),
             ClientError::FailedPrecondition(_) => Some(Code::FailedPrecondition),
             ClientError::ResourceExhausted(_) => Some(Code::ResourceExhausted),
-            ClientError::OutOfRange(_) => Some(Code::OutOfRange),
+            ClientError::OutOfRange(_) | ClientError::Compacted { .. } => Some(Code::OutOfRange),
             ClientError::Unavailable(_) => Some(Code::Unavailable),
             ClientError::DeadlineExceeded(_) => Some(Code::DeadlineExceeded),
             ClientError::Unimplemented(_) => Some(Code::Unimplemented),
@@ -241,6 +257,18 @@ mod tests {
             "got {error:?}"
         );
         assert_eq!(error.code(), Some(Code::DeadlineExceeded));
+    }
+
+    #[test]
+    fn compacted_is_out_of_range_and_names_both_revisions() {
+        let error = ClientError::Compacted {
+            after: 3,
+            oldest: 42,
+        };
+        assert_eq!(error.code(), Some(Code::OutOfRange));
+        let text = error.to_string();
+        assert!(text.starts_with("revision 3 is no longer"), "{text}");
+        assert!(text.contains("oldest retained revision is 42"), "{text}");
     }
 
     #[test]

@@ -29,6 +29,8 @@
 //!
 //! - [`Client`], [`connect`], [`from_channel`]: the typed client.
 //! - [`ClientError`]: the one error type of every call.
+//! - [`Watch`], [`WatchEvent`] ([`watch`]): the change stream, resumed across
+//!   disconnects from the last revision seen.
 //! - [`cli`]: the `roadie` command-line tool (arguments, commands, output and
 //!   exit codes); `src/bin/roadie.rs` only parses and calls [`cli::run`].
 
@@ -39,9 +41,11 @@ pub use roadie_proto::v1 as proto;
 pub mod cli;
 mod client;
 mod error;
+pub mod watch;
 
 pub use client::{Client, MAX_MESSAGE_BYTES};
 pub use error::ClientError;
+pub use watch::{Watch, WatchEvent};
 
 /// Connects to a Roadie server; see [`Client::connect`].
 pub async fn connect(

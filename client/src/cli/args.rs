@@ -10,9 +10,11 @@ use crate::proto::LibraryEventKind;
 /// Shown under `roadie --help`; keep in step with [`Exit`](super::Exit).
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  success; for get, a hit (fresh or stale)
+  0  success; for get, a hit (fresh or stale); for watch, --count changes
+     printed, Ctrl-C or a closed stdout
   1  miss: get found nothing usable, random found no entry, delete found no key
-  2  error: bad usage, no connection, or an error from the server
+  2  error: bad usage, no connection, or an error from the server (for watch,
+     one it cannot resume after, such as a compacted --from revision)
   3  get found a negative entry (a cached \"not found\")
   4  not written: put kept a higher-confidence entry or its --if-revision did
      not match; delete's --if-revision did not match";
@@ -81,6 +83,10 @@ pub enum Command {
     Fetch(super::fetch::FetchArgs),
     /// Inspect and steer the fetch-job queue.
     Jobs(super::jobs::JobsArgs),
+    /// Print changes as they happen, one line each, resuming across
+    /// disconnects.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch(super::watch::WatchArgs),
 }
 
 /// Arguments of `roadie get`.

@@ -7,9 +7,9 @@
 //!
 //! | code | meaning |
 //! | ---- | ------- |
-//! | 0 | success; for `get`, a hit (fresh or stale) |
+//! | 0 | success; for `get`, a hit (fresh or stale); for `watch`, `--count` changes printed, Ctrl-C or a closed stdout |
 //! | 1 | miss: `get` found nothing usable, `random` found no entry, `delete` found no key, `fetch` answered with a job still under way, `jobs show` found no job |
-//! | 2 | error: bad usage (clap's own exit code), no connection, or an error from the server |
+//! | 2 | error: bad usage (clap's own exit code), no connection, or an error from the server (for `watch`, one it cannot resume after, such as a `--from` revision the server no longer holds) |
 //! | 3 | `get` or `fetch` found a negative entry (a cached "not found") |
 //! | 4 | not written: `put` kept a higher-confidence entry or its `--if-revision` did not match; `delete`'s `--if-revision` did not match |
 
@@ -26,6 +26,7 @@ mod args;
 mod fetch;
 mod jobs;
 mod output;
+mod watch;
 
 pub use args::{
     Cli, Command, DeleteArgs, EventArgs, EventKind, GetArgs, InvalidateArgs, PutArgs, RandomArgs,
@@ -33,6 +34,7 @@ pub use args::{
 pub use fetch::FetchArgs;
 pub use jobs::{JobsArgs, JobsCommand};
 use output::{EntryJson, LookupJson, RandomJson, StatsJson, ValueSink, write_json};
+pub use watch::{WatchArgs, WatchKind};
 
 /// The exit code of one `roadie` run; see the table in the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,18 @@ pub enum CliError {
         /// Why.
         reason: String,
     },
+    /// `watch` asked for changes the server's change log no longer holds.
+    #[error(
+        "revision {after} is no longer in the change log (the oldest retained \
+         revision is {oldest}): resync, then resume with `roadie watch --from REV` \
+         where REV is the revision your copy reflects"
+    )]
+    Compacted {
+        /// The revision the watch asked to continue after.
+        after: u64,
+        /// The oldest revision the server still retains.
+        oldest: u64,
+    },
     /// The server answered something the API never sends.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
@@ -108,14 +122,15 @@ pub enum CliError {
 
 /// Runs one parsed command line: connects, sends the request, prints the
 /// answer to `stdout` (or an error to `stderr`) and says how to exit.
-/// `stdin` is read only for `put --stdin` or `put KEY -`.
+/// `stdin` is read only for `put --stdin` or `put KEY -`; `watch` also logs
+/// its reconnects to `stderr`.
 pub async fn run(
     cli: Cli,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Exit {
-    match execute(cli, stdin, stdout).await {
+    match execute(cli, stdin, stdout, stderr).await {
         Ok(exit) => exit,
         Err(error) => {
             // Nothing better to do if stderr itself is gone.
@@ -125,7 +140,12 @@ pub async fn run(
     }
 }
 
-async fn execute(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<Exit, CliError> {
+async fn execute(
+    cli: Cli,
+    stdin: &mut dyn Read,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Exit, CliError> {
     let json = cli.json;
     // Read a put's value before connecting, so a bad path fails without
     // waiting on the network.
@@ -149,6 +169,9 @@ async fn execute(cli: Cli, stdin: &mut dyn Read, out: &mut dyn Write) -> Result<
         Command::Stats => stats(&client, json, out).await?,
         Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
         Command::Fetch(args) => fetch::run(&client, args, json, out).await?,
+        // Flushed line by line already, and a reader that went away (`| head`)
+        // is how a watch may end: a final flush would only fail on it.
+        Command::Watch(args) => return watch::run(&client, args, json, out, err).await,
     };
     out.flush()?;
     Ok(exit)

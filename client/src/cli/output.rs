@@ -550,6 +550,7 @@ mod tests {
                 nanos: 0,
             }),
             backend: "sqlite".to_owned(),
+            ..Default::default()
         };
         let shown = text(|out| write_stats(out, &stats));
         assert_eq!(

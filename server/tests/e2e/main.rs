@@ -14,3 +14,4 @@ mod hot_tier;
 mod jobs;
 mod process;
 mod watch;
+mod watch_client;
