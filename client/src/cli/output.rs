@@ -269,6 +269,24 @@ pub fn write_stats(out: &mut dyn Write, stats: &StatsResponse) -> io::Result<()>
         "backend: {}  revision: {}  started: {}",
         stats.backend, stats.revision, started
     )?;
+    writeln!(
+        out,
+        "change stream: tail at revision {}, {} watchers",
+        stats.tail_revision, stats.watchers
+    )?;
+    match &stats.hot_tier {
+        Some(hot) => writeln!(
+            out,
+            "hot tier: {} keys, {} of {}; {} hits, {} misses, {} bypassed",
+            hot.entries,
+            bytes_text(hot.bytes),
+            bytes_text(hot.max_bytes),
+            hot.hits,
+            hot.misses,
+            hot.bypassed
+        )?,
+        None => writeln!(out, "hot tier: off")?,
+    }
     writeln!(out)?;
     let rows = stats.policies.iter().map(policy_row).collect();
     write_table(
@@ -356,8 +374,21 @@ pub struct StatsJson {
     backend: String,
     revision: u64,
     started_at: Option<String>,
+    tail_revision: u64,
+    watchers: u64,
+    hot_tier: Option<HotTierJson>,
     policies: Vec<PolicyJson>,
     providers: Vec<ProviderJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct HotTierJson {
+    entries: u64,
+    bytes: u64,
+    max_bytes: u64,
+    hits: u64,
+    misses: u64,
+    bypassed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -389,6 +420,16 @@ impl StatsJson {
             backend: stats.backend.clone(),
             revision: stats.revision,
             started_at: stats.started_at.as_ref().map(timestamp_text),
+            tail_revision: stats.tail_revision,
+            watchers: stats.watchers,
+            hot_tier: stats.hot_tier.as_ref().map(|h| HotTierJson {
+                entries: h.entries,
+                bytes: h.bytes,
+                max_bytes: h.max_bytes,
+                hits: h.hits,
+                misses: h.misses,
+                bypassed: h.bypassed,
+            }),
             policies: stats
                 .policies
                 .iter()
@@ -550,12 +591,23 @@ mod tests {
                 nanos: 0,
             }),
             backend: "sqlite".to_owned(),
-            ..Default::default()
+            tail_revision: 41,
+            watchers: 2,
+            hot_tier: Some(proto::HotTierStats {
+                entries: 7,
+                bytes: 2048,
+                max_bytes: 1 << 20,
+                hits: 5,
+                misses: 7,
+                bypassed: 0,
+            }),
         };
         let shown = text(|out| write_stats(out, &stats));
         assert_eq!(
             shown,
             "backend: sqlite  revision: 42  started: 1970-01-01T00:00:00Z\n\
+             change stream: tail at revision 41, 2 watchers\n\
+             hot tier: 7 keys, 2.0 KiB of 1.0 MiB; 5 hits, 7 misses, 0 bypassed\n\
              \n\
              POLICY   ENTRIES    BYTES    BUDGET  HITS  MISSES  STALE  NEGATIVE  EVICTED\n\
              generic        3  1.5 KiB  64.0 MiB    10       2      0         0        0\n\
@@ -568,6 +620,8 @@ mod tests {
         assert_eq!(json["policies"][0]["bytes"], 1536);
         assert_eq!(json["providers"][0]["backlog"], 4);
         assert_eq!(json["started_at"], "1970-01-01T00:00:00Z");
+        assert_eq!(json["hot_tier"]["hits"], 5);
+        assert_eq!(json["watchers"], 2);
     }
 
     #[test]

@@ -70,11 +70,25 @@ async fn writes_elsewhere_reach_the_hot_tier_within_the_bound(backend: Backend) 
     })
     .await;
 
-    // B caches v1 (a fill racing B's tail applying the write is dropped,
-    // so it may take a second read), then answers it from memory.
-    a.client.put(put("k", "v1")).await.expect("put");
-    let written = Instant::now();
-    converges(&b.client, "k", Some("v1"), written).await;
+    // Once B's tail has applied the write (a fill racing it is dropped),
+    // B caches v1 on one read and answers the next from memory.
+    let v1 = a.client.put(put("k", "v1")).await.expect("put");
+    converges(&b.client, "k", Some("v1"), Instant::now()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b
+        .client
+        .stats(StatsRequest::default())
+        .await
+        .expect("stats")
+        .tail_revision
+        < v1.revision
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's tail never applied the write"
+        );
+        tokio::task::yield_now().await;
+    }
     assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));
     let before = hot_hits(&b.client).await;
     assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));
