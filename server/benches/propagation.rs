@@ -7,6 +7,9 @@
 //! ```
 //!
 //! Puts are paced (one every 5 ms) so the figure is latency, not queueing.
+//! Each backend runs twice: with the measuring watcher alone on server B,
+//! and with 999 more watchers on B (one tail and one ring serve them all;
+//! the figure shows what the fan-out costs the last in line).
 //! Two clocks per change: from the Put leaving the client (includes the
 //! write itself) and from the Put's answer (the commit is behind it; a
 //! watcher can be told before the writer is, which counts as 0).
@@ -72,12 +75,40 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-async fn measure(backend: Backend) -> Option<(Vec<Duration>, Vec<Duration>)> {
+/// Opens `count` more watchers on `addr` (over several connections, as
+/// many clients would), each draining its stream until it ends.
+async fn crowd(addr: &str, count: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    const PER_CONNECTION: usize = 100;
+    let mut readers = Vec::with_capacity(count);
+    let mut stubs = Vec::new();
+    for i in 0..count {
+        if i % PER_CONNECTION == 0 {
+            let stub = CacheClient::connect(format!("http://{addr}"))
+                .await
+                .expect("connect");
+            stubs.push(stub);
+        }
+        let stub = stubs.last_mut().expect("connected above");
+        let mut stream = stub
+            .watch(pb::WatchRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("progress").expect("open");
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    readers
+}
+
+async fn measure(backend: Backend, others: usize) -> Option<(Vec<Duration>, Vec<Duration>)> {
     let db = TestDb::new(backend).await?;
     // Migrate once before two processes start on the database.
     db.store().await.close().await;
     let a = spawn_server(&db.url).await;
     let b = spawn_server(&db.url).await;
+    let crowd = crowd(&b.addr, others).await;
 
     let mut watch_stub = CacheClient::connect(format!("http://{}", b.addr))
         .await
@@ -139,6 +170,9 @@ async fn measure(backend: Backend) -> Option<(Vec<Duration>, Vec<Duration>)> {
     from_send.sort();
     from_ack.sort();
     drop((a, b));
+    for reader in crowd {
+        reader.abort();
+    }
     db.finish().await;
     Some((from_send, from_ack))
 }
@@ -150,17 +184,23 @@ async fn main() {
          ({SAMPLES} puts, one every {PACE:?}), milliseconds"
     );
     println!(
-        "{:<9} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "backend", "p50 sent", "p99 sent", "p50 acked", "p99 acked", "max acked"
+        "{:<9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "backend", "watchers", "p50 sent", "p99 sent", "p50 acked", "p99 acked", "max acked"
     );
-    for backend in [Backend::Sqlite, Backend::Postgres] {
-        let Some((from_send, from_ack)) = measure(backend).await else {
+    for (backend, watchers) in [
+        (Backend::Sqlite, 1),
+        (Backend::Sqlite, 1000),
+        (Backend::Postgres, 1),
+        (Backend::Postgres, 1000),
+    ] {
+        let Some((from_send, from_ack)) = measure(backend, watchers - 1).await else {
             println!("{:<9} skipped: Postgres unreachable", backend.name());
             continue;
         };
         println!(
-            "{:<9} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "{:<9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
             backend.name(),
+            watchers,
             ms(percentile(&from_send, 0.50)),
             ms(percentile(&from_send, 0.99)),
             ms(percentile(&from_ack, 0.50)),
