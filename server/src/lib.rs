@@ -35,8 +35,8 @@ use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
 use roadie_store::{Store, StoreError, StoreOptions};
 use roadie_worker::fetcher::ProviderPolicy;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     cache::CacheService,
@@ -231,7 +231,12 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(cache)
             .add_service(jobs)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            // Without TCP_NODELAY a reply written as two segments waits for the
+            // client's delayed ACK: about 40 ms a call once calls pipeline.
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            );
         tokio::pin!(serve);
         let result = tokio::select! {
             result = &mut serve => result.map_err(ServerError::from),
