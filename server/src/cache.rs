@@ -502,6 +502,8 @@ impl Cache for CacheService {
                 job_shared: shared,
             }));
         }
+        // Subscribed first, so the worker's result cannot slip by unseen.
+        let (_, changes) = self.state.feed.subscribe();
         let (job, shared) = self.enqueue(&plan, WAIT_PRIORITY, traceparent, now).await?;
         // Answer before the caller's deadline runs out, never after it.
         let budget = match deadline {
@@ -514,7 +516,13 @@ impl Cache for CacheService {
         let job = self
             .state
             .waiter
-            .wait(&self.state.store, job.id, started + budget)
+            .wait(
+                &self.state.store,
+                job.id,
+                &plan.url,
+                changes,
+                started + budget,
+            )
             .await
             .map_err(ApiError::from)?
             .unwrap_or(job);

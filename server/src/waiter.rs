@@ -4,10 +4,14 @@
 //! Waiting: On Postgres one LISTEN per
 //! server process hears each finished job's id (sent by the worker in the
 //! transaction that finishes it) and fans it out in memory, with a slow poll
-//! as a fallback; on SQLite, which has no notifications, waiters poll the
-//! job's row, a primary-key read.
+//! as a fallback. On both backends a change to the job's URL seen by the
+//! server's tail of the change log (the worker's result, written in the
+//! transaction that finishes the job) wakes the waiter too; that is how
+//! SQLite, which has no notifications, hears of it within
+//! `watch.poll_interval`. On SQLite waiters also poll the job's row, a
+//! primary-key read, for outcomes that write no entry.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use roadie_store::{Backend, JOB_CHANNEL, Job, Store, StoreError, WORK_CHANNEL};
 use tokio::{
@@ -15,6 +19,8 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::feed::Live;
 
 /// Shared by every waiting call of one server.
 #[derive(Debug)]
@@ -47,11 +53,15 @@ impl JobWaiter {
         JobWaiter { finished, poll }
     }
 
-    /// Job `id` once it has finished, or as it stands at `until`.
+    /// Job `id`, fetching `url`, once it has finished, or as it stands at
+    /// `until`. `changes` is the server's feed, subscribed to before the
+    /// job was enqueued or shared.
     pub async fn wait(
         &self,
         store: &Store,
         id: u64,
+        url: &str,
+        mut changes: broadcast::Receiver<Arc<Live>>,
         until: Instant,
     ) -> Result<Option<Job>, StoreError> {
         let mut finished = self.finished.subscribe();
@@ -73,8 +83,20 @@ impl JobWaiter {
                     }
                 }
             };
+            let written = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(live) if live.change.key != url => continue,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    }
+                }
+            };
             tokio::select! {
                 () = woken => {}
+                () = written => {}
                 () = tokio::time::sleep(self.poll) => {}
                 () = tokio::time::sleep_until(until) => {}
             }

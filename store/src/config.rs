@@ -73,8 +73,8 @@ pub struct WatchSettings {
     /// it is cut off with RESOURCE_EXHAUSTED (it resumes from its revision).
     /// Also the size of the one in-memory ring every watcher reads from.
     pub buffer: usize,
-    /// SQLite: how often the server checks `PRAGMA data_version` for commits
-    /// by other processes.
+    /// SQLite: how often a server, and an idle worker, check
+    /// `PRAGMA data_version` for commits by other processes.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Postgres: how often the server reads the log without a notification,

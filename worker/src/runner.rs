@@ -45,6 +45,9 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// How often to look for work when idle.
     pub poll_interval: Duration,
+    /// SQLite: how often an idle worker reads `PRAGMA data_version` to learn
+    /// that another process committed (an enqueued job, most often).
+    pub commit_poll: Duration,
     /// First retry delay; doubles per attempt, with jitter.
     pub backoff_base: Duration,
     /// Longest retry delay.
@@ -64,6 +67,7 @@ impl WorkerOptions {
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
+            commit_poll: Duration::from_millis(5),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             failed_lookup_ttl: Duration::from_secs(3600),
@@ -130,6 +134,16 @@ impl Worker {
                     .await
             });
         }
+        // SQLite has no notifications, but any commit by another process
+        // moves `data_version`, which costs no I/O to read: a worker that
+        // checks it often claims a new job within `commit_poll` of its
+        // enqueueing instead of at the next poll.
+        tokio::spawn(wake_on_commits(
+            self.store.clone(),
+            options.commit_poll,
+            wake.clone(),
+            listening.clone(),
+        ));
         while !stop.is_cancelled() {
             if last_rescue.is_none_or(|at| at.elapsed() >= options.lease / 2) {
                 last_rescue = Some(tokio::time::Instant::now());
@@ -492,6 +506,40 @@ fn result_entry(
         if_revision: None,
         kind: ChangeKind::Fetch,
         now,
+    }
+}
+
+async fn wake_on_commits(
+    store: Store,
+    every: Duration,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut version = match store.data_version().await {
+        Ok(Some(version)) => version,
+        // Postgres: the LISTEN above.
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for commits; idle workers poll");
+            return;
+        }
+    };
+    let mut last = None;
+    loop {
+        match version.read().await {
+            Ok(now) if last != Some(now) => {
+                if last.is_some() {
+                    wake.notify_one();
+                }
+                last = Some(now);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot read data_version; idle workers poll"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }
 

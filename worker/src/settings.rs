@@ -118,6 +118,7 @@ pub fn worker_options(settings: &Settings, id: impl Into<String>) -> WorkerOptio
         lease: worker.lease,
         heartbeat: worker.heartbeat,
         poll_interval: worker.poll_interval,
+        commit_poll: settings.watch.poll_interval,
         backoff_base: worker.backoff_base,
         backoff_max: worker.backoff_max,
         failed_lookup_ttl,
