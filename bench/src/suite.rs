@@ -1,0 +1,616 @@
+//! Every comparison of BENCHMARKS.md in one run on one machine, through one
+//! harness at one concurrency, printed as Markdown tables with ratios and
+//! each target marked met or not, and written as JSON.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use bytes::Bytes;
+use roadie_proto::v1 as pb;
+use roadie_store::{Backend, now_ms};
+use serde::Serialize;
+
+use crate::{
+    load::{self, Call, Load, Report},
+    processes::{self, PROVIDER, Process, Setup},
+    queue::{self, QueueReport},
+    targets,
+    upstream::Upstream,
+};
+
+/// What to run, and how hard.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Concurrent calls of every closed loop.
+    pub concurrency: usize,
+    /// HTTP/2 connections (or Redis connections) they share.
+    pub channels: usize,
+    /// Unrecorded calls before each measurement.
+    pub warmup: Duration,
+    /// How long each load is recorded.
+    pub duration: Duration,
+    /// Size of every value read and written.
+    pub value_bytes: usize,
+    /// Keys the reads spread over.
+    pub hot_keys: usize,
+    /// Redis to compare with.
+    pub redis_url: String,
+    /// River's `riverqueue` binary; without it the River row is left out.
+    pub riverqueue: Option<PathBuf>,
+    /// Jobs per queue run.
+    pub queue_jobs: u64,
+    /// Entry counts of the scale runs.
+    pub scale: Vec<u64>,
+    /// Which parts to run.
+    pub parts: Vec<Part>,
+    /// Where results.json goes.
+    pub out: PathBuf,
+}
+
+/// A part of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Part {
+    /// Get hits against the empty tonic service and Redis GET.
+    Reads,
+    /// Get miss, BatchGet, Put, mixed, on both backends.
+    Scenarios,
+    /// Fetch (wait) of a cold key against a plain GET.
+    Fetch,
+    /// No-op jobs, insert to completion, against River.
+    Queue,
+    /// Get p99 and server memory as entries grow.
+    Scale,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    loads: Vec<Report>,
+    queue: Vec<QueueReport>,
+    scale: Vec<ScaleRow>,
+    targets: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+struct ScaleRow {
+    entries: u64,
+    hot_tier: bool,
+    report: Report,
+    server_rss_bytes: Option<u64>,
+}
+
+/// A target of the issue, and whether this run met it.
+#[derive(Debug, Serialize)]
+struct Target {
+    what: String,
+    measured: f64,
+    goal: String,
+    met: bool,
+}
+
+impl Results {
+    fn target(&mut self, what: impl Into<String>, measured: f64, goal: &str, met: bool) {
+        self.targets.push(Target {
+            what: what.into(),
+            measured,
+            goal: goal.to_owned(),
+            met,
+        });
+    }
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// Runs the parts `options` names, printing as it goes.
+pub async fn run(options: &Options) -> anyhow::Result<Results> {
+    let mut results = Results::default();
+    let value = Bytes::from(vec![b'x'; options.value_bytes]);
+    let keys = targets::hot_keys(options.hot_keys);
+    let closed = Load {
+        concurrency: options.concurrency,
+        warmup: options.warmup,
+        duration: options.duration,
+        rate: None,
+    };
+    println!(
+        "# roadie-bench: {} concurrent calls over {} connections, {} s recorded after {} s warm-up, {} B values",
+        options.concurrency,
+        options.channels,
+        options.duration.as_secs_f64(),
+        options.warmup.as_secs_f64(),
+        options.value_bytes
+    );
+    for part in &options.parts {
+        match part {
+            Part::Reads => reads(options, &mut results, &keys, &value, closed).await?,
+            Part::Scenarios => scenarios(options, &mut results, &keys, &value, closed).await?,
+            Part::Fetch => fetch(options, &mut results).await?,
+            Part::Queue => queue_part(options, &mut results).await?,
+            Part::Scale => scale(options, &mut results, closed).await?,
+        }
+    }
+    print_targets(&results);
+    std::fs::create_dir_all(&options.out)?;
+    let path = options.out.join("results.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&results)?)?;
+    println!("\nresults: {}", path.display());
+    Ok(results)
+}
+
+fn header(baseline: &str) {
+    println!(
+        "| load | calls/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | calls/s vs {baseline} |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+}
+
+fn row(report: &Report, baseline: Option<&Report>) {
+    let ratio = baseline.map_or("1.00".to_owned(), |b| {
+        format!("{:.2}", report.throughput / b.throughput)
+    });
+    println!(
+        "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+        report.name,
+        report.throughput,
+        Report::ms(report.p50_us),
+        Report::ms(report.p99_us),
+        Report::ms(report.p999_us),
+        Report::ms(report.max_us),
+        report.errors,
+        ratio
+    );
+    if let Some(error) = &report.first_error {
+        println!("| first error: {error} | | | | | | | |");
+    }
+    if let Some(behind) = report.behind_max_us {
+        println!(
+            "| (the generator was at most {:.3} ms behind its timetable) | | | | | | | |",
+            Report::ms(behind)
+        );
+    }
+}
+
+/// Runs one load, prints its row against `baseline`, keeps its report.
+async fn measure(
+    results: &mut Results,
+    name: String,
+    call: Call,
+    load: Load,
+    baseline: Option<&Report>,
+) -> Report {
+    let report = load::run(name, call, load).await;
+    row(&report, baseline);
+    results.loads.push(report.clone());
+    report
+}
+
+/// A `roadie-server` on a fresh database of `backend`, its hot keys written.
+struct Roadie {
+    server: Process,
+    channels: Vec<tonic::transport::Channel>,
+    db: roadie_store::testing::TestDb,
+}
+
+impl Roadie {
+    async fn start(
+        options: &Options,
+        setup: Setup,
+        db: roadie_store::testing::TestDb,
+    ) -> anyhow::Result<Roadie> {
+        let server = processes::server(&setup).await?;
+        let channels = targets::channels(&server.addr, options.channels).await?;
+        Ok(Roadie {
+            server,
+            channels,
+            db,
+        })
+    }
+
+    /// On a fresh database, with `keys` written.
+    async fn fresh(
+        options: &Options,
+        backend: Backend,
+        configure: impl FnOnce(&mut Setup),
+        keys: &[String],
+        value: &Bytes,
+    ) -> anyhow::Result<Roadie> {
+        let db = queue::database(backend).await?;
+        // Migrated before the server starts, as a deployment would be.
+        db.store().await.close().await;
+        let mut setup = Setup::new(&db.url);
+        configure(&mut setup);
+        let roadie = Roadie::start(options, setup, db).await?;
+        targets::put_all(&roadie.channels, keys, value).await?;
+        Ok(roadie)
+    }
+
+    async fn stop(self) {
+        self.server.stop().await;
+        self.db.finish().await;
+    }
+}
+
+fn hot_name(on: bool) -> &'static str {
+    if on { "hot tier on" } else { "hot tier off" }
+}
+
+async fn redis_get(options: &Options, keys: &[String], value: &Bytes) -> anyhow::Result<Call> {
+    let client = redis::Client::open(options.redis_url.as_str())?;
+    let mut connections = Vec::new();
+    for _ in 0..options.channels {
+        connections.push(
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("connect to Redis at {}", options.redis_url))?,
+        );
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("SET")
+            .arg(redis_key(key))
+            .arg(value.as_ref())
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut connections[0]).await?;
+    let keys = Arc::new(keys.iter().map(|k| redis_key(k)).collect());
+    Ok(targets::redis_get(connections, keys))
+}
+
+fn redis_key(key: &str) -> String {
+    format!("roadie-bench:{key}")
+}
+
+async fn reads(
+    options: &Options,
+    results: &mut Results,
+    keys: &Arc<Vec<String>>,
+    value: &Bytes,
+    closed: Load,
+) -> anyhow::Result<()> {
+    println!("\n## Get hits: the stack's limit, Redis, Roadie\n");
+    header("empty tonic");
+    let empty = processes::empty_server(options.value_bytes).await?;
+    let channels = targets::channels(&empty.addr, options.channels).await?;
+    let call = targets::get(channels, keys.clone(), pb::LookupStatus::Hit);
+    let limit = measure(
+        results,
+        "empty tonic service, Get".into(),
+        call,
+        closed,
+        None,
+    )
+    .await;
+    empty.stop().await;
+
+    let call = redis_get(options, keys, value).await?;
+    let redis = measure(
+        results,
+        "redis GET (redis crate)".into(),
+        call,
+        closed,
+        Some(&limit),
+    )
+    .await;
+
+    for backend in BACKENDS {
+        for hot in [true, false] {
+            let roadie = Roadie::fresh(options, backend, |s| s.hot_tier = hot, keys, value).await?;
+            let call = targets::get(roadie.channels.clone(), keys.clone(), pb::LookupStatus::Hit);
+            let name = format!("roadie Get hit ({}, {})", backend.name(), hot_name(hot));
+            let report = measure(results, name.clone(), call, closed, Some(&limit)).await;
+            if hot {
+                results.target(
+                    format!("{name} / empty tonic service"),
+                    report.throughput / limit.throughput,
+                    ">= 0.9",
+                    report.throughput >= 0.9 * limit.throughput,
+                );
+                results.target(
+                    format!("{name} / redis GET"),
+                    report.throughput / redis.throughput,
+                    ">= 0.5",
+                    report.throughput >= 0.5 * redis.throughput,
+                );
+                // Open loop at half of what this server just reached.
+                let rate = report.throughput / 2.0;
+                let open = Load {
+                    rate: Some(rate),
+                    concurrency: 10_000,
+                    ..closed
+                };
+                let call =
+                    targets::get(roadie.channels.clone(), keys.clone(), pb::LookupStatus::Hit);
+                let name = format!("{name}, open loop at {rate:.0}/s");
+                let report = measure(results, name.clone(), call, open, Some(&limit)).await;
+                results.target(
+                    format!("{name}: p99 ms"),
+                    Report::ms(report.p99_us),
+                    "< 1",
+                    report.p99_us < 1000 && report.errors == 0,
+                );
+            }
+            roadie.stop().await;
+        }
+    }
+    Ok(())
+}
+
+async fn scenarios(
+    options: &Options,
+    results: &mut Results,
+    keys: &Arc<Vec<String>>,
+    value: &Bytes,
+    closed: Load,
+) -> anyhow::Result<()> {
+    for backend in BACKENDS {
+        println!("\n## Scenarios on {} (hot tier on)\n", backend.name());
+        header("Get hit");
+        let roadie = Roadie::fresh(options, backend, |_| {}, keys, value).await?;
+        let ch = &roadie.channels;
+        let name = |what: &str| format!("roadie {what} ({})", backend.name());
+        let call = targets::get(ch.clone(), keys.clone(), pb::LookupStatus::Hit);
+        let hit = measure(results, name("Get hit"), call, closed, None).await;
+        let loads: [(String, Call); 4] = [
+            (name("Get miss"), targets::get_miss(ch.clone())),
+            (
+                name("BatchGet of 16 hits"),
+                targets::batch_get(ch.clone(), keys.clone(), 16),
+            ),
+            (
+                name("Put of a new key"),
+                targets::put(ch.clone(), value.clone()),
+            ),
+            (
+                name("mixed: 9 Get hits to 1 Put"),
+                targets::mixed(ch.clone(), keys.clone(), value.clone()),
+            ),
+        ];
+        for (name, call) in loads {
+            measure(results, name, call, closed, Some(&hit)).await;
+        }
+        roadie.stop().await;
+    }
+    Ok(())
+}
+
+/// One caller at a time, so the figure is the latency a fetch adds.
+async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
+    let upstream = Upstream::start().await?;
+    let serial = Load {
+        concurrency: 1,
+        warmup: options.warmup,
+        duration: options.duration,
+        rate: None,
+    };
+    for backend in BACKENDS {
+        println!(
+            "\n## Fetch (wait) of a cold key against a plain GET, {}, one caller\n",
+            backend.name()
+        );
+        header("plain GET");
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let call = targets::http_get(
+            http,
+            upstream.base_url(),
+            format!("plain-{}", backend.name()),
+        );
+        let plain = measure(
+            results,
+            "reqwest GET of the upstream".into(),
+            call,
+            serial,
+            None,
+        )
+        .await;
+
+        let db = queue::database(backend).await?;
+        db.store().await.close().await;
+        let mut setup = Setup::new(&db.url);
+        setup.upstream = Some(upstream.addr);
+        let worker = processes::worker(&setup)?;
+        let roadie = Roadie::start(options, setup, db).await?;
+        let call = targets::fetch_cold(
+            roadie.channels.clone(),
+            PROVIDER.to_owned(),
+            format!("fetch-{}", backend.name()),
+        );
+        let name = format!("roadie Fetch (wait), cold key ({})", backend.name());
+        let report = measure(results, name, call, serial, Some(&plain)).await;
+        let overhead = Report::ms(report.p50_us.saturating_sub(plain.p50_us));
+        let goal = match backend {
+            Backend::Sqlite => 5.0,
+            Backend::Postgres => 2.0,
+        };
+        println!("\nFetch overhead over the plain GET, p50: {overhead:.3} ms");
+        results.target(
+            format!(
+                "Fetch (wait) overhead over a plain GET, p50 ms ({})",
+                backend.name()
+            ),
+            overhead,
+            &format!("< {goal}"),
+            overhead < goal && report.errors == 0,
+        );
+        worker.stop().await;
+        roadie.stop().await;
+    }
+    Ok(())
+}
+
+async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<()> {
+    println!(
+        "\n## Queue: {} no-op jobs, insert to completion, 128 workers, 8 connections\n",
+        options.queue_jobs
+    );
+    println!("| queue | jobs | enqueue s | work s | jobs/s | vs river |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let river = match &options.riverqueue {
+        Some(riverqueue) => {
+            let river = queue::river(riverqueue, options.queue_jobs, 128, 8).await?;
+            queue_row(&river, None);
+            Some(river)
+        }
+        None => {
+            println!("| river: not run (no --riverqueue binary) | | | | | |");
+            None
+        }
+    };
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        // Two worker processes of 64 slots: 128 workers, 8 connections, as River's run.
+        let roadie = queue::roadie(backend, options.queue_jobs, 2, 64, 8).await?;
+        queue_row(&roadie, river.as_ref());
+        if let Some(river) = &river {
+            let ratio = roadie.throughput / river.throughput;
+            let (goal, min) = match backend {
+                Backend::Postgres => (">= 2", 2.0),
+                Backend::Sqlite => (">= 0.5", 0.5),
+            };
+            results.target(
+                format!("queue jobs/s, {} / river (postgres)", roadie.name),
+                ratio,
+                goal,
+                ratio >= min,
+            );
+        }
+        results.queue.push(roadie);
+    }
+    results.queue.extend(river);
+    Ok(())
+}
+
+fn queue_row(report: &QueueReport, river: Option<&QueueReport>) {
+    println!(
+        "| {} | {} | {} | {:.2} | {:.0} | {} |",
+        report.name,
+        report.jobs,
+        report
+            .insert_seconds
+            .map_or("-".to_owned(), |s| format!("{s:.2}")),
+        report.work_seconds,
+        report.throughput,
+        river.map_or("1.00".to_owned(), |r| format!(
+            "{:.2}",
+            report.throughput / r.throughput
+        )),
+    );
+}
+
+/// Writes entries `from..to` straight into the SQLite table in one
+/// statement: a million entries through `Put` would take longer than the
+/// whole suite. The entries are what reads see (revision 0, no change rows,
+/// no tags, never expiring).
+async fn seed(url: &str, from: u64, to: u64) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    sqlx::query(include_str!("seed_entries.sql"))
+        .bind(i64::try_from(from)?)
+        .bind(i64::try_from(to)?)
+        .bind(now_ms())
+        .bind(i64::try_from(SCALE_VALUE_BYTES)?)
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Get hits spread over every entry, as the entry count grows (SQLite).
+async fn scale(options: &Options, results: &mut Results, closed: Load) -> anyhow::Result<()> {
+    println!(
+        "\n## Scale: Get hits spread over every entry (sqlite, {} B values)\n",
+        SCALE_VALUE_BYTES
+    );
+    println!(
+        "| entries | hot tier | calls/s | p50 ms | p99 ms | p99.9 ms | server RSS MiB | p99 vs smallest |"
+    );
+    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let db = queue::database(Backend::Sqlite).await?;
+    db.store().await.close().await;
+    let mut seeded = 0;
+    let mut smallest: [Option<u64>; 2] = [None, None];
+    for &entries in &options.scale {
+        let started = std::time::Instant::now();
+        seed(&db.url, seeded, entries).await?;
+        eprintln!(
+            "seeded {} entries in {:.1} s",
+            entries - seeded,
+            started.elapsed().as_secs_f64()
+        );
+        seeded = entries;
+        let keys: Arc<Vec<String>> =
+            Arc::new((0..entries).map(|i| format!("bench:scale:{i}")).collect());
+        for (h, hot) in [true, false].into_iter().enumerate() {
+            let mut setup = Setup::new(&db.url);
+            setup.hot_tier = hot;
+            // Room for every entry: no eviction at start.
+            setup.generic_max_bytes = Some(entries * 2 * SCALE_VALUE_BYTES as u64 + (1 << 30));
+            let server = processes::server(&setup).await?;
+            let channels = targets::channels(&server.addr, options.channels).await?;
+            let call = targets::get(channels, keys.clone(), pb::LookupStatus::Hit);
+            let name = format!(
+                "roadie Get hit, {entries} entries (sqlite, {})",
+                hot_name(hot)
+            );
+            let report = load::run(name, call, closed).await;
+            let rss = server.rss_bytes();
+            server.stop().await;
+            let base = *smallest[h].get_or_insert(report.p99_us);
+            let ratio = report.p99_us as f64 / base as f64;
+            println!(
+                "| {entries} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {ratio:.2} |",
+                if hot { "on" } else { "off" },
+                report.throughput,
+                Report::ms(report.p50_us),
+                Report::ms(report.p99_us),
+                Report::ms(report.p999_us),
+                rss.map_or("-".to_owned(), |b| format!("{:.0}", b as f64 / 1048576.0)),
+            );
+            if let Some(error) = &report.first_error {
+                println!("| first error: {error} | | | | | | | |");
+            }
+            if Some(&entries) == options.scale.last() && options.scale.len() > 1 {
+                results.target(
+                    format!(
+                        "Get p99 at {entries} entries / at {} ({})",
+                        options.scale[0],
+                        hot_name(hot)
+                    ),
+                    ratio,
+                    "<= 1.5",
+                    ratio <= 1.5,
+                );
+            }
+            results.scale.push(ScaleRow {
+                entries,
+                hot_tier: hot,
+                report,
+                server_rss_bytes: rss,
+            });
+        }
+    }
+    db.finish().await;
+    Ok(())
+}
+
+/// Values of the scale runs: small, so a million entries is a realistic
+/// metadata cache rather than a test of the disk.
+const SCALE_VALUE_BYTES: usize = 256;
+
+fn print_targets(results: &Results) {
+    if results.targets.is_empty() {
+        return;
+    }
+    println!("\n## Targets\n");
+    println!("| target | measured | goal | met |");
+    println!("| --- | ---: | --- | --- |");
+    for t in &results.targets {
+        println!(
+            "| {} | {:.3} | {} | {} |",
+            t.what,
+            t.measured,
+            t.goal,
+            if t.met { "yes" } else { "**no**" }
+        );
+    }
+}
