@@ -1003,7 +1003,7 @@ pub fn entry_to_proto(entry: Entry, now: i64) -> pb::Entry {
             last_modified: p.last_modified.unwrap_or_default(),
         }),
         key: entry.key,
-        value: entry.value.into(),
+        value: entry.value,
         media_type: entry.media_type,
         policy: entry.policy,
         tags: entry.tags,

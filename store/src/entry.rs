@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::{
@@ -28,8 +29,8 @@ pub struct Provenance {
 pub struct Entry {
     /// The key.
     pub key: String,
-    /// The cached bytes.
-    pub value: Vec<u8>,
+    /// The cached bytes; shared, so the hot tier hands out copies without copying them.
+    pub value: Bytes,
     /// Media type of `value`.
     pub media_type: String,
     /// Policy name.
@@ -670,7 +671,7 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     };
     Ok(Entry {
         key: row.try_get("key")?,
-        value: row.try_get("value")?,
+        value: Bytes::from(row.try_get::<Vec<u8>, _>("value")?),
         media_type: row.try_get("media_type")?,
         policy: row.try_get("policy")?,
         tags: parse_tags(&row.try_get::<String, _>("tags")?)?,

@@ -146,7 +146,7 @@ async fn keep_higher_confidence_refuses_lower_writes(store: Store) {
             .expect("get")
             .expect("present")
             .value,
-        b"1999"
+        b"1999".as_slice()
     );
 
     // Equal confidence replaces; without the flag, anything replaces.
@@ -1015,7 +1015,7 @@ mod queue {
                 .expect("get")
                 .expect("entry")
                 .value,
-            b"{}"
+            b"{}".as_slice()
         );
         let log = store.change_list_since(0, 10).await.expect("log");
         assert_eq!(log.len(), 1);

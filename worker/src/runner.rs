@@ -370,7 +370,7 @@ impl Worker {
                     };
                     let mut put = result_entry(
                         job,
-                        entry.value.clone(),
+                        entry.value.to_vec(),
                         entry.media_type.clone(),
                         provenance,
                         now + millis(provider.success_ttl),

@@ -215,7 +215,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
     assert_eq!(finished(&store, ok.id).await.state, JobState::Completed);
     let entry = store.entry_get(&ok.url).await.expect("get").expect("entry");
     assert_eq!(
-        (entry.value.as_slice(), entry.media_type.as_str()),
+        (entry.value.as_ref(), entry.media_type.as_str()),
         (&b"{\"ok\":true}"[..], "application/json")
     );
     let provenance = entry.provenance.clone().expect("provenance");
@@ -300,7 +300,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .await
         .expect("get")
         .expect("entry");
-    assert_eq!(after.value, b"body");
+    assert_eq!(after.value.as_ref(), b"body");
     assert!(after.revision > before.revision);
     assert_eq!(after.provenance.expect("provenance").upstream_status, 304);
 
@@ -369,10 +369,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .await
         .expect("get")
         .expect("entry");
-    assert_eq!(
-        (kept.value.as_slice(), kept.negative),
-        (&b"good"[..], false)
-    );
+    assert_eq!((kept.value.as_ref(), kept.negative), (&b"good"[..], false));
 
     stop.cancel();
     let report = running.await.expect("worker");
