@@ -123,6 +123,10 @@ impl Worker {
         let mut inflight = JoinSet::new();
         let mut report = Report::default();
         let mut last_rescue: Option<tokio::time::Instant> = None;
+        // While other jobs still run, freed slots are refilled a quarter of
+        // the slots at a time: one claim transaction per batch, not per job.
+        let refill_batch = (options.concurrency / 4).max(1);
+        let mut only_freed = false;
         // Postgres: servers NOTIFY (debounced) when they enqueue; the poll stays as a fallback.
         let wake = Arc::new(Notify::new());
         let listening = CancellationToken::new();
@@ -159,7 +163,7 @@ impl Worker {
                 .concurrency
                 .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
             let mut next_due = None;
-            if free > 0 {
+            if free > 0 && (!only_freed || free >= refill_batch) {
                 let now = now_ms();
                 let lease_until = now + millis(options.lease);
                 match self
@@ -185,14 +189,14 @@ impl Worker {
                 tokio::time::Instant::now()
                     + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
             });
-            // A freed slot claims again at once; an idle worker polls.
-            tokio::select! {
+            // Freed slots claim again (in batches while others run); an idle worker polls.
+            only_freed = tokio::select! {
                 () = stop.cancelled() => break,
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
-                () = tokio::time::sleep(options.poll_interval) => {}
-                () = wake.notified() => {}
-                () = sleep_until_some(budget_back) => {}
-            }
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => true,
+                () = tokio::time::sleep(options.poll_interval) => false,
+                () = wake.notified() => false,
+                () = sleep_until_some(budget_back) => false,
+            };
         }
         listening.cancel();
         tracing::info!(in_flight = inflight.len(), grace = ?options.shutdown_grace, "stopping: no new claims");
