@@ -1,13 +1,12 @@
 //! `roadie-bench`: `suite` runs every comparison; `load` drives one
 //! scenario against a running server; `empty-server` is the stack's limit.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, Subcommand};
 use roadie_bench::{
     load::{self, Load},
-    suite::{self, Part},
-    targets,
+    suite, targets,
 };
 use roadie_proto::v1 as pb;
 
@@ -22,44 +21,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Every comparison of BENCHMARKS.md, in one run.
-    Suite {
-        /// Concurrent calls of every closed loop.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Connections they share.
-        #[arg(long, default_value_t = 4)]
-        channels: usize,
-        /// Unrecorded time before each measurement.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-        warmup: Duration,
-        /// Recorded time of each load.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Bytes of every value.
-        #[arg(long, default_value_t = 1024)]
-        value_bytes: usize,
-        /// Keys the reads spread over.
-        #[arg(long, default_value_t = 1000)]
-        hot_keys: usize,
-        /// Redis to compare with.
-        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
-        redis_url: String,
-        /// River's `riverqueue` binary (crate riverqueue-cli 0.5).
-        #[arg(long, env = "RIVERQUEUE")]
-        riverqueue: Option<PathBuf>,
-        /// Jobs per queue run.
-        #[arg(long, default_value_t = 20_000)]
-        queue_jobs: u64,
-        /// Entry counts of the scale runs.
-        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
-        scale: Vec<u64>,
-        /// Parts to run (default: all).
-        #[arg(long, value_delimiter = ',', value_enum)]
-        parts: Vec<Part>,
-        /// Where results.json is written.
-        #[arg(long, default_value = "target/bench")]
-        out: PathBuf,
-    },
+    Suite(suite::Options),
     /// One scenario against a running roadie-server (or the empty service).
     Load {
         /// Server address.
@@ -120,45 +82,7 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Command::Suite {
-            concurrency,
-            channels,
-            warmup,
-            duration,
-            value_bytes,
-            hot_keys,
-            redis_url,
-            riverqueue,
-            queue_jobs,
-            scale,
-            parts,
-            out,
-        } => {
-            let parts = if parts.is_empty() {
-                vec![
-                    Part::Reads,
-                    Part::Scenarios,
-                    Part::Fetch,
-                    Part::Queue,
-                    Part::Scale,
-                ]
-            } else {
-                parts
-            };
-            let options = suite::Options {
-                concurrency,
-                channels,
-                warmup,
-                duration,
-                value_bytes,
-                hot_keys,
-                redis_url,
-                riverqueue,
-                queue_jobs,
-                scale,
-                parts,
-                out,
-            };
+        Command::Suite(options) => {
             suite::run(&options).await?;
         }
         Command::Load {

@@ -18,32 +18,50 @@ use crate::{
     upstream::Upstream,
 };
 
-/// What to run, and how hard.
-#[derive(Debug, Clone)]
+/// What to run, and how hard (the flags of `roadie-bench suite`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Concurrent calls of every closed loop.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// HTTP/2 connections (or Redis connections) they share.
+    #[arg(long, default_value_t = 4)]
     pub channels: usize,
     /// Unrecorded calls before each measurement.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// How long each load is recorded.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Size of every value read and written.
+    #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
     /// Keys the reads spread over.
+    #[arg(long, default_value_t = 1000)]
     pub hot_keys: usize,
     /// Redis to compare with.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
-    /// River's `riverqueue` binary; without it the River row is left out.
+    /// River's `riverqueue` binary (crate riverqueue-cli 0.5); without it
+    /// the River row is left out.
+    #[arg(long, env = "RIVERQUEUE")]
     pub riverqueue: Option<PathBuf>,
     /// Jobs per queue run.
+    #[arg(long, default_value_t = 20_000)]
     pub queue_jobs: u64,
     /// Entry counts of the scale runs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     pub scale: Vec<u64>,
-    /// Which parts to run.
+    /// Parts to run, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "reads,scenarios,fetch,queue,scale"
+    )]
     pub parts: Vec<Part>,
     /// Where results.json goes.
+    #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
 }
 
