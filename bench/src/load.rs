@@ -177,7 +177,10 @@ async fn open(name: String, call: Call, load: Load, rate: f64) -> Report {
         if due >= until {
             break;
         }
-        tokio::time::sleep_until(due).await;
+        // A call already due goes at once: no timer for a moment that has passed.
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         let sent = Instant::now();
         if due >= from {
             behind_max = behind_max.max(sent.saturating_duration_since(due));

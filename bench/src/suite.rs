@@ -33,6 +33,9 @@ pub struct Options {
     /// How long each load is recorded.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Rounds of the read comparison; each target's median round is shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rounds: u64,
     /// Size of every value read and written.
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
@@ -280,6 +283,10 @@ fn redis_key(key: &str) -> String {
     format!("roadie-bench:{key}")
 }
 
+/// Every read target runs `options.rounds` times, round by round (empty
+/// service, Redis, each Roadie), all of them up at once; the table holds
+/// each target's median round, so a noisy moment of the shared machine
+/// does not land on one side of a ratio only.
 async fn reads(
     options: &Options,
     results: &mut Results,
@@ -287,71 +294,117 @@ async fn reads(
     value: &Bytes,
     closed: Load,
 ) -> anyhow::Result<()> {
-    println!("\n## Get hits: the stack's limit, Redis, Roadie\n");
-    header("empty tonic");
     let empty = processes::empty_server(options.value_bytes).await?;
     let channels = targets::channels(&empty.addr, options.channels).await?;
-    let call = targets::get(channels, keys.clone(), pb::LookupStatus::Hit);
-    let limit = measure(
-        results,
-        "empty tonic service, Get".into(),
-        call,
-        closed,
-        None,
-    )
-    .await;
-    empty.stop().await;
-
-    let call = redis_get(options, keys, value).await?;
-    let redis = measure(
-        results,
-        "redis GET (redis crate)".into(),
-        call,
-        closed,
-        Some(&limit),
-    )
-    .await;
-
+    let mut loads: Vec<(String, Call)> = vec![
+        (
+            "empty tonic service, Get".into(),
+            targets::get(channels, keys.clone(), pb::LookupStatus::Hit),
+        ),
+        (
+            "redis GET (redis crate)".into(),
+            redis_get(options, keys, value).await?,
+        ),
+    ];
+    let mut roadies = Vec::new();
     for backend in BACKENDS {
         for hot in [true, false] {
             let roadie = Roadie::fresh(options, backend, |s| s.hot_tier = hot, keys, value).await?;
             let call = targets::get(roadie.channels.clone(), keys.clone(), pb::LookupStatus::Hit);
-            let name = format!("roadie Get hit ({}, {})", backend.name(), hot_name(hot));
-            let report = measure(results, name.clone(), call, closed, Some(&limit)).await;
-            if hot {
-                results.target(
-                    format!("{name} / empty tonic service"),
-                    report.throughput / limit.throughput,
-                    ">= 0.9",
-                    report.throughput >= 0.9 * limit.throughput,
-                );
-                results.target(
-                    format!("{name} / redis GET"),
-                    report.throughput / redis.throughput,
-                    ">= 0.5",
-                    report.throughput >= 0.5 * redis.throughput,
-                );
-                // Open loop at half of what this server just reached.
-                let rate = report.throughput / 2.0;
-                let open = Load {
-                    rate: Some(rate),
-                    concurrency: 10_000,
-                    ..closed
-                };
-                let call =
-                    targets::get(roadie.channels.clone(), keys.clone(), pb::LookupStatus::Hit);
-                let name = format!("{name}, open loop at {rate:.0}/s");
-                let report = measure(results, name.clone(), call, open, Some(&limit)).await;
-                results.target(
-                    format!("{name}: p99 ms"),
-                    Report::ms(report.p99_us),
-                    "< 1",
-                    report.p99_us < 1000 && report.errors == 0,
-                );
-            }
-            roadie.stop().await;
+            loads.push((
+                format!("roadie Get hit ({}, {})", backend.name(), hot_name(hot)),
+                call,
+            ));
+            roadies.push((backend, hot, roadie));
         }
     }
+    let mut rounds: Vec<Vec<Report>> = vec![Vec::new(); loads.len()];
+    for round in 1..=options.rounds {
+        eprintln!("reads: round {round} of {}", options.rounds);
+        for ((name, call), reports) in loads.iter().zip(&mut rounds) {
+            reports.push(load::run(name.clone(), call.clone(), closed).await);
+        }
+    }
+    println!(
+        "\n## Get hits: the stack's limit, Redis, Roadie (median of {} rounds)\n",
+        options.rounds
+    );
+    println!(
+        "| load | calls/s | calls/s, every round | p50 ms | p99 ms | p99.9 ms | max ms | errors | calls/s vs empty tonic |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut medians = Vec::new();
+    for reports in &mut rounds {
+        let every: Vec<String> = reports
+            .iter()
+            .map(|r| format!("{:.0}", r.throughput))
+            .collect();
+        reports.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+        let median = reports[reports.len() / 2].clone();
+        let ratio = medians
+            .first()
+            .map_or(1.0, |limit: &Report| median.throughput / limit.throughput);
+        println!(
+            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {ratio:.2} |",
+            median.name,
+            median.throughput,
+            every.join(", "),
+            Report::ms(median.p50_us),
+            Report::ms(median.p99_us),
+            Report::ms(median.p999_us),
+            Report::ms(median.max_us),
+            reports.iter().map(|r| r.errors).sum::<u64>(),
+        );
+        if let Some(error) = reports.iter().find_map(|r| r.first_error.as_ref()) {
+            println!("| first error: {error} | | | | | | | | |");
+        }
+        medians.push(median);
+    }
+    results.loads.extend(rounds.into_iter().flatten());
+    let (limit, redis) = (medians[0].clone(), medians[1].clone());
+
+    println!("\nOpen loop at half of each hot-tier server's median throughput:\n");
+    header("empty tonic");
+    for ((backend, hot, roadie), median) in roadies.iter().zip(&medians[2..]) {
+        if *hot {
+            let name = &median.name;
+            results.target(
+                format!("{name} / empty tonic service"),
+                median.throughput / limit.throughput,
+                ">= 0.9",
+                median.throughput >= 0.9 * limit.throughput,
+            );
+            results.target(
+                format!("{name} / redis GET"),
+                median.throughput / redis.throughput,
+                ">= 0.5",
+                median.throughput >= 0.5 * redis.throughput,
+            );
+            let rate = median.throughput / 2.0;
+            let open = Load {
+                rate: Some(rate),
+                concurrency: 10_000,
+                ..closed
+            };
+            let call = targets::get(roadie.channels.clone(), keys.clone(), pb::LookupStatus::Hit);
+            let name = format!(
+                "roadie Get hit ({}, {}), open loop at {rate:.0}/s",
+                backend.name(),
+                hot_name(*hot)
+            );
+            let report = measure(results, name.clone(), call, open, Some(&limit)).await;
+            results.target(
+                format!("{name}: p99 ms"),
+                Report::ms(report.p99_us),
+                "< 1",
+                report.p99_us < 1000 && report.errors == 0,
+            );
+        }
+    }
+    for (_, _, roadie) in roadies {
+        roadie.stop().await;
+    }
+    empty.stop().await;
     Ok(())
 }
 
