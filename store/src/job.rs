@@ -174,6 +174,15 @@ pub enum JobOutcome<'a> {
     },
 }
 
+/// One attempt to end, for [`Store::job_finish_many_if_leased`].
+#[derive(Debug, Clone)]
+pub struct JobFinish<'a> {
+    /// The job.
+    pub id: u64,
+    /// How its attempt ended.
+    pub outcome: JobOutcome<'a>,
+}
+
 /// What finishing an attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -420,47 +429,89 @@ impl Store {
         outcome: &JobOutcome<'_>,
         now: i64,
     ) -> Result<Finish, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (state, error, entry) = match outcome {
-            JobOutcome::RetryLater { error, run_after } => {
-                let done = sqlx::query(sql!("job_retry_later_if_leased"))
-                    .bind(to_i64(id))
-                    .bind(worker)
-                    .bind(error)
-                    .bind(*run_after)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    return Ok(Finish::LeaseLost);
-                }
-                tx.commit().await?;
-                return Ok(Finish::Recorded { put: None });
-            }
-            JobOutcome::Complete { entry } => (JobState::Completed, None, *entry),
-            JobOutcome::Fail { error, entry } => (JobState::Failed, Some(error.as_str()), *entry),
-        };
-        let done = sqlx::query(sql!("job_finish_if_leased"))
-            .bind(to_i64(id))
-            .bind(worker)
-            .bind(state.as_str())
-            .bind(error)
-            .bind(now)
-            .execute(&mut *tx)
+        let finishes = [JobFinish {
+            id,
+            outcome: outcome.clone(),
+        }];
+        let mut done = self
+            .job_finish_many_if_leased(worker, &finishes, now)
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(Finish::LeaseLost);
+        done.pop()
+            .ok_or_else(|| StoreError::Corrupt("no result for a finished job".to_owned()))
+    }
+
+    /// Ends several of `worker`'s attempts in one transaction, each only
+    /// while the worker holds its lease (a lost lease skips that job alone),
+    /// each with its entry. One commit for many jobs: writers take the
+    /// revision counter in turn, so a busy worker that finishes a batch at
+    /// once waits its turn once, not once per job. Results in `finishes` order.
+    pub async fn job_finish_many_if_leased(
+        &self,
+        worker: &str,
+        finishes: &[JobFinish<'_>],
+        now: i64,
+    ) -> Result<Vec<Finish>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Every job row first, then the entries (which take the revision
+        // counter): the order a single finish has always locked in.
+        let mut held = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            let id = to_i64(finish.id);
+            let done = match &finish.outcome {
+                JobOutcome::RetryLater { error, run_after } => {
+                    sqlx::query(sql!("job_retry_later_if_leased"))
+                        .bind(id)
+                        .bind(worker)
+                        .bind(error)
+                        .bind(*run_after)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                }
+                JobOutcome::Complete { .. } | JobOutcome::Fail { .. } => {
+                    let (state, error) = match &finish.outcome {
+                        JobOutcome::Fail { error, .. } => (JobState::Failed, Some(error.as_str())),
+                        _ => (JobState::Completed, None),
+                    };
+                    sqlx::query(sql!("job_finish_if_leased"))
+                        .bind(id)
+                        .bind(worker)
+                        .bind(state.as_str())
+                        .bind(error)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                }
+            };
+            held.push(done.rows_affected() == 1);
         }
-        let put = match entry {
-            Some(entry) => Some(entry_put_in(&mut tx, entry).await?),
-            None => None,
-        };
-        self.job_notify(&mut tx, id).await?;
+        let mut results = Vec::with_capacity(finishes.len());
+        let mut revision = 0;
+        for (finish, held) in finishes.iter().zip(held) {
+            if !held {
+                results.push(Finish::LeaseLost);
+                continue;
+            }
+            let entry = match &finish.outcome {
+                JobOutcome::RetryLater { .. } => {
+                    results.push(Finish::Recorded { put: None });
+                    continue;
+                }
+                JobOutcome::Complete { entry } | JobOutcome::Fail { entry, .. } => *entry,
+            };
+            let put = match entry {
+                Some(entry) => Some(entry_put_in(&mut tx, entry).await?),
+                None => None,
+            };
+            if let Some(PutResult::Written { revision: written }) = put {
+                revision = revision.max(written);
+            }
+            self.job_notify(&mut tx, finish.id).await?;
+            results.push(Finish::Recorded { put });
+        }
         tx.commit().await?;
-        if let Some(PutResult::Written { revision }) = put {
-            self.announce(revision);
-        }
-        Ok(Finish::Recorded { put })
+        self.announce(revision);
+        Ok(results)
     }
 
     /// Hands back every job `worker` holds, for another worker to take at once.

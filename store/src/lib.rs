@@ -46,7 +46,7 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
-pub use job::{Claim, Finish, Job, JobNew, JobOutcome, JobState, ProviderState};
+pub use job::{Claim, Finish, Job, JobFinish, JobNew, JobOutcome, JobState, ProviderState};
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
 

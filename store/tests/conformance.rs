@@ -734,7 +734,7 @@ async fn postgres_commits_notify_their_revision() {
 mod queue {
     //! The job queue, on both backends.
 
-    use roadie_store::{Finish, JobNew, JobOutcome, JobState, PutResult, Store};
+    use roadie_store::{Finish, JobFinish, JobNew, JobOutcome, JobState, PutResult, Store};
 
     use super::{T0, put};
 
@@ -1033,6 +1033,90 @@ mod queue {
             .await
             .expect("finish");
         assert_eq!(again, Finish::LeaseLost);
+    }
+
+    /// One transaction for many finishes: each job counts only while its
+    /// lease is held, a lost lease skips that job alone, entries get
+    /// consecutive revisions in the order given.
+    pub async fn many_finish_in_one_transaction(store: Store) {
+        let mut ids = Vec::new();
+        for url in ["many:a", "many:b", "many:c", "many:d"] {
+            ids.push(store.job_enqueue(&job(url, 2)).await.expect("enqueue").0.id);
+        }
+        let claimed = store
+            .job_claim("w", 4, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 4);
+        // Job c is taken away: cancelled while w works on it.
+        store.job_cancel(ids[2], T0).await.expect("cancel");
+        let (a, d) = (put("many:a", "A"), put("many:d", "D"));
+        let mut negative = put("many:b", "");
+        negative.negative = true;
+        let finishes = [
+            JobFinish {
+                id: ids[0],
+                outcome: JobOutcome::Complete { entry: Some(&a) },
+            },
+            JobFinish {
+                id: ids[1],
+                outcome: JobOutcome::RetryLater {
+                    error: "503".to_owned(),
+                    run_after: T0 + 1_000,
+                },
+            },
+            JobFinish {
+                id: ids[2],
+                outcome: JobOutcome::Complete { entry: Some(&a) },
+            },
+            JobFinish {
+                id: ids[3],
+                outcome: JobOutcome::Fail {
+                    error: "gave up".to_owned(),
+                    entry: Some(&d),
+                },
+            },
+        ];
+        let results = store
+            .job_finish_many_if_leased("w", &finishes, T0 + 5)
+            .await
+            .expect("finish");
+        assert_eq!(
+            results,
+            [
+                Finish::Recorded {
+                    put: Some(PutResult::Written { revision: 1 })
+                },
+                Finish::Recorded { put: None },
+                Finish::LeaseLost,
+                Finish::Recorded {
+                    put: Some(PutResult::Written { revision: 2 })
+                },
+            ]
+        );
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(store.job_get(*id).await.expect("get").expect("job").state);
+        }
+        assert_eq!(
+            states,
+            [
+                JobState::Completed,
+                JobState::Available,
+                JobState::Cancelled,
+                JobState::Failed
+            ]
+        );
+        assert_eq!(store.entry_get("many:c").await.expect("get"), None);
+        let log: Vec<(u64, String)> = store
+            .change_list_since(0, 10)
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|c| (c.revision, c.key))
+            .collect();
+        assert_eq!(log, [(1, "many:a".to_owned()), (2, "many:d".to_owned())]);
+        assert_eq!(*store.committed().borrow(), 2, "the commit is announced");
     }
 
     pub async fn retries_and_failures(store: Store) {
@@ -1375,6 +1459,7 @@ mod jobs {
         priority_wins_across_providers,
         finishing_needs_the_lease_and_writes_the_entry_atomically,
         retries_and_failures,
+        many_finish_in_one_transaction,
         expired_leases_are_rescued_and_releases_hand_back,
         list_pages_and_purge,
         claims_spend_the_providers_budget,

@@ -9,10 +9,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
 use roadie_store::{
-    ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance, Rate, Rates, Store, StoreError,
-    WORK_CHANNEL, now_ms,
+    ChangeKind, Entry, EntryPut, Job, JobFinish, JobOutcome, Provenance, Rate, Rates, Store,
+    StoreError, WORK_CHANNEL, now_ms,
 };
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::{
+    sync::{Notify, mpsc, oneshot},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
@@ -127,6 +130,8 @@ impl Worker {
         // the slots at a time: one claim transaction per batch, not per job.
         let refill_batch = (options.concurrency / 4).max(1);
         let mut only_freed = false;
+        let (finished, to_finish) = mpsc::channel(options.concurrency.max(1) as usize);
+        let completer = tokio::spawn(self.clone().complete(to_finish));
         // Postgres: servers NOTIFY (debounced) when they enqueue; the poll stays as a fallback.
         let wake = Arc::new(Notify::new());
         let listening = CancellationToken::new();
@@ -176,8 +181,11 @@ impl Worker {
                         next_due = claim.next_due;
                         for job in claim.jobs {
                             let span = tracing::info_span!("worker.job", job = job.id, provider = %job.provider, attempt = job.attempt);
-                            inflight
-                                .spawn(self.clone().process(job, hard.clone()).instrument(span));
+                            inflight.spawn(
+                                self.clone()
+                                    .process(job, hard.clone(), finished.clone())
+                                    .instrument(span),
+                            );
                         }
                     }
                     Err(error) => tracing::warn!(%error, "claim failed"),
@@ -212,6 +220,11 @@ impl Worker {
             hard.cancel();
             while inflight.join_next().await.is_some() {}
         }
+        // Every attempt has handed its result over; the last batch commits.
+        drop(finished);
+        if let Err(error) = completer.await {
+            tracing::warn!(%error, "the completer ended abnormally");
+        }
         match self.store.job_release(&options.id, now_ms()).await {
             Ok(released) => report.released = released,
             Err(error) => {
@@ -221,7 +234,7 @@ impl Worker {
         report
     }
 
-    async fn process(self, job: Job, hard: CancellationToken) {
+    async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<Done>) {
         let lease_lost = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(job.id, lease_lost.clone()));
         let outcome = tokio::select! {
@@ -241,32 +254,57 @@ impl Worker {
                 return;
             }
         };
-        let outcome = match (&outcome, &entry) {
-            (Decision::Complete, entry) => JobOutcome::Complete {
-                entry: entry.as_ref(),
-            },
-            (Decision::Retry { error, at }, _) => JobOutcome::RetryLater {
-                error: error.clone(),
-                run_after: *at,
-            },
-            (Decision::Fail { error }, entry) => JobOutcome::Fail {
-                error: error.clone(),
-                entry: entry.as_ref(),
-            },
+        let (reply, recorded) = oneshot::channel();
+        let done = Done {
+            id: job.id,
+            decision: outcome,
+            entry,
+            reply,
         };
-        match self
-            .store
-            .job_finish_if_leased(job.id, &self.options.id, &outcome, now_ms())
-            .await
-        {
-            Ok(roadie_store::Finish::LeaseLost) => {
+        if finished.send(done).await.is_err() {
+            tracing::warn!(job = job.id, "the completer is gone; the lease will expire");
+            return;
+        }
+        match recorded.await {
+            Ok(Ok(roadie_store::Finish::LeaseLost)) => {
                 tracing::warn!(job = job.id, "lease lost before finishing: result dropped")
             }
-            Ok(roadie_store::Finish::Recorded { .. }) => {
+            Ok(Ok(roadie_store::Finish::Recorded { .. })) => {
                 tracing::debug!(job = job.id, "job finished")
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(job = job.id, %error, "could not finish the job; the lease will expire")
+            }
+            Err(_) => tracing::warn!(
+                job = job.id,
+                "the completer dropped the job; the lease will expire"
+            ),
+        }
+    }
+
+    /// Writes finished attempts, as many at a time as have arrived (up to
+    /// [`FINISH_BATCH`]) in one transaction, until every sender is gone.
+    async fn complete(self, mut to_finish: mpsc::Receiver<Done>) {
+        let mut batch = Vec::with_capacity(FINISH_BATCH);
+        while to_finish.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+            let finishes: Vec<JobFinish<'_>> = batch.iter().map(Done::finish).collect();
+            let result = self
+                .store
+                .job_finish_many_if_leased(&self.options.id, &finishes, now_ms())
+                .await;
+            drop(finishes);
+            match result {
+                Ok(results) => {
+                    for (done, result) in batch.drain(..).zip(results) {
+                        let _ = done.reply.send(Ok(result));
+                    }
+                }
+                Err(error) => {
+                    let error = error.to_string();
+                    for done in batch.drain(..) {
+                        let _ = done.reply.send(Err(error.clone()));
+                    }
+                }
             }
         }
     }
@@ -484,6 +522,39 @@ enum Decision {
     Complete,
     Retry { error: String, at: i64 },
     Fail { error: String },
+}
+
+/// Most attempts written in one finishing transaction.
+const FINISH_BATCH: usize = 64;
+
+/// An attempt handed to the completer, with where to say how it went.
+struct Done {
+    id: u64,
+    decision: Decision,
+    entry: Option<EntryPut>,
+    reply: oneshot::Sender<Result<roadie_store::Finish, String>>,
+}
+
+impl Done {
+    fn finish(&self) -> JobFinish<'_> {
+        let outcome = match &self.decision {
+            Decision::Complete => JobOutcome::Complete {
+                entry: self.entry.as_ref(),
+            },
+            Decision::Retry { error, at } => JobOutcome::RetryLater {
+                error: error.clone(),
+                run_after: *at,
+            },
+            Decision::Fail { error } => JobOutcome::Fail {
+                error: error.clone(),
+                entry: self.entry.as_ref(),
+            },
+        };
+        JobFinish {
+            id: self.id,
+            outcome,
+        }
+    }
 }
 
 fn result_entry(
