@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             let ch = targets::channels(&addr, channels).await?;
             let value = bytes::Bytes::from(vec![b'x'; value_bytes]);
             let keys = targets::hot_keys(keys);
-            let run = format!("{}", std::process::id());
+            let run = std::process::id().to_string();
             let call = match scenario {
                 Scenario::GetHit => {
                     targets::put_all(&ch, &keys, &value).await?;

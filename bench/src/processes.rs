@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use roadie_proto::v1::{self as pb, cache_client::CacheClient};
+use roadie_store::{Backend, testing::TestDb};
 
 /// The provider every benchmark fetches from.
 pub const PROVIDER: &str = "bench";
@@ -69,6 +70,17 @@ impl Setup {
         }
         toml
     }
+}
+
+/// A fresh, migrated database of `backend` (migrated here, before any
+/// process starts on it, as a deployment would be); Postgres must answer.
+pub async fn database(backend: Backend) -> anyhow::Result<TestDb> {
+    let db = TestDb::new(backend).await.context(
+        "Postgres is unreachable at ROADIE_TEST_POSTGRES_URL (default 127.0.0.1:5432); \
+         the Postgres comparisons need it",
+    )?;
+    db.store().await.close().await;
+    Ok(db)
 }
 
 /// A child process, killed when dropped.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use roadie_store::{Backend, JobNew, JobState, Store, now_ms, testing::TestDb};
+use roadie_store::{Backend, JobNew, JobState, Store, now_ms};
 use serde::Serialize;
 
 use crate::{
@@ -35,14 +35,6 @@ pub struct QueueReport {
     pub work_seconds: f64,
     /// Jobs completed per second.
     pub throughput: f64,
-}
-
-/// A fresh database of `backend`; Postgres must answer.
-pub async fn database(backend: Backend) -> anyhow::Result<TestDb> {
-    TestDb::new(backend).await.context(
-        "Postgres is unreachable at ROADIE_TEST_POSTGRES_URL (default 127.0.0.1:5432); \
-         the Postgres comparisons need it",
-    )
 }
 
 async fn enqueue(store: &Store, upstream: &Upstream, jobs: u64) -> anyhow::Result<()> {
@@ -98,7 +90,7 @@ pub async fn roadie(
     concurrency: u32,
     connections: u32,
 ) -> anyhow::Result<QueueReport> {
-    let db = database(backend).await?;
+    let db = processes::database(backend).await?;
     let store = db.store().await;
     let upstream = Upstream::start().await?;
 
@@ -152,7 +144,7 @@ pub async fn river(
     max_workers: u32,
     connections: u32,
 ) -> anyhow::Result<QueueReport> {
-    let db = database(Backend::Postgres).await?;
+    let db = processes::database(Backend::Postgres).await?;
     let run = |args: Vec<String>| {
         let riverqueue = riverqueue.to_owned();
         async move {

@@ -69,8 +69,7 @@ pub struct Options {
 }
 
 /// A part of the suite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     /// Get hits against the empty tonic service and Redis GET.
     Reads,
@@ -210,24 +209,12 @@ async fn measure(
 struct Roadie {
     server: Process,
     channels: Vec<tonic::transport::Channel>,
+    /// What the server was started with, for workers beside it.
+    setup: Setup,
     db: roadie_store::testing::TestDb,
 }
 
 impl Roadie {
-    async fn start(
-        options: &Options,
-        setup: Setup,
-        db: roadie_store::testing::TestDb,
-    ) -> anyhow::Result<Roadie> {
-        let server = processes::server(&setup).await?;
-        let channels = targets::channels(&server.addr, options.channels).await?;
-        Ok(Roadie {
-            server,
-            channels,
-            db,
-        })
-    }
-
     /// On a fresh database, with `keys` written.
     async fn fresh(
         options: &Options,
@@ -236,14 +223,18 @@ impl Roadie {
         keys: &[String],
         value: &Bytes,
     ) -> anyhow::Result<Roadie> {
-        let db = queue::database(backend).await?;
-        // Migrated before the server starts, as a deployment would be.
-        db.store().await.close().await;
+        let db = processes::database(backend).await?;
         let mut setup = Setup::new(&db.url);
         configure(&mut setup);
-        let roadie = Roadie::start(options, setup, db).await?;
-        targets::put_all(&roadie.channels, keys, value).await?;
-        Ok(roadie)
+        let server = processes::server(&setup).await?;
+        let channels = targets::channels(&server.addr, options.channels).await?;
+        targets::put_all(&channels, keys, value).await?;
+        Ok(Roadie {
+            server,
+            channels,
+            setup,
+            db,
+        })
     }
 
     async fn stop(self) {
@@ -476,12 +467,15 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         )
         .await;
 
-        let db = queue::database(backend).await?;
-        db.store().await.close().await;
-        let mut setup = Setup::new(&db.url);
-        setup.upstream = Some(upstream.addr);
-        let worker = processes::worker(&setup)?;
-        let roadie = Roadie::start(options, setup, db).await?;
+        let roadie = Roadie::fresh(
+            options,
+            backend,
+            |s| s.upstream = Some(upstream.addr),
+            &[],
+            &Bytes::new(),
+        )
+        .await?;
+        let worker = processes::worker(&roadie.setup)?;
         let call = targets::fetch_cold(
             roadie.channels.clone(),
             PROVIDER.to_owned(),
@@ -596,8 +590,7 @@ async fn scale(options: &Options, results: &mut Results, closed: Load) -> anyhow
         "| entries | hot tier | calls/s | p50 ms | p99 ms | p99.9 ms | server RSS MiB | p99 vs smallest |"
     );
     println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let db = queue::database(Backend::Sqlite).await?;
-    db.store().await.close().await;
+    let db = processes::database(Backend::Sqlite).await?;
     let mut seeded = 0;
     let mut smallest: [Option<u64>; 2] = [None, None];
     for &entries in &options.scale {

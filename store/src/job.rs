@@ -457,32 +457,30 @@ impl Store {
         let mut held = Vec::with_capacity(finishes.len());
         for finish in finishes {
             let id = to_i64(finish.id);
-            let done = match &finish.outcome {
+            let (state, error) = match &finish.outcome {
+                JobOutcome::Complete { .. } => (JobState::Completed, None),
+                JobOutcome::Fail { error, .. } => (JobState::Failed, Some(error.as_str())),
                 JobOutcome::RetryLater { error, run_after } => {
-                    sqlx::query(sql!("job_retry_later_if_leased"))
+                    let done = sqlx::query(sql!("job_retry_later_if_leased"))
                         .bind(id)
                         .bind(worker)
                         .bind(error)
                         .bind(*run_after)
                         .bind(now)
                         .execute(&mut *tx)
-                        .await?
-                }
-                JobOutcome::Complete { .. } | JobOutcome::Fail { .. } => {
-                    let (state, error) = match &finish.outcome {
-                        JobOutcome::Fail { error, .. } => (JobState::Failed, Some(error.as_str())),
-                        _ => (JobState::Completed, None),
-                    };
-                    sqlx::query(sql!("job_finish_if_leased"))
-                        .bind(id)
-                        .bind(worker)
-                        .bind(state.as_str())
-                        .bind(error)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
+                        .await?;
+                    held.push(done.rows_affected() == 1);
+                    continue;
                 }
             };
+            let done = sqlx::query(sql!("job_finish_if_leased"))
+                .bind(id)
+                .bind(worker)
+                .bind(state.as_str())
+                .bind(error)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             held.push(done.rows_affected() == 1);
         }
         let mut results = Vec::with_capacity(finishes.len());
