@@ -40,6 +40,13 @@ impl From<ApiError> for Status {
                 tracing::warn!(%cause, "store unavailable");
                 Status::unavailable("the store is unavailable; retry with backoff")
             }
+            ApiError::Store(StoreError::Full(cause)) => {
+                tracing::error!(%cause, "store full");
+                Status::resource_exhausted(
+                    "the store is full: nothing was written; reads still work, \
+                     and writes succeed again once the store has free space",
+                )
+            }
             ApiError::Store(StoreError::Conflict(cause)) => Status::aborted(cause),
             ApiError::Store(
                 error @ (StoreError::Config(_)

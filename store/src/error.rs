@@ -7,6 +7,11 @@ pub enum StoreError {
     /// exhausted past its acquire timeout, database busy). Retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database has no room for the write (SQLite: the disk or the
+    /// filesystem is full; Postgres: `disk_full`). Nothing was written; reads
+    /// go on, and writes succeed again once space is freed.
+    #[error("store full: {0}")]
+    Full(String),
     /// A uniqueness rule refused the change (for example a second unfinished
     /// job for one URL).
     #[error("conflict: {0}")]
@@ -52,6 +57,15 @@ impl From<sqlx::Error> for StoreError {
                 {
                     StoreError::Unavailable(error.to_string())
                 }
+                // Postgres: disk_full (53100).
+                Some("53100") => StoreError::Full(error.to_string()),
+                // SQLite: SQLITE_FULL (13), with extended codes.
+                Some(code)
+                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                        && sqlite_primary(code) == Some(13) =>
+                {
+                    StoreError::Full(error.to_string())
+                }
                 // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6), with extended codes,
                 // once the busy timeout has run out.
                 Some(code)
@@ -67,7 +81,11 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The primary result code of a SQLite (extended) result code.
+fn sqlite_primary(code: &str) -> Option<i32> {
+    code.parse::<i32>().ok().map(|c| c & 0xff)
+}
+
 fn is_sqlite_busy(code: &str) -> bool {
-    code.parse::<i32>()
-        .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+    matches!(sqlite_primary(code), Some(5 | 6))
 }

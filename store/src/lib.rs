@@ -37,7 +37,7 @@ pub mod testing;
 use std::{path::Path, str::FromStr, sync::Once, time::Duration};
 
 use sqlx::{
-    AnyPool, Executor,
+    AnyPool, Connection, Executor,
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
@@ -117,6 +117,11 @@ pub struct Store {
     committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// The size SQLite truncates its WAL file back to after a checkpoint
+/// (`PRAGMA journal_size_limit`): without it the file keeps the size of the
+/// largest burst of writes it ever held.
+pub const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -150,13 +155,33 @@ impl Store {
                         conn.execute(
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; \
+                                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
                             )
                             .as_str(),
                         )
                         .await?;
                     }
                     Ok(())
+                })
+            })
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    // A transaction dropped without COMMIT queues its ROLLBACK; the
+                    // ping runs it. If the connection still counts itself inside a
+                    // transaction, that ROLLBACK failed: SQLite had already rolled
+                    // back (a full disk fails COMMIT so), and every later BEGIN on
+                    // it would be a SAVEPOINT inside a transaction that never
+                    // commits, acknowledging writes that are never stored. Such a
+                    // connection is closed, never reused.
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    let reusable = !conn.is_in_transaction();
+                    if !reusable {
+                        tracing::warn!("closing a store connection whose transaction did not end cleanly");
+                    }
+                    Ok(reusable)
                 })
             })
             .connect_with(connect_options)

@@ -9,6 +9,7 @@ mod bad_input;
 mod cache;
 mod changes;
 mod cli;
+mod faults;
 mod fetch;
 mod hot_tier;
 mod jobs;
