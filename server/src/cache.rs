@@ -513,19 +513,25 @@ impl Cache for CacheService {
             None => FETCH_WAIT_LIMIT,
         }
         .min(FETCH_WAIT_LIMIT);
-        let job = self
-            .state
-            .waiter
-            .wait(
+        let waited = tokio::select! {
+            waited = self.state.waiter.wait(
                 &self.state.store,
                 job.id,
                 &plan.url,
                 changes,
                 started + budget,
-            )
-            .await
-            .map_err(ApiError::from)?
-            .unwrap_or(job);
+            ) => waited.map_err(ApiError::from)?,
+            // The job goes on without this server: say so, and how to pick it up.
+            () = self.state.stopping.cancelled() => {
+                return Err(ApiError::ShuttingDown(format!(
+                    "the server is shutting down; job {id} goes on: call Fetch again \
+                     (on any server it shares job {id}) or GetJob {id}",
+                    id = job.id
+                ))
+                .into());
+            }
+        };
+        let job = waited.unwrap_or(job);
         let now = now_ms();
         let entry = if job.state.is_finished() {
             self.state

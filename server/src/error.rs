@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The RPC is designed but arrives with a later part of Roadie.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// The server is draining for shutdown; the message says how to resume.
+    #[error("{0}")]
+    ShuttingDown(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -36,6 +39,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(why) => Status::failed_precondition(why),
             ApiError::PermissionDenied(why) => Status::permission_denied(why),
             ApiError::Unimplemented(what) => Status::unimplemented(what),
+            ApiError::ShuttingDown(how) => Status::unavailable(how),
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "store unavailable");
                 Status::unavailable("the store is unavailable; retry with backoff")

@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub use roadie_store::config;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod feed;
@@ -36,11 +37,11 @@ use roadie_store::{Store, StoreError, StoreOptions};
 use roadie_worker::fetcher::ProviderPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     cache::CacheService,
     config::Settings,
+    drain::{Drain, DrainLayer},
     feed::Feed,
     jobs::JobsService,
     maintenance::Maintenance,
@@ -172,8 +173,8 @@ impl App {
         Maintenance::new(self.state.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains in-flight
-    /// calls for at most `server.shutdown_grace`.
+    /// Serves on `listener` until `shutdown` resolves, then drains (see
+    /// [`drain`]) for at most `server.shutdown_grace`.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -206,48 +207,60 @@ impl App {
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, backend = self.state.store.backend().name(), "roadie-server listening");
 
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let signal = {
-            let health = health.clone();
-            let stopping = self.state.stopping.clone();
-            async move {
-                shutdown.await;
-                // Watch streams end now, telling their clients where to resume.
-                stopping.cancel();
-                tracing::info!(
-                    ?grace,
-                    "shutting down: no new calls, draining in-flight ones"
-                );
-                health.set_not_serving::<CacheServer<CacheService>>().await;
-                health.set_not_serving::<JobsServer<JobsService>>().await;
-                let _ = stopping_tx.send(());
-            }
-        };
+        let drain = Arc::new(Drain::default());
+        // The listener closes when the drain starts; the connections are told
+        // to go (GOAWAY) only once it is over.
+        let closing = CancellationToken::new();
+        let goaway = CancellationToken::new();
+        let incoming = accept(listener, closing.clone());
         let serve = tonic::transport::Server::builder()
             // One span per call, named by its gRPC method.
             .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+            .layer(DrainLayer(drain.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(cache)
             .add_service(jobs)
-            // Without TCP_NODELAY a reply written as two segments waits for the
-            // client's delayed ACK: about 40 ms a call once calls pipeline.
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                signal,
+            .serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned());
+        let mut serving = tokio::spawn(serve);
+
+        shutdown.await;
+        let deadline = tokio::time::Instant::now() + grace;
+        drain.start();
+        closing.cancel();
+        // Watch streams and waiting Fetches end now, telling their clients
+        // where to resume.
+        self.state.stopping.cancel();
+        health.set_not_serving::<CacheServer<CacheService>>().await;
+        health.set_not_serving::<JobsServer<JobsService>>().await;
+        tracing::info!(
+            ?grace,
+            in_flight = drain.in_flight(),
+            "shutting down: listener closed, new calls refused, draining in-flight ones"
+        );
+        if tokio::time::timeout_at(deadline, drain.finished())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                in_flight = drain.in_flight(),
+                "grace period over: dropping the calls still in flight"
             );
-        tokio::pin!(serve);
-        let result = tokio::select! {
-            result = &mut serve => result.map_err(ServerError::from),
-            () = async {
-                if stopping_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                tracing::warn!(?grace, "grace period over: dropping the calls still in flight");
+        }
+        goaway.cancel();
+        let result = match tokio::time::timeout_at(deadline, &mut serving).await {
+            Ok(Ok(result)) => result.map_err(ServerError::from),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the transport task ended abnormally");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "connections still open at the end of the grace period: closing them"
+                );
+                serving.abort();
                 Ok(())
             }
         };
@@ -259,4 +272,48 @@ impl App {
         tracing::info!("roadie-server stopped");
         result
     }
+}
+
+/// Accepted connections (with TCP_NODELAY: without it a reply written as two
+/// segments waits for the client's delayed ACK, about 40 ms a call once calls
+/// pipeline) until `closing` fires, when the listener is dropped and the port
+/// closes. The stream itself stays open, so the transport does not take the
+/// end of accepting for the start of its own shutdown.
+fn accept(
+    listener: TcpListener,
+    closing: CancellationToken,
+) -> impl futures::Stream<Item = std::io::Result<drain::Lingering>> {
+    let (connections, incoming) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = closing.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                    if connections
+                        .send(Ok(drain::Lingering::new(stream)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // Out of file descriptors, most likely: back off a little
+                    // instead of spinning.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        drop(listener);
+        // Keep the stream open until the transport stops reading it.
+        connections.closed().await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
 }

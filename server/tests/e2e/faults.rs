@@ -2,15 +2,17 @@
 //! SIGTERM under load, and the SQLite WAL across repeated crashes.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
         Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use roadie_client::{Client, proto};
+use roadie_client::{Client, ClientError, proto};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -136,9 +138,16 @@ impl SmallFs {
     /// The command that runs a program inside the namespace.
     fn enter(&self) -> Vec<String> {
         let pid = self.holder.id().expect("holder runs");
-        ["nsenter", "-t", &pid.to_string(), "--user", "--mount", "--preserve-credentials"]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "nsenter",
+            "-t",
+            &pid.to_string(),
+            "--user",
+            "--mount",
+            "--preserve-credentials",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// Fills the filesystem with 1 MiB ballast files, then deletes `keep_free`
@@ -228,7 +237,10 @@ async fn a_full_disk_loses_no_acknowledged_write_and_writes_resume_when_space_re
         writer.await.expect("writer");
     }
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    assert!(!acknowledged.is_empty(), "some writes fit before the disk filled");
+    assert!(
+        !acknowledged.is_empty(),
+        "some writes fit before the disk filled"
+    );
 
     // Reads go on while the disk is full.
     for key in &acknowledged {
@@ -267,4 +279,173 @@ async fn a_full_disk_loses_no_acknowledged_write_and_writes_resume_when_space_re
         assert_hit(&client, key, VALUE, "after a restart").await;
     }
     c.crash().await;
+}
+
+/// How one call of the drain test ended.
+#[derive(Debug)]
+enum Ending {
+    Acknowledged,
+    /// Refused without being carried out: UNAVAILABLE from a server that
+    /// is shutting down, or no connection at all.
+    Refused,
+    /// Anything else: a call the drain lost.
+    Lost(String),
+}
+
+fn ending(result: Result<proto::PutResponse, ClientError>) -> Ending {
+    let error = match result {
+        Ok(_) => return Ending::Acknowledged,
+        Err(error) => error,
+    };
+    let text = format!("{error} ({error:?})");
+    let refused = match &error {
+        ClientError::Connect { .. } => true,
+        // The drain's own answer, or the reconnect finding the port closed.
+        ClientError::Unavailable(message) => {
+            message.contains("shutting down") || message.contains("tcp connect error")
+        }
+        // Streams the server never took up: above the last stream id of a
+        // GOAWAY with NO_ERROR, or queued in the client when the connection
+        // closed (hyper's "canceled": never sent).
+        ClientError::Other(_) => {
+            text.contains("NO_ERROR, Remote") || text.contains("Canceled, \"connection closed\"")
+        }
+        _ => false,
+    };
+    if refused {
+        Ending::Refused
+    } else {
+        Ending::Lost(text)
+    }
+}
+
+/// One drain: writers on four connections, SIGTERM once a few hundred
+/// writes are acknowledged, writers on until the process has exited.
+/// Returns (acknowledged, refused) keys.
+async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("roadie.db");
+    let env = [
+        ("ROADIE__STORE__URL", format!("sqlite://{}", db.display())),
+        ("ROADIE__SERVER__SHUTDOWN_GRACE", "10s".to_owned()),
+    ];
+    let mut server = ServerProcess::start(&[], &env).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let exited = Arc::new(AtomicBool::new(false));
+    let endings = Arc::new(Mutex::new(Vec::<(String, Ending, Duration)>::new()));
+    let mut writers = Vec::new();
+    for c in 0..4 {
+        let client = server.client().await;
+        for t in 0..8 {
+            let (client, acked, exited, endings) = (
+                client.clone(),
+                acked.clone(),
+                exited.clone(),
+                endings.clone(),
+            );
+            writers.push(tokio::spawn(async move {
+                let mut n = 0;
+                while !exited.load(Ordering::Acquire) {
+                    let key = format!("drain/{c}/{t}/{n}");
+                    n += 1;
+                    let started = Instant::now();
+                    let end = ending(client.put(put(&key, "v")).await);
+                    if matches!(end, Ending::Acknowledged) {
+                        acked.fetch_add(1, Ordering::AcqRel);
+                    }
+                    let refused = matches!(end, Ending::Refused);
+                    endings
+                        .lock()
+                        .expect("lock")
+                        .push((key, end, started.elapsed()));
+                    if refused {
+                        // A client backs off before it tries again.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+    }
+    while acked.load(Ordering::Acquire) < 300 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let signalled = Instant::now();
+    server.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .expect("the server exits within its grace")
+        .expect("wait");
+    let drained_in = signalled.elapsed();
+    exited.store(true, Ordering::Release);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(status.success(), "round {round}: exit {status:?}");
+    assert!(
+        drained_in < Duration::from_secs(5),
+        "round {round}: the drain took {drained_in:?}"
+    );
+
+    let endings = std::mem::take(&mut *endings.lock().expect("lock"));
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    let mut lost = Vec::new();
+    for (key, end, took) in endings {
+        match end {
+            Ending::Acknowledged => acknowledged.push(key),
+            Ending::Refused => {
+                assert!(
+                    took < Duration::from_secs(1),
+                    "round {round}: a refusal took {took:?} ({key})"
+                );
+                refused.push(key);
+            }
+            Ending::Lost(why) => lost.push(format!("{key} after {took:?}: {why}")),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "round {round}: the drain lost {} calls: {lost:#?}",
+        lost.len()
+    );
+
+    // Every acknowledged write is stored; no refused one is.
+    let store = roadie_store::Store::connect(&roadie_store::StoreOptions::new(format!(
+        "sqlite://{}",
+        db.display()
+    )))
+    .await
+    .expect("open the store");
+    let stored: HashMap<String, ()> = store
+        .entry_get_many(&acknowledged)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| (e.key, ()))
+        .collect();
+    for key in &acknowledged {
+        assert!(
+            stored.contains_key(key),
+            "round {round}: acknowledged {key} is not stored"
+        );
+    }
+    let stored = store.entry_get_many(&refused).await.expect("read");
+    assert!(
+        stored.is_empty(),
+        "round {round}: refused writes were stored: {:?}",
+        stored.iter().map(|e| &e.key).collect::<Vec<_>>()
+    );
+    store.close().await;
+    (acknowledged, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones_twenty_times() {
+    let mut refused_in_all = 0;
+    for round in 0..20 {
+        let (_, refused) = drain_once(round).await;
+        refused_in_all += refused.len();
+    }
+    // The writers kept calling through every drain: refusals happened, fast.
+    assert!(refused_in_all > 0, "no call was refused in twenty drains");
 }

@@ -518,7 +518,49 @@ async fn stats_show_each_providers_budget(backend: Backend) {
     server.stop().await;
 }
 
+/// A waiting Fetch still open when the server stops is told so, with the
+/// job that goes on, at once rather than at the end of the grace period.
+async fn a_waiting_fetch_at_shutdown_names_its_job(backend: Backend) {
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(backend, with_provider(addr)).await else {
+        return;
+    };
+    // No worker: the job waits.
+    let client = server.client.clone();
+    let waiting =
+        tokio::spawn(async move { client.fetch(fetch("item/shutdown", FetchMode::Wait)).await });
+    let store = server.store().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let jobs = store
+            .job_list(None, Some("test"), u64::MAX, 10)
+            .await
+            .expect("list");
+        if let Some(job) = jobs.into_iter().next() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the Fetch enqueued no job");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stopped_at = Instant::now();
+    server.stop().await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(2),
+        "the waiting Fetch held the drain for {:?}",
+        stopped_at.elapsed()
+    );
+    let error = waiting
+        .await
+        .expect("task")
+        .expect_err("no worker ran the job");
+    assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("shutting down"), "{message}");
+    assert!(message.contains(&format!("job {}", job.id)), "{message}");
+}
+
 on_both_backends!(
+    a_waiting_fetch_at_shutdown_names_its_job,
     stats_show_each_providers_budget,
     the_cli_fetches,
     modes_staleness_and_outcomes,
