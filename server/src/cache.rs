@@ -662,6 +662,10 @@ impl Cache for CacheService {
             hot_tier: self.state.feed.hot_stats(),
             tail_revision: self.state.feed.last(),
             watchers: self.state.feed.watchers(),
+            wal: self.state.store.wal_bytes().map(|bytes| pb::WalStats {
+                bytes,
+                limit_bytes: self.state.settings.store.wal_size_limit,
+            }),
         }))
     }
 }

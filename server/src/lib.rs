@@ -33,7 +33,7 @@ pub mod watch;
 use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
 
 use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
-use roadie_store::{Store, StoreError, StoreOptions};
+use roadie_store::{Store, StoreError};
 use roadie_worker::fetcher::ProviderPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -108,13 +108,7 @@ pub struct App {
 impl App {
     /// Opens (and migrates) the store and cleans expired entries.
     pub async fn open(settings: Settings) -> Result<App, ServerError> {
-        let store_settings = &settings.store;
-        let options = StoreOptions {
-            url: store_settings.url.clone(),
-            max_connections: store_settings.max_connections,
-            acquire_timeout: store_settings.acquire_timeout,
-            busy_timeout: store_settings.busy_timeout,
-        };
+        let options = settings.store.options();
         let store = Store::connect(&options)
             .await
             .map_err(|source| ServerError::Store {

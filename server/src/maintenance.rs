@@ -1,6 +1,7 @@
 //! Background upkeep of the store: expired entries are cleaned (on start and
 //! every `maintenance.interval`), size budgets enforced by eviction (on the
-//! same timer and shortly after writes), and read statistics flushed in
+//! same timer and shortly after writes), SQLite's write-ahead log
+//! checkpointed and truncated (same timer), and read statistics flushed in
 //! batches so a read never writes to the store.
 
 use std::{
@@ -55,6 +56,9 @@ pub struct Report {
     pub evicted: u64,
     /// Changes compacted out of the log (`watch.retention_*`).
     pub compacted: u64,
+    /// Whether the SQLite WAL was checkpointed in full and truncated (always
+    /// true on Postgres).
+    pub checkpointed: bool,
 }
 
 /// Runs the upkeep; a cheap clone of the server's state.
@@ -97,10 +101,18 @@ impl Maintenance {
             .store
             .change_compact(watch.retention_age, watch.retention_count, now)
             .await?;
+        let checkpointed = self.state.store.checkpoint().await?;
+        if !checkpointed {
+            tracing::info!(
+                wal_bytes = self.state.store.wal_bytes(),
+                "WAL checkpoint could not finish (a reader held old pages); next pass tries again"
+            );
+        }
         Ok(Report {
             expired,
             evicted,
             compacted,
+            checkpointed,
         })
     }
 

@@ -226,6 +226,23 @@ pub struct StoreSettings {
     /// How long SQLite waits for another process's write lock.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// SQLite: the size in bytes the write-ahead log is cut back to after
+    /// each checkpoint (`PRAGMA journal_size_limit`). Maintenance checkpoints
+    /// and truncates it on start and every `maintenance.interval`.
+    pub wal_size_limit: u64,
+}
+
+impl StoreSettings {
+    /// The options to open the store with.
+    pub fn options(&self) -> crate::StoreOptions {
+        crate::StoreOptions {
+            url: self.url.clone(),
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+            busy_timeout: self.busy_timeout,
+            wal_size_limit: self.wal_size_limit,
+        }
+    }
 }
 
 /// `[limits]`.
@@ -423,6 +440,7 @@ impl Default for StoreSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
+            wal_size_limit: crate::WAL_SIZE_LIMIT,
         }
     }
 }

@@ -34,7 +34,12 @@ mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::{path::Path, str::FromStr, sync::Once, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Once,
+    time::Duration,
+};
 
 use sqlx::{
     AnyPool, Connection, Executor,
@@ -92,6 +97,8 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// How long SQLite waits on another process's write lock.
     pub busy_timeout: Duration,
+    /// SQLite: the size the WAL file is cut back to after a checkpoint.
+    pub wal_size_limit: u64,
 }
 
 impl StoreOptions {
@@ -102,6 +109,7 @@ impl StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
+            wal_size_limit: WAL_SIZE_LIMIT,
         }
     }
 }
@@ -111,15 +119,18 @@ impl StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    // SQLite's write-ahead log file, for its size; none for Postgres and
+    // in-memory databases.
+    wal: Option<PathBuf>,
     // For LISTEN, which needs a connection of its own outside the pool.
     url: String,
     // The latest revision this process committed; see `change`.
     committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// The size SQLite truncates its WAL file back to after a checkpoint
-/// (`PRAGMA journal_size_limit`): without it the file keeps the size of the
-/// largest burst of writes it ever held.
+/// The default size SQLite cuts its WAL file back to after a checkpoint
+/// (`PRAGMA journal_size_limit`): without a limit the file keeps the size of
+/// the largest burst of writes it ever held.
 pub const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -144,6 +155,7 @@ impl Store {
         };
         let connect_options = AnyConnectOptions::from_str(&url)?;
         let busy_ms = options.busy_timeout.as_millis();
+        let wal_limit = options.wal_size_limit;
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -156,7 +168,7 @@ impl Store {
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; \
-                                 PRAGMA journal_size_limit = {WAL_SIZE_LIMIT};"
+                                 PRAGMA journal_size_limit = {wal_limit};"
                             )
                             .as_str(),
                         )
@@ -179,7 +191,9 @@ impl Store {
                     }
                     let reusable = !conn.is_in_transaction();
                     if !reusable {
-                        tracing::warn!("closing a store connection whose transaction did not end cleanly");
+                        tracing::warn!(
+                            "closing a store connection whose transaction did not end cleanly"
+                        );
                     }
                     Ok(reusable)
                 })
@@ -201,9 +215,14 @@ impl Store {
         if backend == Backend::Postgres {
             change::spawn_notifier(pool.clone(), announced);
         }
+        let wal = match backend {
+            Backend::Sqlite => sqlite_path(&url).map(|path| PathBuf::from(format!("{path}-wal"))),
+            Backend::Postgres => None,
+        };
         Ok(Store {
             pool,
             backend,
+            wal,
             url,
             committed: std::sync::Arc::new(committed),
         })
@@ -212,6 +231,29 @@ impl Store {
     /// The backend this store talks to.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Checkpoints SQLite's write-ahead log into the database and truncates
+    /// it (`wal_checkpoint(TRUNCATE)`), waiting up to the busy timeout for
+    /// readers and writers. Without it the WAL grows under steady load and
+    /// across crashes. Returns false when it could not finish (a reader held
+    /// old pages); nothing to do on Postgres.
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(true);
+        }
+        let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await?;
+        let busy: i32 = sqlx::Row::try_get(&row, 0)?;
+        Ok(busy == 0)
+    }
+
+    /// The size of SQLite's write-ahead log file in bytes; `None` on Postgres.
+    pub fn wal_bytes(&self) -> Option<u64> {
+        let wal = self.wal.as_ref()?;
+        // No file: nothing written since the last clean close.
+        Some(std::fs::metadata(wal).map_or(0, |m| m.len()))
     }
 
     /// Closes every pooled connection.
@@ -244,14 +286,19 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
+/// The file of a SQLite URL as `sqlite_url` wrote it; `None` in memory.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.trim_start_matches("sqlite://");
+    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
 /// An exclusive lock on `<file>.migrate-lock` beside a SQLite file, held
 /// while migrating; released when dropped. None for in-memory databases.
 async fn migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> {
-    let rest = url.trim_start_matches("sqlite://");
-    let path = rest.split_once('?').map_or(rest, |(path, _)| path);
-    if path.is_empty() || path == ":memory:" {
+    let Some(path) = sqlite_path(url) else {
         return Ok(None);
-    }
+    };
     let lock_path = format!("{path}.migrate-lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

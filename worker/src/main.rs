@@ -11,7 +11,7 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use roadie_store::{
-    Store, StoreOptions,
+    Store,
     config::{ConfigError, Settings},
     redact,
 };
@@ -64,14 +64,9 @@ async fn main() -> anyhow::Result<()> {
     watch_signals(stop.clone())?;
 
     let store_settings = &settings.store;
-    let store = Store::connect(&StoreOptions {
-        url: store_settings.url.clone(),
-        max_connections: store_settings.max_connections,
-        acquire_timeout: store_settings.acquire_timeout,
-        busy_timeout: store_settings.busy_timeout,
-    })
-    .await
-    .with_context(|| format!("cannot open the store at {}", redact(&store_settings.url)))?;
+    let store = Store::connect(&store_settings.options())
+        .await
+        .with_context(|| format!("cannot open the store at {}", redact(&store_settings.url)))?;
 
     let id = settings::worker_id(hostname().as_deref(), std::process::id(), rand::random());
     let options = settings::worker_options(&settings, &id);

@@ -287,6 +287,14 @@ pub fn write_stats(out: &mut dyn Write, stats: &StatsResponse) -> io::Result<()>
         )?,
         None => writeln!(out, "hot tier: off")?,
     }
+    if let Some(wal) = &stats.wal {
+        writeln!(
+            out,
+            "write-ahead log: {} (cut back to {} at each checkpoint)",
+            bytes_text(wal.bytes),
+            bytes_text(wal.limit_bytes)
+        )?;
+    }
     writeln!(out)?;
     let rows = stats.policies.iter().map(policy_row).collect();
     write_table(
@@ -377,6 +385,7 @@ pub struct StatsJson {
     tail_revision: u64,
     watchers: u64,
     hot_tier: Option<HotTierJson>,
+    wal: Option<WalJson>,
     policies: Vec<PolicyJson>,
     providers: Vec<ProviderJson>,
 }
@@ -389,6 +398,12 @@ struct HotTierJson {
     hits: u64,
     misses: u64,
     bypassed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct WalJson {
+    bytes: u64,
+    limit_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -422,6 +437,10 @@ impl StatsJson {
             started_at: stats.started_at.as_ref().map(timestamp_text),
             tail_revision: stats.tail_revision,
             watchers: stats.watchers,
+            wal: stats.wal.as_ref().map(|w| WalJson {
+                bytes: w.bytes,
+                limit_bytes: w.limit_bytes,
+            }),
             hot_tier: stats.hot_tier.as_ref().map(|h| HotTierJson {
                 entries: h.entries,
                 bytes: h.bytes,
@@ -601,6 +620,10 @@ mod tests {
                 misses: 7,
                 bypassed: 0,
             }),
+            wal: Some(proto::WalStats {
+                bytes: 3 << 20,
+                limit_bytes: 64 << 20,
+            }),
         };
         let shown = text(|out| write_stats(out, &stats));
         assert_eq!(
@@ -608,6 +631,7 @@ mod tests {
             "backend: sqlite  revision: 42  started: 1970-01-01T00:00:00Z\n\
              change stream: tail at revision 41, 2 watchers\n\
              hot tier: 7 keys, 2.0 KiB of 1.0 MiB; 5 hits, 7 misses, 0 bypassed\n\
+             write-ahead log: 3.0 MiB (cut back to 64.0 MiB at each checkpoint)\n\
              \n\
              POLICY   ENTRIES    BYTES    BUDGET  HITS  MISSES  STALE  NEGATIVE  EVICTED\n\
              generic        3  1.5 KiB  64.0 MiB    10       2      0         0        0\n\
@@ -622,6 +646,7 @@ mod tests {
         assert_eq!(json["started_at"], "1970-01-01T00:00:00Z");
         assert_eq!(json["hot_tier"]["hits"], 5);
         assert_eq!(json["watchers"], 2);
+        assert_eq!(json["wal"]["limit_bytes"], 64 << 20);
     }
 
     #[test]

@@ -449,3 +449,55 @@ async fn sigterm_under_load_finishes_in_flight_calls_and_refuses_new_ones_twenty
     // The writers kept calling through every drain: refusals happened, fast.
     assert!(refused_in_all > 0, "no call was refused in twenty drains");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_wal_stays_bounded_across_repeated_crashes() {
+    const LIMIT: u64 = 1 << 20;
+    const VALUE: usize = 64 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("roadie.db");
+    let wal = dir.path().join("roadie.db-wal");
+    let env = [
+        ("ROADIE__STORE__URL", format!("sqlite://{}", db.display())),
+        ("ROADIE__STORE__WAL_SIZE_LIMIT", LIMIT.to_string()),
+    ];
+    let mut at_crash = Vec::new();
+    let mut written = Vec::new();
+    for cycle in 0..6 {
+        let server = ServerProcess::start(&[], &env).await;
+        let client = server.client().await;
+        let stats = client
+            .stats(proto::StatsRequest::default())
+            .await
+            .expect("stats");
+        let reported = stats.wal.expect("SQLite reports its WAL");
+        assert_eq!(reported.limit_bytes, LIMIT);
+        assert!(
+            reported.bytes <= LIMIT,
+            "cycle {cycle}: the WAL is {} bytes after the start-up checkpoint (limit {LIMIT})",
+            reported.bytes
+        );
+        // 3 MiB of writes (three times the limit), then a crash before any
+        // clean close.
+        for n in 0..48 {
+            let key = format!("wal/{cycle}/{n}");
+            let mut request = put(&key, "");
+            request.value = value_of(&key, VALUE).into();
+            client.put(request).await.expect("put");
+            written.push(key);
+        }
+        server.crash().await;
+        at_crash.push(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    // Bounded: the last crash finds a WAL no larger than one cycle's writes.
+    assert!(
+        at_crash[at_crash.len() - 1] <= at_crash[0] + LIMIT,
+        "the WAL grew across crashes: {at_crash:?}"
+    );
+    let server = ServerProcess::start(&[], &env).await;
+    let client = server.client().await;
+    for key in &written {
+        assert_hit(&client, key, VALUE, "after six crashes").await;
+    }
+    server.crash().await;
+}
