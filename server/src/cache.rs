@@ -91,7 +91,8 @@ impl CacheService {
         Err(FieldError::new(
             field,
             format!(
-                "unknown policy {policy:?}; configured: {}",
+                "unknown policy {}; configured: {}",
+                validate::quoted(&policy),
                 known.join(", ")
             ),
         )
@@ -426,7 +427,7 @@ impl Cache for CacheService {
         if !req.provider.is_empty() && !self.state.settings.providers.contains_key(&req.provider) {
             return Err(ApiError::from(FieldError::new(
                 "provider",
-                format!("unknown provider {:?}", req.provider),
+                format!("unknown provider {}", validate::quoted(&req.provider)),
             ))
             .into());
         }
@@ -726,7 +727,7 @@ impl CacheService {
                     req.provider
                 )
             } else {
-                format!("unknown provider {:?}", req.provider)
+                format!("unknown provider {}", validate::quoted(&req.provider))
             };
             return Err(FieldError::new("provider", message).into());
         };

@@ -3,7 +3,7 @@
 use roadie_store::StoreError;
 use tonic::Status;
 
-use crate::validate::FieldError;
+use crate::validate::{FieldError, bounded};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +34,13 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         match error {
-            ApiError::Field(field) => roadie_proto::field_violation(&field.field, field.message),
-            ApiError::NotFound(what) => Status::not_found(what),
-            ApiError::FailedPrecondition(why) => Status::failed_precondition(why),
-            ApiError::PermissionDenied(why) => Status::permission_denied(why),
+            // Messages may quote client input: each is bounded here, once.
+            ApiError::Field(field) => {
+                roadie_proto::field_violation(&bounded(field.field), bounded(field.message))
+            }
+            ApiError::NotFound(what) => Status::not_found(bounded(what)),
+            ApiError::FailedPrecondition(why) => Status::failed_precondition(bounded(why)),
+            ApiError::PermissionDenied(why) => Status::permission_denied(bounded(why)),
             ApiError::Unimplemented(what) => Status::unimplemented(what),
             ApiError::ShuttingDown(how) => Status::unavailable(how),
             ApiError::Store(StoreError::Unavailable(cause)) => {

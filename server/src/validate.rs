@@ -25,6 +25,42 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_CONFIDENCE: u32 = 100;
 /// Longest TTL or staleness window a request may name: 100 years.
 pub const MAX_DURATION_SECS: i64 = 100 * 366 * 24 * 60 * 60;
+/// Most bytes of client input an error message quotes back.
+pub const MAX_QUOTED_BYTES: usize = 64;
+/// Longest status message (and field name) the server sends: gRPC carries
+/// both in headers, and a client refuses headers past its limit (8 KiB in
+/// many), which would turn a clear error into a transport one.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Client input as an error message quotes it: in quotes, escaped, and cut
+/// to [`MAX_QUOTED_BYTES`] with its full length named.
+pub fn quoted(input: &str) -> String {
+    if input.len() <= MAX_QUOTED_BYTES {
+        return format!("{input:?}");
+    }
+    format!(
+        "{:?}… ({} bytes)",
+        &input[..floor_char_boundary(input, MAX_QUOTED_BYTES)],
+        input.len()
+    )
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`]: the last guard, after
+/// [`quoted`], against echoing a client's megabyte back in a header.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        message.truncate(floor_char_boundary(&message, MAX_MESSAGE_BYTES - 3));
+        message.push('…');
+    }
+    message
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
 
 /// A rejected request field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,10 +142,14 @@ pub fn metadata(field: &str, metadata: &HashMap<String, String>) -> Result<(), F
         ));
     }
     for (key, value) in metadata {
-        text(&format!("{field} key {key:?}"), key, MAX_METADATA_KEY_BYTES)?;
+        text(
+            &format!("{field} key {}", quoted(key)),
+            key,
+            MAX_METADATA_KEY_BYTES,
+        )?;
         if value.len() > MAX_METADATA_VALUE_BYTES {
             return Err(FieldError::new(
-                format!("{field}[{key:?}]"),
+                format!("{field}[{}]", quoted(key)),
                 format!(
                     "is {} bytes, the limit is {MAX_METADATA_VALUE_BYTES}",
                     value.len()
@@ -150,6 +190,18 @@ pub use roadie_store::config::is_policy_name;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_input_and_messages_are_bounded_on_char_boundaries() {
+        assert_eq!(quoted("generic"), "\"generic\"");
+        let long = "é".repeat(100);
+        let q = quoted(&long);
+        assert!(q.ends_with("… (200 bytes)"), "{q}");
+        assert!(q.len() < MAX_QUOTED_BYTES + 20, "{q}");
+        let message = bounded("ü".repeat(MAX_MESSAGE_BYTES));
+        assert!(message.len() <= MAX_MESSAGE_BYTES && message.ends_with('…'));
+        assert_eq!(bounded("short".to_owned()), "short");
+    }
 
     #[test]
     fn keys_are_bounded_utf8_without_control_characters() {

@@ -82,7 +82,7 @@ pub fn plan(state: &AppState, req: pb::WatchRequest) -> Result<WatchPlan, ApiErr
         if !state.settings.policies.contains_key(policy) {
             return Err(FieldError::new(
                 format!("policies[{i}]"),
-                format!("unknown policy {policy:?}"),
+                format!("unknown policy {}", validate::quoted(policy)),
             )
             .into());
         }
@@ -91,7 +91,7 @@ pub fn plan(state: &AppState, req: pb::WatchRequest) -> Result<WatchPlan, ApiErr
         if !state.settings.providers.contains_key(provider) {
             return Err(FieldError::new(
                 format!("providers[{i}]"),
-                format!("unknown provider {provider:?}"),
+                format!("unknown provider {}", validate::quoted(provider)),
             )
             .into());
         }

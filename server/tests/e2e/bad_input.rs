@@ -195,7 +195,56 @@ async fn a_message_past_the_grpc_limit_is_refused_by_size(backend: Backend) {
     server.stop().await;
 }
 
+/// A megabyte of input in any field is refused as INVALID_ARGUMENT with a
+/// short message quoting at most a prefix of it, not copied into the status
+/// (a standard client refuses status headers past 8 KiB or so).
+async fn huge_input_is_never_echoed_whole(backend: Backend) {
+    let server = start!(backend);
+    let c = &server.client;
+    let huge = "p".repeat(1 << 20);
+    #[track_caller]
+    fn short<T: std::fmt::Debug>(result: Result<T, ClientError>, field: &str) {
+        match result {
+            Err(ClientError::InvalidArgument {
+                field: Some(got),
+                message,
+            }) => {
+                assert!(got.starts_with(field), "{got}");
+                assert!(
+                    got.len() + message.len() < 2048,
+                    "{} bytes of field and message",
+                    got.len() + message.len()
+                );
+            }
+            other => panic!("expected INVALID_ARGUMENT on {field}, got {other:.200?}"),
+        }
+    }
+    let mut p = put("t", "v");
+    p.policy = huge.clone();
+    short(c.put(p).await, "policy");
+    let mut p = put("t", "v");
+    p.metadata.insert(huge.clone(), "v".to_owned());
+    short(c.put(p).await, "metadata");
+    let mut p = put("t", "v");
+    p.metadata.insert("k".to_owned(), huge.clone());
+    short(c.put(p).await, "metadata");
+    let fetch = roadie_client::proto::FetchRequest {
+        provider: huge.clone(),
+        path: "x".to_owned(),
+        ..Default::default()
+    };
+    short(c.fetch(fetch).await, "provider");
+    let watch = roadie_client::proto::WatchRequest {
+        policies: vec![huge.clone()],
+        ..Default::default()
+    };
+    short(c.watch_once(watch).await, "policies[0]");
+    c.put(put("t", "v")).await.expect("the server is fine");
+    server.stop().await;
+}
+
 on_both_backends!(
+    huge_input_is_never_echoed_whole,
     every_limit_is_enforced_with_the_field_named,
     a_message_past_the_grpc_limit_is_refused_by_size,
 );
