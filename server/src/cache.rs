@@ -599,8 +599,9 @@ impl Cache for CacheService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let client = request.remote_addr().map(|addr| addr.ip());
         let plan = watch::plan(&self.state, request.into_inner())?;
-        let messages = watch::start(self.state.clone(), plan).await?;
+        let messages = watch::start(self.state.clone(), plan, client).await?;
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(messages),
         )))

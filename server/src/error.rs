@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The RPC is designed but arrives with a later part of Roadie.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// A limit on what one client may hold was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is draining for shutdown; the message says how to resume.
     #[error("{0}")]
     ShuttingDown(String),
@@ -43,6 +46,7 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied(why) => Status::permission_denied(bounded(why)),
             ApiError::Unimplemented(what) => Status::unimplemented(what),
             ApiError::ShuttingDown(how) => Status::unavailable(how),
+            ApiError::ResourceExhausted(why) => Status::resource_exhausted(why),
             ApiError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(%cause, "store unavailable");
                 Status::unavailable("the store is unavailable; retry with backoff")

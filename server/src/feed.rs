@@ -8,11 +8,15 @@
 //! moves, checked every `watch.poll_interval`. Each read is one indexed
 //! query however many watchers there are.
 //!
-//! Changes go into one broadcast ring of `watch.buffer` changes. A watcher
-//! that falls further behind than the ring loses its place and is cut off
-//! (see [`crate::watch`]); the others never wait for it.
+//! Each change goes, through the [`Fanout`] index, to the queue of every
+//! watcher whose filter it matches: at most `watch.buffer` changes each; a
+//! watcher that falls further behind is cut off (see [`crate::watch`]), the
+//! others never wait for it. Waiting Fetches, few and short-lived, read one
+//! broadcast ring of every change instead.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -27,7 +31,11 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, hot::HotTier};
+use crate::{
+    config::Settings,
+    fanout::{Fanout, Filter, Subscription},
+    hot::HotTier,
+};
 
 /// Changes read from the log per query.
 pub const PAGE: u32 = 1024;
@@ -50,12 +58,13 @@ pub fn carries_value(kind: ChangeKind) -> bool {
     matches!(kind, ChangeKind::Put | ChangeKind::Fetch)
 }
 
-/// The tail's position and the ring, changed together under one lock so a
-/// subscriber knows exactly which revisions its receiver will get.
+/// The tail's position, the ring and the watchers, changed together under
+/// one lock so a subscriber knows exactly which revisions it will get.
 #[derive(Debug)]
 struct Ring {
     last: u64,
     sender: broadcast::Sender<Arc<Live>>,
+    fanout: Fanout,
 }
 
 /// The feed of one server process.
@@ -72,6 +81,11 @@ pub struct Feed {
     value_watchers: AtomicUsize,
     /// Open Watch streams.
     watchers: AtomicUsize,
+    /// Open Watch streams by client address, for `watch.max_per_client`.
+    per_client: Mutex<HashMap<IpAddr, u32>>,
+    max_per_client: u32,
+    /// Changes a watcher's queue holds.
+    buffer: usize,
     /// Reads the hot tier could not answer because the tail lagged.
     bypassed: AtomicU64,
 }
@@ -85,6 +99,7 @@ impl Feed {
             ring: Mutex::new(Ring {
                 last: revision,
                 sender,
+                fanout: Fanout::default(),
             }),
             hot: hot.enabled.then(|| HotTier::new(hot.max_bytes)),
             max_lag: hot.max_lag,
@@ -92,6 +107,9 @@ impl Feed {
             epoch: Instant::now(),
             value_watchers: AtomicUsize::new(0),
             watchers: AtomicUsize::new(0),
+            per_client: Mutex::default(),
+            max_per_client: settings.watch.max_per_client,
+            buffer: settings.watch.buffer,
             bypassed: AtomicU64::new(0),
         }
     }
@@ -105,6 +123,20 @@ impl Feed {
     pub fn subscribe(&self) -> (u64, broadcast::Receiver<Arc<Live>>) {
         let ring = self.lock();
         (ring.last, ring.sender.subscribe())
+    }
+
+    /// The changes `filter` matches after the returned revision, until the
+    /// subscription is dropped.
+    pub fn register(self: &Arc<Self>, filter: Arc<Filter>) -> (u64, Registered) {
+        let mut ring = self.lock();
+        let subscription = ring.fanout.add(filter, self.buffer);
+        (
+            ring.last,
+            Registered {
+                feed: self.clone(),
+                subscription,
+            },
+        )
     }
 
     /// The hot tier, for removing keys after this server's own writes.
@@ -137,16 +169,34 @@ impl Feed {
     }
 
     /// Counts a watcher while the guard lives (and, with `values`, one that
-    /// wants values: the tail loads entries only while some do).
-    pub fn watcher(self: &Arc<Self>, values: bool) -> WatcherGuard {
+    /// wants values: the tail loads entries only while some do); `None` when
+    /// `client` already holds `watch.max_per_client` watches.
+    pub fn watcher(self: &Arc<Self>, values: bool, client: Option<IpAddr>) -> Option<WatcherGuard> {
+        if let Some(client) = client {
+            let mut per_client = self
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let open = per_client.entry(client).or_default();
+            if *open >= self.max_per_client {
+                return None;
+            }
+            *open += 1;
+        }
         self.watchers.fetch_add(1, Ordering::AcqRel);
         if values {
             self.value_watchers.fetch_add(1, Ordering::AcqRel);
         }
-        WatcherGuard {
+        Some(WatcherGuard {
             feed: self.clone(),
             values,
-        }
+            client,
+        })
+    }
+
+    /// The most watches one client may hold open.
+    pub fn max_per_client(&self) -> u32 {
+        self.max_per_client
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -200,12 +250,14 @@ impl Feed {
                     .remove(&(change.key.clone(), change.revision))
                     .filter(|_| carries_value(change.kind));
                 ring.last = change.revision;
-                // No receivers is fine: nobody is watching.
-                let _ = ring.sender.send(Arc::new(Live {
+                let live = Arc::new(Live {
                     change,
                     entry,
                     values_loaded,
-                }));
+                });
+                ring.fanout.dispatch(&live);
+                // No receivers is fine: no Fetch is waiting.
+                let _ = ring.sender.send(live);
             }
             drop(ring);
             if !full {
@@ -267,11 +319,26 @@ impl Feed {
     }
 }
 
+/// A watcher's place in the fan-out; leaves it when dropped.
+#[derive(Debug)]
+pub struct Registered {
+    feed: Arc<Feed>,
+    /// The changes for this watcher.
+    pub subscription: Subscription,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.feed.lock().fanout.remove(self.subscription.id);
+    }
+}
+
 /// Uncounts a watcher when dropped.
 #[derive(Debug)]
 pub struct WatcherGuard {
     feed: Arc<Feed>,
     values: bool,
+    client: Option<IpAddr>,
 }
 
 impl WatcherGuard {
@@ -286,6 +353,19 @@ impl Drop for WatcherGuard {
         self.feed.watchers.fetch_sub(1, Ordering::AcqRel);
         if self.values {
             self.feed.value_watchers.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(client) = self.client {
+            let mut per_client = self
+                .feed
+                .per_client
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(open) = per_client.get_mut(&client) {
+                *open -= 1;
+                if *open == 0 {
+                    per_client.remove(&client);
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ pub use roadie_store::config;
 pub mod drain;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod feed;
 pub mod hot;
 pub mod jobs;

@@ -1,36 +1,38 @@
 //! `Cache.Watch`: one task per watcher, reading history from the store
-//! until it reaches the feed's tail, then the feed's ring in memory.
+//! until it reaches the feed's tail, then the changes the feed's fan-out
+//! hands it (only those its filter matches).
 //!
 //! The stream's first message is a progress message with the position it
 //! starts from (for "now", the latest committed revision): every change
-//! after it follows, so a client that has it sees every later write. Every change after the
-//! position follows exactly once, in revision order: revisions are gapless,
-//! so the watcher checks each one is the next and fails loudly rather than
-//! skip. Progress messages keep a quiet watcher's resume point recent.
+//! after it follows, so a client that has it sees every later write. Every
+//! matching change after the position follows exactly once, in revision
+//! order: history pages are gapless, so the watcher checks each one is the
+//! next and fails loudly rather than skip. Progress messages keep a quiet
+//! watcher's resume point recent.
 //!
 //! Endings, each telling the client where to resume:
 //! - OUT_OF_RANGE: the start is older than the retained log, with the
 //!   oldest retained revision ([`roadie_proto::revision_compacted`]);
 //! - RESOURCE_EXHAUSTED: the client read so slowly that it fell more than
-//!   `watch.buffer` changes behind the tail;
+//!   `watch.buffer` matching changes behind the tail (or, at the start, it
+//!   already holds `watch.max_per_client` watches);
 //! - UNAVAILABLE: the server is shutting down.
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::Arc,
 };
 
 use roadie_proto::v1 as pb;
 use roadie_store::{Change, ChangeKind, Entry, now_ms};
-use tokio::{
-    sync::{broadcast::error::RecvError, mpsc},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tonic::Status;
 
 use crate::{
     cache::{entry_to_proto, timestamp},
     error::ApiError,
+    fanout::Filter,
     feed::{self, PAGE},
     state::AppState,
     validate::{self, FieldError},
@@ -39,35 +41,10 @@ use crate::{
 /// Messages queued for one client beyond what HTTP/2 already buffers.
 const QUEUE: usize = 64;
 
-/// What a watcher asked to see.
-#[derive(Debug, Default)]
-pub struct Filter {
-    prefix: String,
-    tags: HashSet<String>,
-    policies: HashSet<String>,
-    providers: HashSet<String>,
-    kinds: HashSet<ChangeKind>,
-}
-
-impl Filter {
-    /// Whether `change` passes every filter (an empty list passes all).
-    pub fn matches(&self, change: &Change) -> bool {
-        change.key.starts_with(&self.prefix)
-            && (self.tags.is_empty() || change.tags.iter().any(|t| self.tags.contains(t)))
-            && (self.policies.is_empty() || self.policies.contains(&change.policy))
-            && (self.providers.is_empty()
-                || change
-                    .provider
-                    .as_ref()
-                    .is_some_and(|p| self.providers.contains(p)))
-            && (self.kinds.is_empty() || self.kinds.contains(&change.kind))
-    }
-}
-
 /// A validated Watch request.
 #[derive(Debug)]
 pub struct WatchPlan {
-    filter: Filter,
+    filter: Arc<Filter>,
     after: Option<u64>,
     include_values: bool,
 }
@@ -110,24 +87,36 @@ pub fn plan(state: &AppState, req: pb::WatchRequest) -> Result<WatchPlan, ApiErr
         kinds.insert(kind);
     }
     Ok(WatchPlan {
-        filter: Filter {
+        filter: Arc::new(Filter {
             prefix: req.key_prefix,
             tags: req.tags.into_iter().collect(),
             policies: req.policies.into_iter().collect(),
             providers: req.providers.into_iter().collect(),
             kinds,
-        },
+        }),
         after: req.after_revision,
         include_values: req.include_values,
     })
 }
 
 /// Starts the watcher's task; its messages arrive on the returned receiver.
-/// A start older than the retained log fails here, before the stream opens.
+/// A start older than the retained log, or one past the client's share of
+/// watches, fails here, before the stream opens.
 pub async fn start(
     state: Arc<AppState>,
     plan: WatchPlan,
+    client: Option<IpAddr>,
 ) -> Result<mpsc::Receiver<Result<pb::WatchResponse, Status>>, Status> {
+    let guard = state
+        .feed
+        .watcher(plan.include_values, client)
+        .ok_or_else(|| {
+            ApiError::ResourceExhausted(format!(
+                "this client already holds {} open watches (watch.max_per_client); \
+                 close one, or combine filters into fewer watches",
+                state.feed.max_per_client()
+            ))
+        })?;
     let after = match plan.after {
         Some(after) => {
             let oldest = state.store.change_oldest().await.map_err(ApiError::from)?;
@@ -146,7 +135,7 @@ pub async fn start(
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut watcher = Watcher {
-        guard: state.feed.watcher(plan.include_values),
+        guard,
         state,
         filter: plan.filter,
         tx,
@@ -168,7 +157,7 @@ struct Gone;
 
 struct Watcher {
     state: Arc<AppState>,
-    filter: Filter,
+    filter: Arc<Filter>,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     /// Every change up to here was sent or filtered out.
     pos: u64,
@@ -191,7 +180,7 @@ impl Watcher {
                 return Ok(());
             }
         }
-        let (last, mut ring) = feed.subscribe();
+        let (last, mut registered) = feed.register(self.filter.clone());
         while self.pos < last {
             if self.history(last).await?.is_err() {
                 return Ok(());
@@ -201,23 +190,33 @@ impl Watcher {
         let stopping = self.state.stopping.clone();
         let client = self.tx.clone();
         loop {
+            let changes = &mut registered.subscription.changes;
             tokio::select! {
-                received = ring.recv() => match received {
-                    Ok(live) => {
+                received = changes.recv() => match received {
+                    Some(live) => {
                         if self.live(&live).await?.is_err() {
                             return Ok(());
                         }
                     }
-                    Err(RecvError::Lagged(missed)) => {
+                    None if registered.subscription.lagged() => {
                         return Err(Status::resource_exhausted(format!(
-                            "this watcher fell more than {} changes behind ({missed} missed); \
+                            "this watcher fell more than {} changes behind; \
                              resume with after_revision {}",
                             self.state.settings.watch.buffer, self.pos
                         )));
                     }
-                    Err(RecvError::Closed) => return Err(self.shutting_down()),
+                    None => return Err(self.shutting_down()),
                 },
                 () = tokio::time::sleep_until(self.last_sent + interval) => {
+                    // Every matching change up to `last` is queued by now:
+                    // send those, then the position covers the rest.
+                    let last = feed.last();
+                    while let Ok(live) = registered.subscription.changes.try_recv() {
+                        if self.live(&live).await?.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    self.pos = self.pos.max(last);
                     if self.progress().await.is_err() {
                         return Ok(());
                     }
@@ -261,6 +260,16 @@ impl Watcher {
             HashMap::new()
         };
         for change in changes {
+            if change.revision != self.pos + 1 {
+                // Only compaction past a running watcher can make a hole.
+                let status = roadie_proto::revision_compacted(self.pos, change.revision);
+                let _ = self.tx.send(Err(status)).await;
+                return Ok(Err(Gone));
+            }
+            self.pos = change.revision;
+            if !self.filter.matches(&change) {
+                continue;
+            }
             let entry = entries.remove(&(change.key.clone(), change.revision));
             if self.send_change(change, entry).await.is_err() {
                 return Ok(Err(Gone));
@@ -269,18 +278,16 @@ impl Watcher {
         Ok(Ok(()))
     }
 
-    /// Sends one change from the ring, skipping what history already sent.
+    /// Sends one change the fan-out matched, skipping what history already
+    /// sent.
     async fn live(&mut self, live: &feed::Live) -> Result<Result<(), Gone>, Status> {
         let change = &live.change;
         if change.revision <= self.pos {
             return Ok(Ok(()));
         }
+        self.pos = change.revision;
         let mut entry = live.entry.clone();
-        if self.guard.values()
-            && !live.values_loaded
-            && feed::carries_value(change.kind)
-            && self.filter.matches(change)
-        {
+        if self.guard.values() && !live.values_loaded && feed::carries_value(change.kind) {
             // Subscribed just as the tail stopped loading values: look it up.
             entry = self
                 .state
@@ -293,17 +300,8 @@ impl Watcher {
         Ok(self.send_change(change.clone(), entry).await)
     }
 
+    /// Sends a change that passed the filter.
     async fn send_change(&mut self, change: Change, entry: Option<Entry>) -> Result<(), Gone> {
-        if change.revision != self.pos + 1 {
-            // Only compaction past a running watcher can make a hole.
-            let status = roadie_proto::revision_compacted(self.pos, change.revision);
-            let _ = self.tx.send(Err(status)).await;
-            return Err(Gone);
-        }
-        self.pos = change.revision;
-        if !self.filter.matches(&change) {
-            return Ok(());
-        }
         let now = now_ms();
         let message = pb::WatchResponse {
             event: Some(pb::watch_response::Event::Change(pb::Change {

@@ -86,6 +86,9 @@ pub struct WatchSettings {
     pub retention_age: Duration,
     /// At most this many of the latest changes are kept.
     pub retention_count: u64,
+    /// Most Watch streams one client (one remote IP address) may hold open
+    /// on a server; past it, Watch answers RESOURCE_EXHAUSTED.
+    pub max_per_client: u32,
 }
 
 impl Default for WatchSettings {
@@ -97,6 +100,7 @@ impl Default for WatchSettings {
             fallback_poll: Duration::from_millis(250),
             retention_age: Duration::from_secs(DAY),
             retention_count: 1_000_000,
+            max_per_client: 1000,
         }
     }
 }
@@ -688,6 +692,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "watch.buffer",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if watch.max_per_client == 0 {
+            return Err(ConfigError::new(
+                "watch.max_per_client",
+                "must be at least 1",
             ));
         }
         if watch.retention_count == 0 {

@@ -402,7 +402,62 @@ async fn a_slow_watcher_is_cut_off_alone(backend: Backend) {
     server.stop().await;
 }
 
+/// One client may hold `watch.max_per_client` watches; the next is refused
+/// with RESOURCE_EXHAUSTED naming the setting, and closing one makes room.
+/// Watchers of other keys and of tags see only their own changes.
+async fn watches_per_client_are_capped(backend: Backend) {
+    let server = start!(backend, |s| s.watch.max_per_client = 2);
+    let mut stub = stub(server.addr).await;
+    let request = |prefix: &str| WatchRequest {
+        key_prefix: prefix.to_owned(),
+        ..Default::default()
+    };
+    let (mut mine, _) = open(&mut stub, request("mine/")).await;
+    let (other, _) = open(&mut stub, request("other/")).await;
+    let refused = stub
+        .watch(request("third/"))
+        .await
+        .expect_err("a third watch is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("watch.max_per_client"),
+        "{}",
+        refused.message()
+    );
+
+    server.client.put(put("other/1", "x")).await.expect("put");
+    let written = server.client.put(put("mine/1", "y")).await.expect("put");
+    match next(&mut mine).await {
+        Event::Change(change) => {
+            assert_eq!(
+                (change.key.as_str(), change.revision),
+                ("mine/1", written.revision)
+            );
+        }
+        other => panic!("expected mine/1, got {other:?}"),
+    }
+
+    drop(other);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let watchers = server
+            .client
+            .stats(Default::default())
+            .await
+            .expect("stats")
+            .watchers;
+        if watchers == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed watch still counts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open(&mut stub, request("third/")).await;
+    server.stop().await;
+}
+
 on_both_backends!(
+    watches_per_client_are_capped,
     filters_order_values_and_progress,
     bad_filters_name_the_field,
     fifty_drops_and_resumes_lose_nothing,
