@@ -31,6 +31,8 @@ pub struct Setup {
     pub max_connections: Option<u32>,
     /// `policies.generic.max_bytes`, when not the default (30 MiB).
     pub generic_max_bytes: Option<u64>,
+    /// `watch.max_per_client`, when not the default.
+    pub max_watches_per_client: Option<u32>,
 }
 
 impl Setup {
@@ -43,6 +45,7 @@ impl Setup {
             worker_concurrency: 64,
             max_connections: None,
             generic_max_bytes: None,
+            max_watches_per_client: None,
         }
     }
 
@@ -58,6 +61,9 @@ impl Setup {
              [worker]\nconcurrency = {}\n",
             self.store_url, self.hot_tier, self.worker_concurrency
         );
+        if let Some(watches) = self.max_watches_per_client {
+            toml.push_str(&format!("\n[watch]\nmax_per_client = {watches}\n"));
+        }
         if let Some(bytes) = self.generic_max_bytes {
             toml.push_str(&format!("\n[policies.generic]\nmax_bytes = {bytes}\n"));
         }

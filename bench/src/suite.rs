@@ -60,7 +60,7 @@ pub struct Options {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "reads,scenarios,fetch,queue,scale"
+        default_value = "reads,scenarios,watchers,fetch,queue,scale"
     )]
     pub parts: Vec<Part>,
     /// Where results.json goes.
@@ -75,6 +75,8 @@ pub enum Part {
     Reads,
     /// Get miss, BatchGet, Put, mixed, on both backends.
     Scenarios,
+    /// Put throughput with 0, 200 and 2 000 open Watch streams.
+    Watchers,
     /// Fetch (wait) of a cold key against a plain GET.
     Fetch,
     /// No-op jobs, insert to completion, against River.
@@ -145,6 +147,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
         match part {
             Part::Reads => reads(options, &mut results, &keys, &value, closed).await?,
             Part::Scenarios => scenarios(options, &mut results, &keys, &value, closed).await?,
+            Part::Watchers => watchers(options, &mut results, &value, closed).await?,
             Part::Fetch => fetch(options, &mut results).await?,
             Part::Queue => queue_part(options, &mut results).await?,
             Part::Scale => scale(options, &mut results, closed).await?,
@@ -431,6 +434,99 @@ async fn scenarios(
         ];
         for (name, call) in loads {
             measure(results, name, call, closed, Some(&hit)).await;
+        }
+        roadie.stop().await;
+    }
+    Ok(())
+}
+
+/// Open watches per load of the watcher comparison.
+const WATCHER_COUNTS: [usize; 3] = [0, 200, 2000];
+
+/// Put throughput while watchers are open on the same server: watchers
+/// whose filter the writes never match (each watches a prefix of its own,
+/// the common case of a client following its own keys), and watchers of
+/// everything (every write goes to every one of them).
+async fn watchers(
+    options: &Options,
+    results: &mut Results,
+    value: &Bytes,
+    closed: Load,
+) -> anyhow::Result<()> {
+    for backend in BACKENDS {
+        println!("\n## Put with watchers open on {}\n", backend.name());
+        println!(
+            "| load | calls/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | calls/s vs no watchers | changes delivered/s |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let roadie = Roadie::fresh(
+            options,
+            backend,
+            |s| s.max_watches_per_client = Some(10_000),
+            &[],
+            value,
+        )
+        .await?;
+        let mut none: Option<Report> = None;
+        for everything in [false, true] {
+            for count in WATCHER_COUNTS {
+                if everything && count == 0 {
+                    continue;
+                }
+                let open =
+                    targets::Watchers::open(&roadie.server.addr, count, |i| pb::WatchRequest {
+                        key_prefix: if everything {
+                            String::new()
+                        } else {
+                            format!("bench:watch:{i}/")
+                        },
+                        ..Default::default()
+                    })
+                    .await?;
+                let which = if everything {
+                    "of everything"
+                } else {
+                    "of other keys"
+                };
+                let name = format!("roadie Put, {count} watchers {which} ({})", backend.name());
+                let call = targets::put(roadie.channels.clone(), value.clone());
+                let before = open.changes();
+                let started = std::time::Instant::now();
+                let report = load::run(name, call, closed).await;
+                let delivered = (open.changes() - before) as f64 / started.elapsed().as_secs_f64();
+                drop(open);
+                let ratio = none
+                    .as_ref()
+                    .map_or(1.0, |n| report.throughput / n.throughput);
+                println!(
+                    "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {ratio:.2} | {delivered:.0} |",
+                    report.name,
+                    report.throughput,
+                    Report::ms(report.p50_us),
+                    Report::ms(report.p99_us),
+                    Report::ms(report.p999_us),
+                    Report::ms(report.max_us),
+                    report.errors,
+                );
+                if let Some(error) = &report.first_error {
+                    println!("| first error: {error} | | | | | | | | |");
+                }
+                if count == 2000 && !everything {
+                    results.target(
+                        format!(
+                            "Put calls/s with 2000 watchers of other keys / none ({})",
+                            backend.name()
+                        ),
+                        ratio,
+                        ">= 0.8",
+                        ratio >= 0.8,
+                    );
+                }
+                if count == 0 {
+                    none = Some(report.clone());
+                }
+                results.loads.push(report);
+            }
         }
         roadie.stop().await;
     }

@@ -257,3 +257,54 @@ pub fn redis_get(
         })
     })
 }
+
+/// Open Watch streams, each read to its end by a task of its own; closed
+/// when dropped.
+pub struct Watchers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watchers {
+    /// `count` Watch streams from now on over connections of their own (at
+    /// most 100 streams each), the `i`-th asking `request(i)`. Returns once
+    /// every stream has its first message, so all are open.
+    pub async fn open(
+        addr: &str,
+        count: usize,
+        request: impl Fn(usize) -> pb::WatchRequest,
+    ) -> anyhow::Result<Watchers> {
+        let channels = channels(addr, count.div_ceil(100).max(1)).await?;
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut stream = stub(&channels, i).watch(request(i)).await?.into_inner();
+            stream
+                .message()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("watch {i} ended at once"))?;
+            let changes = changes.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok(Some(message)) = stream.message().await {
+                    if matches!(message.event, Some(pb::watch_response::Event::Change(_))) {
+                        changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        Ok(Watchers { tasks, changes })
+    }
+
+    /// Changes delivered to all of them so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
