@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every comparison of BENCHMARKS.md in one run on this machine:
 #   bash bench/run.sh                 # everything (arguments go to `roadie-bench suite`)
-#   bash bench/run.sh --parts reads   # one part: reads, scenarios, fetch, queue, scale
+#   bash bench/run.sh --parts reads   # one part: reads, scenarios, watchers, fetch, queue, scale
 # Needs Postgres at 127.0.0.1:5432 (or ROADIE_TEST_POSTGRES_URL) and Redis at
 # 127.0.0.1:6379; starts them the way this machine does when they are down.
 # Builds the release binaries and River's CLI (riverqueue-cli 0.5, into
