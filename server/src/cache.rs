@@ -10,10 +10,10 @@ use std::{
 
 use futures::Stream;
 use roadie_proto::v1::{self as pb, cache_server::Cache};
+use roadie_providers::{Refusal, check_address, resolve_url};
 use roadie_store::{
     ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Rate, Selector, now_ms,
 };
-use roadie_worker::fetcher::{Fetcher, Refusal};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -733,7 +733,7 @@ impl CacheService {
             return Err(FieldError::new("provider", message).into());
         };
         validate::text("path", &req.path, MAX_PATH_BYTES)?;
-        let url = Fetcher::resolve_url(provider, &req.path).map_err(|refusal| match refusal {
+        let url = resolve_url(provider, &req.path).map_err(|refusal| match refusal {
             Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
                 ApiError::PermissionDenied(refusal.to_string())
             }
@@ -811,7 +811,7 @@ impl CacheService {
     ) -> Result<(Job, bool), ApiError> {
         // Checked only when a fetch is due: a cache hit costs no DNS lookup.
         if let Some(provider) = self.state.providers.get(&plan.provider) {
-            Fetcher::check_address(provider, &plan.target)
+            check_address(provider, &plan.target)
                 .await
                 .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
         }

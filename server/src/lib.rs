@@ -16,7 +16,7 @@
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub mod cache;
-pub use roadie_store::config;
+pub use roadie_config as config;
 pub mod drain;
 pub mod error;
 pub mod events;
@@ -34,8 +34,8 @@ pub mod watch;
 use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
 
 use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
+use roadie_providers::ProviderPolicy;
 use roadie_store::{Store, StoreError};
-use roadie_worker::fetcher::ProviderPolicy;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

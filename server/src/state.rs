@@ -4,8 +4,8 @@ use std::time::SystemTime;
 
 use std::collections::HashMap;
 
+use roadie_providers::ProviderPolicy;
 use roadie_store::Store;
-use roadie_worker::fetcher::ProviderPolicy;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -185,7 +185,7 @@ pub fn duration_ms(field: &str, duration: &prost_types::Duration) -> Result<i64,
     Ok(duration.seconds * 1000 + i64::from(duration.nanos / 1_000_000))
 }
 
-pub use roadie_store::config::is_policy_name;
+pub use roadie_config::is_policy_name;
 
 #[cfg(test)]
 mod tests {

@@ -18,13 +18,11 @@
 //! - [`entry`]: the cache operations (`entry_get`, `entry_put`, …).
 //! - [`change`]: the change log (`change_list_since`, revisions).
 //! - [`job`]: the fetch-job queue (`job_enqueue`, `job_claim`, …).
-//! - [`config`]: the deployment's typed settings, shared by both binaries.
 //! - [`rate`]: per-provider GCRA limits, spent at claim time.
 //! - [`notify`]: Postgres NOTIFY/LISTEN between processes.
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
-pub mod config;
 pub mod entry;
 pub mod error;
 pub mod job;

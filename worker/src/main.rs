@@ -10,11 +10,8 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use roadie_store::{
-    Store,
-    config::{ConfigError, Settings},
-    redact,
-};
+use roadie_config::{ConfigError, Settings};
+use roadie_store::{Store, redact};
 use roadie_worker::{
     fetcher::{BuildError, Fetcher},
     retention::Retention,

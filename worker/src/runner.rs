@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
-use crate::fetcher::{Fetcher, Outcome, ProviderPolicy, Validators};
+use roadie_providers::ProviderPolicy;
+
+use crate::fetcher::{Fetcher, Outcome, Validators};
 
 /// A provider as the worker uses it: how to fetch, and how long results live.
 #[derive(Debug, Clone)]

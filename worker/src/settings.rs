@@ -11,14 +11,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use roadie_config::{ConfigError, Settings};
+use roadie_providers::{HeaderSetting, ProviderPolicy, Secret};
 use roadie_store::Rate;
-use roadie_store::config::{ConfigError, Settings};
 use url::Url;
 
-use crate::{
-    fetcher::{HeaderSetting, ProviderPolicy, Secret},
-    runner::{Provider, WorkerOptions},
-};
+use crate::runner::{Provider, WorkerOptions};
 
 /// Lifetime of the NEGATIVE `failed_lookup` entry when `policies.failed_lookup`
 /// is absent (or its `ttl` is `0s`, which the runner cannot express).
@@ -144,7 +142,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use reqwest::header::HeaderValue;
-    use roadie_store::config::Provider as ProviderSettings;
+    use roadie_config::Provider as ProviderSettings;
 
     use super::*;
 

@@ -15,9 +15,8 @@ use axum::http::{HeaderMap, Response, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::routing::get;
 use futures::StreamExt;
-use roadie_worker::fetcher::{
-    Fetcher, HeaderSetting, MAX_REDIRECTS, Outcome, ProviderPolicy, Refusal, Secret, Validators,
-};
+use roadie_providers::{HeaderSetting, ProviderPolicy, Refusal, Secret};
+use roadie_worker::fetcher::{Fetcher, MAX_REDIRECTS, Outcome, Validators};
 use url::Url;
 
 const LIMIT: usize = 1024;
@@ -311,7 +310,7 @@ async fn fetch(
     path: &str,
     validators: &Validators,
 ) -> Result<Outcome, Refusal> {
-    let url = Fetcher::resolve_url(policy, path).unwrap();
+    let url = roadie_providers::resolve_url(policy, path).unwrap();
     tokio::time::timeout(
         Duration::from_secs(30),
         fetcher().fetch(policy, &url, validators),

@@ -21,9 +21,10 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use roadie_providers::ProviderPolicy;
 use roadie_store::{Backend, Job, JobNew, JobState, Store, now_ms, testing::TestDb};
 use roadie_worker::{
-    fetcher::{Fetcher, ProviderPolicy},
+    fetcher::Fetcher,
     runner::{Provider, Worker, WorkerOptions},
 };
 use tokio_util::sync::CancellationToken;

@@ -17,9 +17,11 @@ use roadie_client::{
     ClientError,
     proto::{FetchMode, FetchRequest, FetchResponse, JobState, LookupStatus},
 };
-use roadie_store::{Backend, Store, config::Settings, now_ms, testing::TestDb};
+use roadie_config::Settings;
+use roadie_providers::ProviderPolicy;
+use roadie_store::{Backend, Store, now_ms, testing::TestDb};
 use roadie_worker::{
-    fetcher::{Fetcher, ProviderPolicy},
+    fetcher::Fetcher,
     runner::{Provider, Worker, WorkerOptions},
 };
 use tokio_util::sync::CancellationToken;
@@ -79,13 +81,13 @@ pub(crate) async fn upstream() -> (SocketAddr, Arc<Upstream>) {
 /// The server's view of the upstream: a provider "test" allowed on loopback.
 pub(crate) fn with_provider(addr: SocketAddr) -> impl FnOnce(&mut Settings) {
     move |s| {
-        let provider = roadie_store::config::Provider {
+        let provider = roadie_config::Provider {
             base_url: format!("http://{addr}/api/"),
             allow_private: true,
             ..Default::default()
         };
         s.providers.insert("test".to_owned(), provider);
-        let private = roadie_store::config::Provider {
+        let private = roadie_config::Provider {
             base_url: "http://127.0.0.1:9/".to_owned(),
             ..Default::default()
         };

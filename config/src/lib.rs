@@ -1,8 +1,9 @@
 //! The deployment's one typed configuration, read by `roadie-server` and
 //! `roadie-worker` alike: defaults, then a TOML file (`--config FILE`), then
 //! `ROADIE__SECTION__KEY` environment variables. Loaded once, before any
-//! port is bound; every error names the setting at fault. It lives in the
-//! crate both binaries share, so neither depends on the other for it.
+//! port is bound; every error names the setting at fault. Both binaries
+//! depend on this crate; the store knows only its connection options
+//! ([`StoreSettings::options`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -238,8 +239,8 @@ pub struct StoreSettings {
 
 impl StoreSettings {
     /// The options to open the store with.
-    pub fn options(&self) -> crate::StoreOptions {
-        crate::StoreOptions {
+    pub fn options(&self) -> roadie_store::StoreOptions {
+        roadie_store::StoreOptions {
             url: self.url.clone(),
             max_connections: self.max_connections,
             acquire_timeout: self.acquire_timeout,
@@ -444,7 +445,7 @@ impl Default for StoreSettings {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
-            wal_size_limit: crate::WAL_SIZE_LIMIT,
+            wal_size_limit: roadie_store::WAL_SIZE_LIMIT,
         }
     }
 }
@@ -728,7 +729,7 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if crate::Backend::from_url(&self.store.url).is_none() {
+        if roadie_store::Backend::from_url(&self.store.url).is_none() {
             return Err(ConfigError::new(
                 "store.url",
                 "must start with sqlite:// or postgres://",

@@ -1,0 +1,659 @@
+//! The rules of Roadie's providers, shared by the server and the worker:
+//! what a provider is ([`ProviderPolicy`]), which URLs fall under it
+//! ([`resolve_url`], normalised so the result can serve as the cache key),
+//! which addresses it may reach ([`is_forbidden`], [`check_address`]), and
+//! why a fetch is refused ([`Refusal`]). The server checks a Fetch with them
+//! before it enqueues; the worker's HTTP client checks every connection and
+//! redirect again with the same functions.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use url::{Host, Url};
+
+/// A secret header value (an API key or token), read from the environment by
+/// the caller. Its `Debug` output is `***`, so it cannot leak through logs or
+/// error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is put on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+/// The value of a configured provider header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderSetting {
+    /// A value that may be shown in logs (for example an `Accept` header).
+    Plain(String),
+    /// A value that must never be shown (API keys, tokens).
+    Secret(Secret),
+}
+
+/// A configured header that cannot be sent. The message names the header,
+/// never its value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The header name is not a valid HTTP header name.
+    #[error("provider {provider}: {name:?} is not a valid header name")]
+    HeaderName {
+        /// The provider being configured.
+        provider: String,
+        /// The offending name.
+        name: String,
+    },
+    /// The value contains characters not allowed in a header value.
+    #[error("provider {provider}: the value of header {name} is not a valid header value")]
+    HeaderValue {
+        /// The provider being configured.
+        provider: String,
+        /// The header whose value is invalid.
+        name: String,
+    },
+}
+
+/// What the fetcher needs to know about one provider.
+#[derive(Clone, Debug)]
+pub struct ProviderPolicy {
+    /// The provider's name, e.g. `musicbrainz`; used in logs.
+    pub name: String,
+    /// Every fetched URL must fall under this one: same scheme, host and
+    /// port, and a path below this path (treated as a directory).
+    pub base_url: Url,
+    /// Budget for the whole fetch: connecting, every redirect hop and reading
+    /// the body.
+    pub timeout: Duration,
+    /// Headers sent with every request to this provider. Secret values are
+    /// marked sensitive (see [`ProviderPolicy::with_header`]), which makes
+    /// `Debug` print `Sensitive` instead of the value.
+    pub headers: HeaderMap,
+    /// Allow private, loopback and link-local addresses (test providers).
+    pub allow_private: bool,
+    /// Largest body accepted; a larger one is a final failure of the job.
+    pub max_body_bytes: usize,
+}
+
+impl ProviderPolicy {
+    /// Timeout used by [`ProviderPolicy::new`] (DESIGN: 30 s except MusicBrainz).
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Body limit used by [`ProviderPolicy::new`] (DESIGN: values up to 8 MiB).
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+    /// A policy with no headers, the default timeout and body limit, and
+    /// private addresses refused.
+    pub fn new(name: impl Into<String>, base_url: Url) -> ProviderPolicy {
+        ProviderPolicy {
+            name: name.into(),
+            base_url,
+            timeout: Self::DEFAULT_TIMEOUT,
+            headers: HeaderMap::new(),
+            allow_private: false,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Adds a header sent with every request; a [`HeaderSetting::Secret`]
+    /// value is marked sensitive so it is never printed.
+    pub fn with_header(
+        mut self,
+        name: &str,
+        value: HeaderSetting,
+    ) -> Result<ProviderPolicy, PolicyError> {
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| PolicyError::HeaderName {
+                provider: self.name.clone(),
+                name: name.to_owned(),
+            })?;
+        let invalid_value = |_| PolicyError::HeaderValue {
+            provider: self.name.clone(),
+            name: name.to_owned(),
+        };
+        let header_value = match &value {
+            HeaderSetting::Plain(plain) => HeaderValue::from_str(plain).map_err(invalid_value)?,
+            HeaderSetting::Secret(secret) => {
+                let mut v = HeaderValue::from_str(secret.expose()).map_err(invalid_value)?;
+                v.set_sensitive(true);
+                v
+            }
+        };
+        self.headers.append(header_name, header_value);
+        Ok(self)
+    }
+}
+
+/// A fetch Roadie will not make. These are the caller's or the
+/// configuration's fault, not upstream's: the server maps the URL variants to
+/// INVALID_ARGUMENT and the address and redirect ones to PERMISSION_DENIED.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a usable http(s) URL: unparsable, another scheme, credentials in
+    /// it, a provider base URL that cannot be a base, an encoded dot segment.
+    #[error("bad URL: {0}")]
+    BadUrl(String),
+    /// A well-formed URL that does not fall under the provider's base URL.
+    #[error("{url} is outside the provider's base URL {base}")]
+    OutsideProvider {
+        /// The refused URL.
+        url: String,
+        /// The provider's base URL.
+        base: String,
+    },
+    /// The host is, or resolves only to, an address the provider may not
+    /// reach (private, loopback, link-local, …).
+    #[error(
+        "{host} ({addr}) is a private, loopback or link-local address, and the provider does not allow those"
+    )]
+    PrivateAddress {
+        /// The host from the URL.
+        host: String,
+        /// The first refused address.
+        addr: IpAddr,
+    },
+    /// Upstream redirected to a URL that is itself refused (usually because
+    /// it leaves the provider's base URL).
+    #[error("redirect from {from} to {location} refused: {cause}")]
+    Redirect {
+        /// The URL that answered with the redirect.
+        from: String,
+        /// The target, resolved against `from`.
+        location: String,
+        /// Why the target is refused.
+        cause: Box<Refusal>,
+    },
+}
+
+/// Turns a path (joined below the provider's base URL) or a full URL
+/// (which must fall under it) into the URL to fetch.
+///
+/// A path is always relative to the base, with or without a leading `/`:
+/// for base `https://musicbrainz.org/ws/2/`, `artist/x` and `/artist/x`
+/// both give `https://musicbrainz.org/ws/2/artist/x`. A full URL must
+/// have the base's scheme, host and port, and a path below the base's.
+/// The result is normalised (lowercase host, default port dropped, dot
+/// segments resolved, no fragment, no empty query), so equal resources
+/// give equal strings and the result can serve as the cache key.
+pub fn resolve_url(policy: &ProviderPolicy, path_or_url: &str) -> Result<Url, Refusal> {
+    let base = base_directory(&policy.base_url)?;
+    let mut url = match Url::parse(path_or_url) {
+        Ok(url) if is_http(url.scheme()) => url,
+        Ok(url) if path_or_url.contains("://") => {
+            return Err(Refusal::BadUrl(format!(
+                "scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        // Anything else is a path, even `tag:rock`, which parses as a URL
+        // with scheme `tag`; the `./` keeps `join` from reading it so.
+        Ok(_) | Err(url::ParseError::RelativeUrlWithoutBase) => {
+            let path = path_or_url.trim_start_matches(['/', '\\']);
+            base.join(&format!("./{path}"))
+                .map_err(|e| Refusal::BadUrl(e.to_string()))?
+        }
+        Err(e) => return Err(Refusal::BadUrl(e.to_string())),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Refusal::BadUrl(
+            "credentials in URLs are not allowed".into(),
+        ));
+    }
+    let same_origin = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default();
+    let base_path = base.path();
+    let below = url.path().starts_with(base_path)
+        || (base_path != "/" && url.path() == base_path.trim_end_matches('/'));
+    if !same_origin || !below {
+        return Err(Refusal::OutsideProvider {
+            url: url.to_string(),
+            base: base.to_string(),
+        });
+    }
+    if url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .any(hides_dot_segment)
+    {
+        return Err(Refusal::BadUrl(format!(
+            "{url} has a percent-encoded `..` or `.` path segment"
+        )));
+    }
+    url.set_fragment(None);
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    Ok(url)
+}
+
+/// Refuses `url` up front when its host is, or resolves only to, an
+/// address the provider may not reach: what a server checks before it
+/// enqueues a fetch, so the caller hears PERMISSION_DENIED at once. The
+/// worker's resolver checks again on every connection.
+pub async fn check_address(policy: &ProviderPolicy, url: &Url) -> Result<(), Refusal> {
+    check_literal_host(policy, url)?;
+    if policy.allow_private {
+        return Ok(());
+    }
+    let Some(Host::Domain(host)) = url.host() else {
+        return Ok(());
+    };
+    // A name that does not resolve now is the worker's to report.
+    let Ok(resolved) = tokio::net::lookup_host((host, 0)).await else {
+        return Ok(());
+    };
+    let resolved: Vec<SocketAddr> = resolved.collect();
+    match resolved.iter().find(|a| is_forbidden(a.ip())) {
+        Some(first) if resolved.iter().all(|a| is_forbidden(a.ip())) => {
+            Err(Refusal::PrivateAddress {
+                host: host.to_owned(),
+                addr: first.ip(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_http(scheme: &str) -> bool {
+    scheme == "http" || scheme == "https"
+}
+
+/// The provider's base URL as a directory: path ending in `/`, no query or
+/// fragment, so that joining and prefix checks work on whole segments.
+fn base_directory(base: &Url) -> Result<Url, Refusal> {
+    if !is_http(base.scheme()) || base.host().is_none() {
+        return Err(Refusal::BadUrl(format!(
+            "provider base URL {base} is not an http(s) URL with a host"
+        )));
+    }
+    let mut dir = base.clone();
+    dir.set_query(None);
+    dir.set_fragment(None);
+    if !dir.path().ends_with('/') {
+        let path = format!("{}/", dir.path());
+        dir.set_path(&path);
+    }
+    Ok(dir)
+}
+
+/// True for a segment like `..%2Fadmin` that a server decoding `%2F` before
+/// routing would read as a `..` or `.` segment. The URL parser already
+/// resolves `%2e%2e` on its own; it keeps encoded slashes, and must (a title
+/// like `AC%2FDC` is legitimate).
+fn hides_dot_segment(segment: &str) -> bool {
+    let decoded = segment
+        .to_ascii_lowercase()
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace("%2e", ".");
+    decoded.contains('/') && decoded.split(['/', '\\']).any(|p| p == "." || p == "..")
+}
+
+/// Hosts given as IP literals never reach the DNS resolver, so they are
+/// checked here, on every hop.
+pub fn check_literal_host(policy: &ProviderPolicy, url: &Url) -> Result<(), Refusal> {
+    if policy.allow_private {
+        return Ok(());
+    }
+    let addr = match url.host() {
+        Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
+        Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
+        _ => return Ok(()),
+    };
+    if is_forbidden(addr) {
+        return Err(Refusal::PrivateAddress {
+            host: url.host_str().unwrap_or_default().to_owned(),
+            addr,
+        });
+    }
+    Ok(())
+}
+
+/// Addresses no provider may reach unless it allows private addresses:
+/// loopback, private (RFC 1918), CGNAT, link-local, unique-local,
+/// unspecified, "this network", broadcast and multicast, in IPv4 and IPv6,
+/// including IPv4 addresses embedded in IPv6 (mapped `::ffff:a.b.c.d` and
+/// the deprecated compatible `::a.b.c.d`).
+pub fn is_forbidden(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => is_forbidden_v4(v4),
+        IpAddr::V6(v6) => is_forbidden_v6(v6),
+    }
+}
+
+fn is_forbidden_v4(addr: Ipv4Addr) -> bool {
+    let [a, b, ..] = addr.octets();
+    addr.is_loopback()
+        || addr.is_private()
+        || addr.is_link_local()
+        || addr.is_broadcast()
+        || addr.is_multicast()
+        || a == 0 // 0.0.0.0/8, "this network", includes unspecified
+        || (a == 100 && (64..128).contains(&b)) // 100.64.0.0/10, CGNAT
+}
+
+fn is_forbidden_v6(addr: Ipv6Addr) -> bool {
+    let first = addr.segments()[0];
+    if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+        return true;
+    }
+    if let Some(v4) = addr.to_ipv4_mapped() {
+        return is_forbidden_v4(v4);
+    }
+    // ::a.b.c.d (IPv4-compatible, deprecated): the first 96 bits are zero.
+    if addr.segments()[..6].iter().all(|&s| s == 0) {
+        return is_forbidden_v4(Ipv4Addr::from_bits(addr.to_bits() as u32));
+    }
+    (first & 0xffc0) == 0xfe80 // fe80::/10, link-local
+        || (first & 0xffc0) == 0xfec0 // fec0::/10, deprecated site-local
+        || (first & 0xfe00) == 0xfc00 // fc00::/7, unique-local
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn policy(base: &str) -> ProviderPolicy {
+        ProviderPolicy::new("test", Url::parse(base).unwrap())
+    }
+
+    fn resolve(base: &str, input: &str) -> Result<String, Refusal> {
+        resolve_url(&policy(base), input).map(String::from)
+    }
+
+    const MB: &str = "https://musicbrainz.org/ws/2/";
+
+    #[test]
+    fn a_path_joins_below_the_base() {
+        let want = "https://musicbrainz.org/ws/2/artist/x?fmt=json";
+        assert_eq!(resolve(MB, "artist/x?fmt=json").unwrap(), want);
+        assert_eq!(resolve(MB, "/artist/x?fmt=json").unwrap(), want);
+        assert_eq!(resolve(MB, "//artist/x?fmt=json").unwrap(), want);
+        // A base without a trailing slash is still a directory.
+        assert_eq!(
+            resolve("https://musicbrainz.org/ws/2", "artist/x?fmt=json").unwrap(),
+            want
+        );
+        assert_eq!(resolve(MB, "").unwrap(), MB);
+    }
+
+    #[test]
+    fn a_path_that_looks_like_a_scheme_stays_a_path() {
+        assert_eq!(
+            resolve(MB, "tag:rock").unwrap(),
+            "https://musicbrainz.org/ws/2/tag:rock"
+        );
+    }
+
+    #[test]
+    fn a_full_url_must_fall_under_the_base() {
+        assert_eq!(
+            resolve(MB, "https://musicbrainz.org/ws/2/artist/x").unwrap(),
+            "https://musicbrainz.org/ws/2/artist/x"
+        );
+        assert_eq!(
+            resolve(MB, "https://musicbrainz.org/ws/2").unwrap(),
+            "https://musicbrainz.org/ws/2"
+        );
+        for outside in [
+            "http://musicbrainz.org/ws/2/artist/x",       // scheme
+            "https://evil.org/ws/2/artist/x",             // host
+            "https://musicbrainz.org.evil.org/ws/2/x",    // host suffix trick
+            "https://musicbrainz.org:8443/ws/2/artist/x", // port
+            "https://musicbrainz.org/ws/20/artist/x",     // prefix not on a segment boundary
+            "https://musicbrainz.org/ws/",                // above the base
+            "https://musicbrainz.org/admin",
+        ] {
+            assert!(
+                matches!(resolve(MB, outside), Err(Refusal::OutsideProvider { .. })),
+                "{outside} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn traversal_out_of_the_base_is_refused() {
+        for attempt in [
+            "../../admin",
+            "artist/../../../admin",
+            "/../admin",
+            "%2e%2e/%2e%2e/admin",
+            "%2E%2E/%2e./admin",
+            ".%2e/.%2e/admin",
+            "https://musicbrainz.org/ws/2/../../admin",
+            "https://musicbrainz.org/ws/2/%2e%2e/%2e%2e/admin",
+            "https:\\\\evil.org\\ws\\2\\x",
+            "https://evil.org%2f@musicbrainz.org.evil.org/ws/2/",
+        ] {
+            let got = resolve(MB, attempt);
+            assert!(
+                matches!(
+                    got,
+                    Err(Refusal::OutsideProvider { .. } | Refusal::BadUrl(_))
+                ),
+                "{attempt} gave {got:?}"
+            );
+        }
+        // Dot segments that stay inside are resolved away.
+        assert_eq!(
+            resolve(MB, "artist/x/../y").unwrap(),
+            "https://musicbrainz.org/ws/2/artist/y"
+        );
+        // Scheme-relative-looking paths stay on the provider's host.
+        for path in ["//evil.org/x", "\\\\evil.org/x", "/\\evil.org/x"] {
+            assert_eq!(
+                resolve(MB, path).unwrap(),
+                "https://musicbrainz.org/ws/2/evil.org/x",
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_hiding_dot_segments_are_refused() {
+        for attempt in [
+            "..%2f..%2fadmin",
+            "x/..%2F..%2Fadmin",
+            "..%5cadmin",
+            "%2e%2e%2fadmin",
+        ] {
+            assert!(
+                matches!(resolve(MB, attempt), Err(Refusal::BadUrl(_))),
+                "{attempt} accepted"
+            );
+        }
+        // An encoded slash in a name is fine.
+        assert_eq!(
+            resolve(
+                "https://en.wikipedia.org/api/rest_v1/",
+                "page/summary/AC%2FDC"
+            )
+            .unwrap(),
+            "https://en.wikipedia.org/api/rest_v1/page/summary/AC%2FDC"
+        );
+    }
+
+    #[test]
+    fn credentials_and_other_schemes_are_refused() {
+        for bad in [
+            "https://user:pw@musicbrainz.org/ws/2/x",
+            "https://user@musicbrainz.org/ws/2/x",
+            "ftp://musicbrainz.org/ws/2/x",
+            "file:///etc/passwd",
+            "https://[::1/x",
+        ] {
+            assert!(
+                matches!(resolve(MB, bad), Err(Refusal::BadUrl(_))),
+                "{bad} accepted"
+            );
+        }
+        assert!(matches!(
+            resolve("https://me:pw@musicbrainz.org/ws/2/", "x"),
+            Err(Refusal::BadUrl(_))
+        ));
+        assert!(matches!(
+            resolve("ftp://musicbrainz.org/", "x"),
+            Err(Refusal::BadUrl(_))
+        ));
+    }
+
+    #[test]
+    fn resolved_urls_are_normalised_for_use_as_keys() {
+        assert_eq!(
+            resolve(MB, "HTTPS://MusicBrainz.ORG:443/ws/2/./artist/x#top").unwrap(),
+            "https://musicbrainz.org/ws/2/artist/x"
+        );
+        assert_eq!(
+            resolve(MB, "artist/x?").unwrap(),
+            "https://musicbrainz.org/ws/2/artist/x"
+        );
+        assert_eq!(
+            resolve(MB, "artist/a b").unwrap(),
+            "https://musicbrainz.org/ws/2/artist/a%20b"
+        );
+        // The same URL twice gives the same key.
+        let once = resolve(MB, "artist/x").unwrap();
+        assert_eq!(resolve(MB, &once).unwrap(), once);
+    }
+
+    #[test]
+    fn numeric_host_tricks_normalise_to_the_literal() {
+        let base = "http://127.0.0.1:8080/api/";
+        assert_eq!(
+            resolve(base, "http://2130706433:8080/api/x").unwrap(),
+            "http://127.0.0.1:8080/api/x"
+        );
+        assert_eq!(
+            resolve(base, "http://0x7f.1:8080/api/x").unwrap(),
+            "http://127.0.0.1:8080/api/x"
+        );
+    }
+
+    #[test]
+    fn forbidden_addresses() {
+        for addr in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "ff02::1",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert!(is_forbidden(ip), "{addr} allowed");
+        }
+    }
+
+    #[test]
+    fn public_addresses() {
+        for addr in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "169.255.0.1",
+            "11.0.0.1",
+            "2001:4860:4860::8888",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "2a00:1450::1",
+        ] {
+            let ip: IpAddr = addr.parse().unwrap();
+            assert!(!is_forbidden(ip), "{addr} refused");
+        }
+    }
+
+    #[test]
+    fn literal_hosts_are_checked_unless_private_is_allowed() {
+        let mut p = policy("http://127.0.0.1:9/api/");
+        let url = Url::parse("http://127.0.0.1:9/api/x").unwrap();
+        assert!(matches!(
+            check_literal_host(&p, &url),
+            Err(Refusal::PrivateAddress { addr, .. }) if addr == IpAddr::V4(Ipv4Addr::LOCALHOST)
+        ));
+        let v6 = Url::parse("http://[::ffff:7f00:1]:9/api/x").unwrap();
+        assert!(check_literal_host(&p, &v6).is_err());
+        let named = Url::parse("http://example.org/api/x").unwrap();
+        assert!(check_literal_host(&p, &named).is_ok());
+        p.allow_private = true;
+        assert!(check_literal_host(&p, &url).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let secret = Secret::new("hunter2-api-key");
+        assert_eq!(format!("{secret:?}"), "***");
+        let setting = HeaderSetting::Secret(secret.clone());
+        assert!(!format!("{setting:?}").contains("hunter2"));
+        let p = policy(MB)
+            .with_header("Authorization", HeaderSetting::Secret(secret))
+            .unwrap()
+            .with_header("Accept", HeaderSetting::Plain("application/json".into()))
+            .unwrap();
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("application/json"), "{debug}");
+        assert!(p.headers["authorization"].is_sensitive());
+        assert!(!p.headers["accept"].is_sensitive());
+    }
+
+    #[test]
+    fn bad_headers_are_named_without_their_value() {
+        let err = policy(MB)
+            .with_header("Bad Name", HeaderSetting::Plain("x".into()))
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::HeaderName { .. }));
+        let err = policy(MB)
+            .with_header(
+                "X-Key",
+                HeaderSetting::Secret(Secret::new("line\nbreak-secret")),
+            )
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::HeaderValue { .. }));
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(err.to_string().contains("X-Key"), "{err}");
+    }
+}
