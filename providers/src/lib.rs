@@ -96,9 +96,9 @@ pub struct ProviderPolicy {
 }
 
 impl ProviderPolicy {
-    /// Timeout used by [`ProviderPolicy::new`] (DESIGN: 30 s except MusicBrainz).
+    /// Timeout used by [`ProviderPolicy::new`] (the providers' default; MusicBrainz's is 15 s).
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Body limit used by [`ProviderPolicy::new`] (DESIGN: values up to 8 MiB).
+    /// Body limit used by [`ProviderPolicy::new`] (the default `limits.max_value_bytes`).
     pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
     /// A policy with no headers, the default timeout and body limit, and
@@ -196,6 +196,18 @@ pub enum Refusal {
 /// give equal strings and the result can serve as the cache key.
 pub fn resolve_url(policy: &ProviderPolicy, path_or_url: &str) -> Result<Url, Refusal> {
     let base = base_directory(&policy.base_url)?;
+    // `//host/x` (or the same with backslashes, which URLs read as slashes)
+    // is a reference to another host, not a path: refused, never rewritten
+    // into a path below the base.
+    if ["//", "\\\\", "/\\", "\\/"]
+        .iter()
+        .any(|p| path_or_url.starts_with(p))
+    {
+        return Err(Refusal::BadUrl(format!(
+            "{:?} begins with two slashes: a reference to another host, not a path",
+            path_or_url.chars().take(64).collect::<String>()
+        )));
+    }
     let mut url = match Url::parse(path_or_url) {
         Ok(url) if is_http(url.scheme()) => url,
         Ok(url) if path_or_url.contains("://") => {
@@ -391,7 +403,6 @@ mod tests {
         let want = "https://musicbrainz.org/ws/2/artist/x?fmt=json";
         assert_eq!(resolve(MB, "artist/x?fmt=json").unwrap(), want);
         assert_eq!(resolve(MB, "/artist/x?fmt=json").unwrap(), want);
-        assert_eq!(resolve(MB, "//artist/x?fmt=json").unwrap(), want);
         // A base without a trailing slash is still a directory.
         assert_eq!(
             resolve("https://musicbrainz.org/ws/2", "artist/x?fmt=json").unwrap(),
@@ -447,6 +458,9 @@ mod tests {
             "https://musicbrainz.org/ws/2/%2e%2e/%2e%2e/admin",
             "https:\\\\evil.org\\ws\\2\\x",
             "https://evil.org%2f@musicbrainz.org.evil.org/ws/2/",
+            "//evil.example/x",
+            "\\\\evil.example\\x",
+            "/\\evil.example/x",
         ] {
             let got = resolve(MB, attempt);
             assert!(
@@ -462,14 +476,13 @@ mod tests {
             resolve(MB, "artist/x/../y").unwrap(),
             "https://musicbrainz.org/ws/2/artist/y"
         );
-        // Scheme-relative-looking paths stay on the provider's host.
-        for path in ["//evil.org/x", "\\\\evil.org/x", "/\\evil.org/x"] {
-            assert_eq!(
-                resolve(MB, path).unwrap(),
-                "https://musicbrainz.org/ws/2/evil.org/x",
-                "{path}"
-            );
-        }
+        // A scheme-relative reference names another host: refused, not
+        // rewritten into a path (which made `//evil.org/x` and `evil.org/x`
+        // one cache key).
+        assert!(matches!(
+            resolve(MB, "//evil.org/x"),
+            Err(Refusal::BadUrl(_))
+        ));
     }
 
     #[test]
