@@ -237,6 +237,17 @@ pub struct StoreSettings {
     pub wal_size_limit: u64,
 }
 
+impl Settings {
+    /// The settings as they may be shown (`--print-config`, logs): the store
+    /// URL's password replaced. Secret header values never live here (only
+    /// the names of the variables that hold them).
+    pub fn redacted(&self) -> Settings {
+        let mut shown = self.clone();
+        shown.store.url = roadie_store::redact(&self.store.url);
+        shown
+    }
+}
+
 impl StoreSettings {
     /// The options to open the store with.
     pub fn options(&self) -> roadie_store::StoreOptions {

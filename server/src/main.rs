@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if args.print_config {
-        println!("{}", toml_of(&settings)?);
+        println!("{}", toml_of(&settings.redacted())?);
         return Ok(());
     }
     let listen = settings.server.listen;

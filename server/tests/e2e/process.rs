@@ -55,6 +55,25 @@ fn bad_configuration_exits_naming_the_setting_before_binding() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("store.url"));
 }
 
+#[test]
+fn print_config_never_shows_a_password() {
+    let output = Command::new(BINARY)
+        .arg("--print-config")
+        .env(
+            "ROADIE__STORE__URL",
+            "postgres://roadie:hunter2@db.example:5432/roadie",
+        )
+        .output()
+        .expect("run roadie-server");
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains("postgres://roadie:***@db.example:5432/roadie"),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
 pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
