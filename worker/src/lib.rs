@@ -2,8 +2,8 @@
 //! entries by asking upstream providers (MusicBrainz, Discogs, image CDNs, …)
 //! over HTTP.
 //!
-//! In the architecture (see `DESIGN.md`), any number of `roadie-worker`
-//! processes claim jobs from the shared store, obey each provider's rate limit
+//! Any number of `roadie-worker` processes (the README's "The API in
+//! brief" tells the whole story) claim jobs from the shared store, obey each provider's rate limit
 //! across the whole deployment, fetch, and write the results back. The
 //! `roadie-worker` binary (`main.rs`) only reads flags and configuration and
 //! wires these modules together.
