@@ -327,7 +327,8 @@ pub struct Policy {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Provider {
-    /// Every fetched URL must fall under this one.
+    /// Every fetched URL must fall under this one. Empty: the provider is
+    /// off (nothing is fetched from it, and Fetch says how to turn it on).
     pub base_url: String,
     /// Requests per second for the whole deployment.
     pub rate_per_second: f64,
@@ -586,7 +587,8 @@ fn default_providers() -> BTreeMap<String, Provider> {
             "wikimedia".to_owned(),
             provider("https://commons.wikimedia.org/", 10.0, 7, DAY),
         ),
-        ("images".to_owned(), provider("https://", 5.0, 14, 3600)),
+        // "Any CDN": off until a deployment names the CDN's base URL.
+        ("images".to_owned(), provider("", 5.0, 14, 3600)),
     ]);
     if let Some(musicbrainz) = providers.get_mut("musicbrainz") {
         musicbrainz.timeout = Duration::from_secs(15);
@@ -803,12 +805,14 @@ impl Settings {
         }
         for (name, provider) in &self.providers {
             let setting = |field: &str| format!("providers.{name}.{field}");
-            if !(provider.base_url.starts_with("https://")
-                || provider.base_url.starts_with("http://"))
+            let usable =
+                |url: &url::Url| matches!(url.scheme(), "http" | "https") && url.host().is_some();
+            if !provider.base_url.is_empty()
+                && !url::Url::parse(&provider.base_url).is_ok_and(|url| usable(&url))
             {
                 return Err(ConfigError::new(
                     setting("base_url"),
-                    "must be an http:// or https:// URL",
+                    "must be an http:// or https:// URL with a host (or empty: the provider is off)",
                 ));
             }
             if !(provider.rate_per_second.is_finite() && provider.rate_per_second > 0.0) {
@@ -1034,6 +1038,15 @@ mod tests {
             (
                 ("ROADIE__PROVIDERS__LASTFM__RATE_PER_SECOND", "-1"),
                 "providers.lastfm.rate_per_second",
+            ),
+            // A base URL that names no host cannot work: an error, not a warning.
+            (
+                ("ROADIE__PROVIDERS__IMAGES__BASE_URL", "https://"),
+                "providers.images.base_url",
+            ),
+            (
+                ("ROADIE__PROVIDERS__DISCOGS__BASE_URL", "ftp://api.discogs.com/"),
+                "providers.discogs.base_url",
             ),
         ];
         for ((key, value), setting) in cases {

@@ -2,15 +2,19 @@
 //! what a provider is ([`ProviderPolicy`]), which URLs fall under it
 //! ([`resolve_url`], normalised so the result can serve as the cache key),
 //! which addresses it may reach ([`is_forbidden`], [`check_address`]), and
-//! why a fetch is refused ([`Refusal`]). The server checks a Fetch with them
+//! why a fetch is refused ([`Refusal`]), and the one list of providers that
+//! are on, each with its rate and lifetimes ([`from_settings`]). The server checks a Fetch with them
 //! before it enqueues; the worker's HTTP client checks every connection and
 //! redirect again with the same functions.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use roadie_config::{ConfigError, Settings};
+use roadie_store::Rate;
 use url::{Host, Url};
 
 /// A secret header value (an API key or token), read from the environment by
@@ -380,6 +384,71 @@ fn is_forbidden_v6(addr: Ipv6Addr) -> bool {
     (first & 0xffc0) == 0xfe80 // fe80::/10, link-local
         || (first & 0xffc0) == 0xfec0 // fec0::/10, deprecated site-local
         || (first & 0xfe00) == 0xfc00 // fc00::/7, unique-local
+}
+
+/// A provider as both binaries use it: the rules of its URLs and addresses,
+/// its limit for the whole deployment, and how long what it answers lives.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Base URL, headers, timeout, address rules, body limit.
+    pub policy: ProviderPolicy,
+    /// Lifetime of a successful response.
+    pub success_ttl: Duration,
+    /// Lifetime of a cached 404.
+    pub negative_ttl: Duration,
+    /// The provider's limit for the whole deployment; `None`: unlimited.
+    pub rate: Option<Rate>,
+}
+
+/// Every provider of `settings` that is on, by name: the one place that
+/// decides whether a provider is usable, and builds its policy, rate and
+/// lifetimes. A provider with an empty `base_url` is off and not listed; a
+/// `base_url` that is set but unusable is a configuration error naming the
+/// setting (`Settings::validate` finds it at load). Headers are the
+/// worker's to add: the server sends no requests and holds no secrets.
+pub fn from_settings(settings: &Settings) -> Result<BTreeMap<String, Provider>, ConfigError> {
+    let mut providers = BTreeMap::new();
+    for (name, provider) in &settings.providers {
+        if provider.base_url.is_empty() {
+            continue;
+        }
+        let base_url = Url::parse(&provider.base_url)
+            .ok()
+            .filter(|url| is_http(url.scheme()) && url.host().is_some())
+            .ok_or_else(|| ConfigError {
+                setting: format!("providers.{name}.base_url"),
+                message:
+                    "must be an http:// or https:// URL with a host (or empty: the provider is off)"
+                        .to_owned(),
+            })?;
+        let mut policy = ProviderPolicy::new(name.clone(), base_url);
+        policy.timeout = provider.timeout;
+        policy.allow_private = provider.allow_private;
+        policy.max_body_bytes = match provider.max_body_bytes {
+            0 => settings.limits.max_value_bytes,
+            bytes => bytes,
+        };
+        providers.insert(
+            name.clone(),
+            Provider {
+                policy,
+                success_ttl: provider.success_ttl,
+                negative_ttl: provider.negative_ttl,
+                rate: Some(Rate::new(provider.rate_per_second, provider.burst)),
+            },
+        );
+    }
+    Ok(providers)
+}
+
+/// Why `name` cannot be fetched from, when it is not among the providers
+/// that are on: unknown, or configured but off.
+pub fn unavailable(settings: &Settings, name: &str, quoted: &str) -> String {
+    if settings.providers.contains_key(name) {
+        format!("provider {quoted} is off: set providers.{name}.base_url to fetch from it")
+    } else {
+        format!("unknown provider {quoted}")
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use futures::Stream;
 use roadie_proto::v1::{self as pb, cache_server::Cache};
 use roadie_providers::{Refusal, check_address, resolve_url};
 use roadie_store::{
-    ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Rate, Selector, now_ms,
+    ChangeKind, DeleteResult, Entry, EntryPut, Job, JobNew, PutResult, Selector, now_ms,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -722,18 +722,15 @@ impl CacheService {
         };
         validate::text("provider", &req.provider, validate::MAX_NAME_BYTES)?;
         let Some(provider) = self.state.providers.get(&req.provider) else {
-            let message = if self.state.settings.providers.contains_key(&req.provider) {
-                format!(
-                    "provider {:?} has no usable base_url to fetch under",
-                    req.provider
-                )
-            } else {
-                format!("unknown provider {}", validate::quoted(&req.provider))
-            };
+            let message = roadie_providers::unavailable(
+                &self.state.settings,
+                &req.provider,
+                &validate::quoted(&req.provider),
+            );
             return Err(FieldError::new("provider", message).into());
         };
         validate::text("path", &req.path, MAX_PATH_BYTES)?;
-        let url = resolve_url(provider, &req.path).map_err(|refusal| match refusal {
+        let url = resolve_url(&provider.policy, &req.path).map_err(|refusal| match refusal {
             Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
                 ApiError::PermissionDenied(refusal.to_string())
             }
@@ -784,9 +781,13 @@ impl CacheService {
             .iter()
             .map(|(name, provider)| {
                 let state = states.iter().find(|s| &s.provider == name);
-                let rate = Rate::new(provider.rate_per_second, provider.burst);
+                // The rate as the workers spend it (none for a provider that is off).
+                let rate = self.state.providers.get(name).and_then(|p| p.rate);
                 let next = state
-                    .map_or(now, |s| rate.next_at(s.tat).max(s.paused_until))
+                    .map_or(now, |s| {
+                        let allowed = rate.map_or(s.tat, |r| r.next_at(s.tat));
+                        allowed.max(s.paused_until)
+                    })
                     .max(now);
                 pb::ProviderStats {
                     provider: name.clone(),
@@ -811,7 +812,7 @@ impl CacheService {
     ) -> Result<(Job, bool), ApiError> {
         // Checked only when a fetch is due: a cache hit costs no DNS lookup.
         if let Some(provider) = self.state.providers.get(&plan.provider) {
-            check_address(provider, &plan.target)
+            check_address(&provider.policy, &plan.target)
                 .await
                 .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
         }

@@ -31,10 +31,9 @@ pub mod validate;
 pub mod waiter;
 pub mod watch;
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
+use std::{future::Future, sync::Arc, time::SystemTime};
 
 use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
-use roadie_providers::ProviderPolicy;
 use roadie_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -56,28 +55,6 @@ use crate::{
 /// little too large gets a clear INVALID_ARGUMENT instead of a transport error.
 const ENVELOPE_BYTES: usize = 512 * 1024;
 
-/// The URL rules of every provider with a usable base URL. A provider
-/// without one (the default `images`, "any CDN", until a base is set) cannot
-/// be fetched from, and Fetch says so.
-fn provider_policies(settings: &Settings) -> HashMap<String, ProviderPolicy> {
-    let mut policies = HashMap::new();
-    for (name, provider) in &settings.providers {
-        match url::Url::parse(&provider.base_url) {
-            Ok(base) if base.host().is_some() => {
-                let mut policy = ProviderPolicy::new(name.clone(), base);
-                policy.allow_private = provider.allow_private;
-                policies.insert(name.clone(), policy);
-            }
-            _ => tracing::warn!(
-                provider = %name,
-                base_url = %provider.base_url,
-                "provider has no usable base_url; Fetch refuses it until providers.{name}.base_url names a host"
-            ),
-        }
-    }
-    policies
-}
-
 /// Why the server could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -89,6 +66,10 @@ pub enum ServerError {
         /// The cause.
         source: StoreError,
     },
+    /// The providers' settings are unusable (`Settings::validate` finds
+    /// this at load; settings built in code may skip it).
+    #[error("{0}")]
+    Config(roadie_config::ConfigError),
     /// The start-up maintenance pass failed.
     #[error("start-up clean-up failed: {0}")]
     Startup(StoreError),
@@ -132,7 +113,7 @@ impl App {
         let state = Arc::new(AppState {
             feed,
             stopping: CancellationToken::new(),
-            providers: provider_policies(&settings),
+            providers: roadie_providers::from_settings(&settings).map_err(ServerError::Config)?,
             waiter,
             work,
             background,

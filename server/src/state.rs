@@ -2,9 +2,9 @@
 
 use std::time::SystemTime;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use roadie_providers::ProviderPolicy;
+use roadie_providers::Provider;
 use roadie_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +32,8 @@ pub struct AppState {
     pub nudge: Notify,
     /// When the server started.
     pub started_at: SystemTime,
-    /// URL rules of each provider whose base URL is usable, for `Fetch`.
-    pub providers: HashMap<String, ProviderPolicy>,
+    /// The providers that are on, for `Fetch` and `Stats`.
+    pub providers: BTreeMap<String, Provider>,
     /// Wakes `Fetch` calls waiting on jobs.
     pub waiter: JobWaiter,
     /// Wakes idle workers after enqueues.

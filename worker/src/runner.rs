@@ -9,8 +9,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
 use roadie_store::{
-    ChangeKind, Entry, EntryPut, Job, JobFinish, JobOutcome, Provenance, Rate, Rates, Store,
-    StoreError, WORK_CHANNEL, now_ms,
+    ChangeKind, Entry, EntryPut, Job, JobFinish, JobOutcome, Provenance, Rates, Store, StoreError,
+    WORK_CHANNEL, now_ms,
 };
 use tokio::{
     sync::{Notify, mpsc, oneshot},
@@ -20,22 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
-use roadie_providers::ProviderPolicy;
+use roadie_providers::Provider;
 
 use crate::fetcher::{Fetcher, Outcome, Validators};
-
-/// A provider as the worker uses it: how to fetch, and how long results live.
-#[derive(Debug, Clone)]
-pub struct Provider {
-    /// Base URL, headers, timeout, address rules, body limit.
-    pub policy: ProviderPolicy,
-    /// Lifetime of a successful response.
-    pub success_ttl: Duration,
-    /// Lifetime of a cached 404.
-    pub negative_ttl: Duration,
-    /// The provider's limit for the whole deployment; `None`: unlimited.
-    pub rate: Option<Rate>,
-}
 
 /// How a worker runs.
 #[derive(Debug, Clone)]

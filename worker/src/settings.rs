@@ -12,53 +12,26 @@
 use std::{collections::HashMap, time::Duration};
 
 use roadie_config::{ConfigError, Settings};
-use roadie_providers::{HeaderSetting, ProviderPolicy, Secret};
-use roadie_store::Rate;
-use url::Url;
+use roadie_providers::{HeaderSetting, Provider, Secret};
 
-use crate::runner::{Provider, WorkerOptions};
+use crate::runner::WorkerOptions;
 
 /// Lifetime of the NEGATIVE `failed_lookup` entry when `policies.failed_lookup`
 /// is absent (or its `ttl` is `0s`, which the runner cannot express).
 pub const DEFAULT_FAILED_LOOKUP_TTL: Duration = Duration::from_secs(3600);
 
-/// The providers the worker may fetch from, keyed by name.
-///
-/// A provider whose base URL has no host is skipped with a warning: the
-/// default `images` provider ("any CDN", base URL `https://`) is one, and the
-/// fetcher can only keep Roadie on hosts a base URL names. `env` looks up the
-/// environment variables named by `secret_headers`.
+/// The providers the worker may fetch from, keyed by name: those that are
+/// on ([`roadie_providers::from_settings`]), with their headers. `env` looks
+/// up the environment variables named by `secret_headers`.
 pub fn providers(
     settings: &Settings,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<HashMap<String, Provider>, ConfigError> {
     let mut providers = HashMap::new();
-    for (name, provider) in &settings.providers {
+    for (name, mut on) in roadie_providers::from_settings(settings)? {
+        let provider = &settings.providers[&name];
         let setting = |field: &str| format!("providers.{name}.{field}");
-        let base_url = match Url::parse(&provider.base_url) {
-            Ok(url) if url.host().is_some() => url,
-            Ok(_) | Err(url::ParseError::EmptyHost) => {
-                tracing::warn!(
-                    provider = %name,
-                    base_url = %provider.base_url,
-                    "provider skipped: its base_url names no host; set providers.{name}.base_url to fetch from it"
-                );
-                continue;
-            }
-            Err(error) => {
-                return Err(config_error(
-                    setting("base_url"),
-                    format!("{:?} is not a valid URL: {error}", provider.base_url),
-                ));
-            }
-        };
-        let mut policy = ProviderPolicy::new(name.clone(), base_url);
-        policy.timeout = provider.timeout;
-        policy.allow_private = provider.allow_private;
-        policy.max_body_bytes = match provider.max_body_bytes {
-            0 => settings.limits.max_value_bytes,
-            bytes => bytes,
-        };
+        let mut policy = on.policy;
         for (header, value) in &provider.headers {
             policy = policy
                 .with_header(header, HeaderSetting::Plain(value.clone()))
@@ -87,15 +60,8 @@ pub fn providers(
                 .with_header(header, HeaderSetting::Secret(value))
                 .map_err(|error| config_error(at, error.to_string()))?;
         }
-        providers.insert(
-            name.clone(),
-            Provider {
-                policy,
-                success_ttl: provider.success_ttl,
-                negative_ttl: provider.negative_ttl,
-                rate: Some(Rate::new(provider.rate_per_second, provider.burst)),
-            },
-        );
+        on.policy = policy;
+        providers.insert(name, on);
     }
     Ok(providers)
 }

@@ -21,11 +21,11 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use roadie_providers::ProviderPolicy;
+use roadie_providers::{Provider, ProviderPolicy};
 use roadie_store::{Backend, Job, JobNew, JobState, Store, now_ms, testing::TestDb};
 use roadie_worker::{
     fetcher::Fetcher,
-    runner::{Provider, Worker, WorkerOptions},
+    runner::{Worker, WorkerOptions},
 };
 use tokio_util::sync::CancellationToken;
 use url::Url;

@@ -18,11 +18,11 @@ use roadie_client::{
     proto::{FetchMode, FetchRequest, FetchResponse, JobState, LookupStatus},
 };
 use roadie_config::Settings;
-use roadie_providers::ProviderPolicy;
+use roadie_providers::{Provider, ProviderPolicy};
 use roadie_store::{Backend, Store, now_ms, testing::TestDb};
 use roadie_worker::{
     fetcher::Fetcher,
-    runner::{Provider, Worker, WorkerOptions},
+    runner::{Worker, WorkerOptions},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -284,9 +284,15 @@ async fn refusals_say_why(backend: Backend) {
     let mut unknown = fetch("item/1", FetchMode::Wait);
     unknown.provider = "nowhere".to_owned();
     assert_eq!(field(c.fetch(unknown).await).as_deref(), Some("provider"));
+    // Off by default (no CDN named): the answer says how to turn it on.
     let mut images = fetch("x.jpg", FetchMode::Wait);
     images.provider = "images".to_owned();
-    assert_eq!(field(c.fetch(images).await).as_deref(), Some("provider"));
+    let off = c.fetch(images).await.expect_err("images is off");
+    assert_eq!(off.field(), Some("provider"), "{off}");
+    assert!(
+        off.to_string().contains("set providers.images.base_url"),
+        "{off}"
+    );
     assert_eq!(
         field(
             c.fetch(fetch("http://elsewhere.example/api/x", FetchMode::Wait))
