@@ -237,6 +237,17 @@ pub struct StoreSettings {
     pub wal_size_limit: u64,
 }
 
+/// When an entry written at `now` (milliseconds since the epoch) under a
+/// configured lifetime expires. In every TTL setting (`policies.*.ttl`,
+/// `providers.*.success_ttl`, `.negative_ttl`) `0s` means never expires:
+/// `None`.
+pub fn expires_at(now: i64, ttl: Duration) -> Option<i64> {
+    if ttl.is_zero() {
+        return None;
+    }
+    Some(now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
+}
+
 impl Settings {
     /// The settings as they may be shown (`--print-config`, logs): the store
     /// URL's password replaced. Secret header values never live here (only
@@ -1016,6 +1027,16 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_ttl_never_expires() {
+        assert_eq!(expires_at(1_000, Duration::ZERO), None);
+        assert_eq!(expires_at(1_000, Duration::from_secs(2)), Some(3_000));
+        assert_eq!(
+            expires_at(i64::MAX - 1, Duration::from_secs(1)),
+            Some(i64::MAX)
+        );
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         let cases = [
             (
@@ -1045,7 +1066,10 @@ mod tests {
                 "providers.images.base_url",
             ),
             (
-                ("ROADIE__PROVIDERS__DISCOGS__BASE_URL", "ftp://api.discogs.com/"),
+                (
+                    "ROADIE__PROVIDERS__DISCOGS__BASE_URL",
+                    "ftp://api.discogs.com/",
+                ),
                 "providers.discogs.base_url",
             ),
         ];

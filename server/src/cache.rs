@@ -880,8 +880,8 @@ impl CacheService {
                 .settings
                 .policies
                 .get(&policy_name)
-                .map_or(0, |p| p.ttl.as_millis() as i64);
-            (ttl > 0).then(|| now.saturating_add(ttl))
+                .map_or(std::time::Duration::ZERO, |p| p.ttl);
+            roadie_config::expires_at(now, ttl)
         };
         let mut tags = req.tags;
         tags.dedup();

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
+use roadie_config::expires_at;
 use roadie_providers::Provider;
 
 use crate::fetcher::{Fetcher, Outcome, Validators};
@@ -346,11 +347,14 @@ impl Worker {
             etag: job.stored_etag.clone(),
             last_modified: job.stored_last_modified.clone(),
         };
-        let now = now_ms();
         let fetched = self
             .fetcher
             .fetch(&provider.policy, &url, &validators)
             .await;
+        // The entry's age and lifetime start when its answer arrived, not
+        // when the request went out: a slow upstream must not write an entry
+        // that is already expired.
+        let now = now_ms();
         let stored = self
             .store
             .entry_get(&job.url)
@@ -383,7 +387,7 @@ impl Worker {
                     body.to_vec(),
                     media_type,
                     provenance,
-                    now + millis(provider.success_ttl),
+                    expires_at(now, provider.success_ttl),
                     now,
                 );
                 (Decision::Complete, Some(entry))
@@ -404,7 +408,7 @@ impl Worker {
                         entry.value.to_vec(),
                         entry.media_type.clone(),
                         provenance,
-                        now + millis(provider.success_ttl),
+                        expires_at(now, provider.success_ttl),
                         now,
                     );
                     if put.tags.is_empty() {
@@ -432,7 +436,7 @@ impl Worker {
                     Vec::new(),
                     String::new(),
                     provenance,
-                    now + millis(provider.negative_ttl),
+                    expires_at(now, provider.negative_ttl),
                     now,
                 );
                 entry.negative = true;
@@ -487,7 +491,7 @@ impl Worker {
             error.clone().into_bytes(),
             "text/plain".to_owned(),
             provenance,
-            now + millis(self.options.failed_lookup_ttl),
+            expires_at(now, self.options.failed_lookup_ttl),
             now,
         );
         entry.policy = "failed_lookup".to_owned();
@@ -551,7 +555,7 @@ fn result_entry(
     value: Vec<u8>,
     media_type: String,
     provenance: Provenance,
-    expires_at: i64,
+    expires_at: Option<i64>,
     now: i64,
 ) -> EntryPut {
     EntryPut {
@@ -564,7 +568,7 @@ fn result_entry(
         fingerprint: None,
         metadata: Default::default(),
         negative: false,
-        expires_at: Some(expires_at),
+        expires_at,
         provenance: Some(provenance),
         keep_higher_confidence: false,
         if_revision: None,

@@ -17,7 +17,7 @@ use roadie_providers::{HeaderSetting, Provider, Secret};
 use crate::runner::WorkerOptions;
 
 /// Lifetime of the NEGATIVE `failed_lookup` entry when `policies.failed_lookup`
-/// is absent (or its `ttl` is `0s`, which the runner cannot express).
+/// is absent. (Its `ttl` of `0s` means never expires, as everywhere.)
 pub const DEFAULT_FAILED_LOOKUP_TTL: Duration = Duration::from_secs(3600);
 
 /// The providers the worker may fetch from, keyed by name: those that are
@@ -73,9 +73,7 @@ pub fn worker_options(settings: &Settings, id: impl Into<String>) -> WorkerOptio
     let failed_lookup_ttl = settings
         .policies
         .get("failed_lookup")
-        .map(|policy| policy.ttl)
-        .filter(|ttl| !ttl.is_zero())
-        .unwrap_or(DEFAULT_FAILED_LOOKUP_TTL);
+        .map_or(DEFAULT_FAILED_LOOKUP_TTL, |policy| policy.ttl);
     WorkerOptions {
         id: id.into(),
         concurrency: worker.concurrency,
@@ -125,6 +123,23 @@ mod tests {
             providers: BTreeMap::from([("test".to_owned(), provider)]),
             ..Settings::default()
         }
+    }
+
+    #[test]
+    fn a_zero_failed_lookup_ttl_means_never_expires() {
+        let mut settings = Settings::default();
+        if let Some(policy) = settings.policies.get_mut("failed_lookup") {
+            policy.ttl = Duration::ZERO;
+        }
+        assert_eq!(
+            worker_options(&settings, "w").failed_lookup_ttl,
+            Duration::ZERO
+        );
+        settings.policies.remove("failed_lookup");
+        assert_eq!(
+            worker_options(&settings, "w").failed_lookup_ttl,
+            DEFAULT_FAILED_LOOKUP_TTL
+        );
     }
 
     #[test]

@@ -69,6 +69,17 @@ pub(crate) async fn upstream() -> (SocketAddr, Arc<Upstream>) {
             "/api/missing",
             routing::get(|| async { StatusCode::NOT_FOUND }),
         )
+        .route(
+            "/api/broken",
+            routing::get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route(
+            "/api/slow",
+            routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "slow"
+            }),
+        )
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -107,6 +118,24 @@ pub(crate) fn start_worker(store: Store, addr: SocketAddr) -> RunningWorker {
 
 /// The same, looking for work every `poll` when not woken.
 fn start_worker_polling(store: Store, addr: SocketAddr, poll: Duration) -> RunningWorker {
+    start_worker_with(
+        store,
+        addr,
+        poll,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    )
+}
+
+/// A worker whose fetched entries live `success_ttl`, and whose failed
+/// lookups live `failed_lookup_ttl`.
+fn start_worker_with(
+    store: Store,
+    addr: SocketAddr,
+    poll: Duration,
+    success_ttl: Duration,
+    failed_lookup_ttl: Duration,
+) -> RunningWorker {
     let mut policy = ProviderPolicy::new(
         "test",
         url::Url::parse(&format!("http://{addr}/api/")).expect("url"),
@@ -114,12 +143,13 @@ fn start_worker_polling(store: Store, addr: SocketAddr, poll: Duration) -> Runni
     policy.allow_private = true;
     let provider = Provider {
         policy,
-        success_ttl: Duration::from_secs(3600),
+        success_ttl,
         negative_ttl: Duration::from_secs(60),
         rate: None,
     };
     let mut options = WorkerOptions::new(format!("e2e-{}", rand_suffix()));
     options.poll_interval = poll;
+    options.failed_lookup_ttl = failed_lookup_ttl;
     options.lease = Duration::from_secs(5);
     options.heartbeat = Duration::from_secs(1);
     let worker = Worker::new(
@@ -526,6 +556,59 @@ async fn stats_show_each_providers_budget(backend: Backend) {
     server.stop().await;
 }
 
+/// A fetched entry's lifetime starts when its answer arrives: a slow
+/// upstream (1.5 s) with a short TTL (1 s) still gives the waiting caller a
+/// fresh HIT, not an entry that expired before it was written. A lookup that
+/// failed for good under a `0s` failed_lookup TTL never expires.
+async fn lifetimes_start_at_the_answer_and_zero_never_expires(backend: Backend) {
+    let (addr, _up) = upstream().await;
+    let Some(server) = TestServer::start(backend, |s| {
+        with_provider(addr)(s);
+        s.jobs.max_attempts = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let (stop, worker) = start_worker_with(
+        server.store().clone(),
+        addr,
+        Duration::from_millis(20),
+        Duration::from_secs(1),
+        Duration::ZERO,
+    );
+    let c = server
+        .client
+        .clone()
+        .with_request_timeout(Duration::from_secs(20));
+    let slow = c
+        .fetch(fetch("slow", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&slow), LookupStatus::Hit, "{slow:?}");
+    let entry = slow.entry.expect("entry");
+    let (updated, expires) = (
+        entry.updated_at.expect("updated_at").seconds,
+        entry.expires_at.expect("expires_at").seconds,
+    );
+    assert!(
+        expires - updated <= 1,
+        "the TTL runs from the write: {updated} -> {expires}"
+    );
+
+    let broken = c
+        .fetch(fetch("broken", FetchMode::Wait))
+        .await
+        .expect("fetch");
+    assert_eq!(status(&broken), LookupStatus::Negative, "{broken:?}");
+    let entry = broken.entry.expect("entry");
+    assert_eq!(entry.policy, "failed_lookup");
+    assert!(entry.expires_at.is_none(), "0s never expires: {entry:?}");
+    stop.cancel();
+    worker.await.expect("worker");
+    server.stop().await;
+}
+
 /// A waiting Fetch still open when the server stops is told so, with the
 /// job that goes on, at once rather than at the end of the grace period.
 async fn a_waiting_fetch_at_shutdown_names_its_job(backend: Backend) {
@@ -568,6 +651,7 @@ async fn a_waiting_fetch_at_shutdown_names_its_job(backend: Backend) {
 }
 
 on_both_backends!(
+    lifetimes_start_at_the_answer_and_zero_never_expires,
     a_waiting_fetch_at_shutdown_names_its_job,
     stats_show_each_providers_budget,
     the_cli_fetches,
