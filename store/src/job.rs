@@ -164,6 +164,10 @@ pub enum JobOutcome<'a> {
         error: String,
         /// Earliest next claim, ms since the epoch.
         run_after: i64,
+        /// Whether this attempt counts against `max_attempts`: not when
+        /// upstream pushed back (429/503), which is the provider's state,
+        /// not the job's failure.
+        counts: bool,
     },
     /// Give up: write `entry` (a negative one, if any) and mark the job failed.
     Fail {
@@ -460,13 +464,18 @@ impl Store {
             let (state, error) = match &finish.outcome {
                 JobOutcome::Complete { .. } => (JobState::Completed, None),
                 JobOutcome::Fail { error, .. } => (JobState::Failed, Some(error.as_str())),
-                JobOutcome::RetryLater { error, run_after } => {
+                JobOutcome::RetryLater {
+                    error,
+                    run_after,
+                    counts,
+                } => {
                     let done = sqlx::query(sql!("job_retry_later_if_leased"))
                         .bind(id)
                         .bind(worker)
                         .bind(error)
                         .bind(*run_after)
                         .bind(now)
+                        .bind(i64::from(!counts))
                         .execute(&mut *tx)
                         .await?;
                     held.push(done.rows_affected() == 1);

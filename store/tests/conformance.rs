@@ -1063,6 +1063,7 @@ mod queue {
                 outcome: JobOutcome::RetryLater {
                     error: "503".to_owned(),
                     run_after: T0 + 1_000,
+                    counts: true,
                 },
             },
             JobFinish {
@@ -1128,6 +1129,7 @@ mod queue {
         let retry = JobOutcome::RetryLater {
             error: "503".to_owned(),
             run_after: T0 + 1_000,
+            counts: true,
         };
         store
             .job_finish_if_leased(j.id, "w", &retry, T0)
@@ -1154,6 +1156,21 @@ mod queue {
             .await
             .expect("claim");
         assert_eq!(again[0].attempt, 2);
+        // A pushback (429/503) retries without using up an attempt.
+        let pushed = JobOutcome::RetryLater {
+            error: "429".to_owned(),
+            run_after: T0 + 1_500,
+            counts: false,
+        };
+        store
+            .job_finish_if_leased(j.id, "w", &pushed, T0 + 1_100)
+            .await
+            .expect("pushback");
+        let after_pushback = store
+            .job_claim("w", 1, T0 + 31_500, T0 + 1_500)
+            .await
+            .expect("claim");
+        assert_eq!(after_pushback[0].attempt, 2, "a pushback is not an attempt");
         let mut negative = put("flaky", "");
         negative.negative = true;
         let fail = JobOutcome::Fail {

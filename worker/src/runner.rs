@@ -450,7 +450,16 @@ impl Worker {
                     self.store.provider_pause(&job.provider, until).await?;
                     tracing::warn!(provider = %job.provider, status, until, "upstream pushback: provider paused for every worker");
                 }
-                retry_or_fail(format!("upstream answered {status}"), at)
+                // The provider's state, not the job's failure: retried when
+                // the pause ends (or after a backoff), whatever its attempts.
+                let at = at.unwrap_or_else(|| now + millis(self.backoff(job.attempt)));
+                (
+                    Decision::PushedBack {
+                        error: format!("upstream answered {status}"),
+                        at,
+                    },
+                    None,
+                )
             }
             Ok(Outcome::Transient { reason }) => retry_or_fail(reason, None),
             Ok(Outcome::Final { status, reason }) => {
@@ -513,8 +522,19 @@ impl Worker {
 
 enum Decision {
     Complete,
-    Retry { error: String, at: i64 },
-    Fail { error: String },
+    Retry {
+        error: String,
+        at: i64,
+    },
+    /// Upstream pushed back (429/503): try again at `at`; the attempt does
+    /// not count against `max_attempts`.
+    PushedBack {
+        error: String,
+        at: i64,
+    },
+    Fail {
+        error: String,
+    },
 }
 
 /// Most attempts written in one finishing transaction.
@@ -537,6 +557,12 @@ impl Done {
             Decision::Retry { error, at } => JobOutcome::RetryLater {
                 error: error.clone(),
                 run_after: *at,
+                counts: true,
+            },
+            Decision::PushedBack { error, at } => JobOutcome::RetryLater {
+                error: error.clone(),
+                run_after: *at,
+                counts: false,
             },
             Decision::Fail { error } => JobOutcome::Fail {
                 error: error.clone(),

@@ -264,14 +264,20 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
     assert!(entry.negative);
     assert_eq!(entry.policy, "failed_lookup");
 
-    // 429 with Retry-After: not asked again before it, then done.
+    // 429 with Retry-After: not asked again before it, then done. The
+    // pushback is the provider's state and uses up no attempt: a job of one
+    // attempt still completes.
     let enqueued = Instant::now();
     let (throttled, _) = store
-        .job_enqueue(&job(addr, "throttle", 3))
+        .job_enqueue(&job(addr, "throttle", 1))
         .await
         .expect("enqueue");
     let done = finished(&store, throttled.id).await;
-    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(
+        (done.state, done.attempt),
+        (JobState::Completed, 1),
+        "{done:?}"
+    );
     assert!(
         enqueued.elapsed() >= Duration::from_millis(900),
         "waited for Retry-After: {:?}",
