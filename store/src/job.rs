@@ -392,6 +392,14 @@ impl Store {
         Ok(states.into_values().collect())
     }
 
+    /// When the earliest lease of a running job runs out, ms since the
+    /// epoch; `None` when no job runs.
+    pub async fn job_next_lease_expiry(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(sql!("job_next_lease_expiry"))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Makes jobs whose lease expired claimable again (or failed, after their
     /// last attempt). Returns how many were rescued and failed.
     pub async fn job_rescue(&self, now: i64) -> Result<(u64, u64), StoreError> {

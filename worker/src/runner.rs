@@ -115,7 +115,6 @@ impl Worker {
         let hard = CancellationToken::new();
         let mut inflight = JoinSet::new();
         let mut report = Report::default();
-        let mut last_rescue: Option<tokio::time::Instant> = None;
         // While other jobs still run, freed slots are refilled a quarter of
         // the slots at a time: one claim transaction per batch, not per job.
         let refill_batch = (options.concurrency / 4).max(1);
@@ -143,17 +142,13 @@ impl Worker {
             wake.clone(),
             listening.clone(),
         ));
+        tokio::spawn(rescue(
+            self.store.clone(),
+            options.lease / 2,
+            wake.clone(),
+            listening.clone(),
+        ));
         while !stop.is_cancelled() {
-            if last_rescue.is_none_or(|at| at.elapsed() >= options.lease / 2) {
-                last_rescue = Some(tokio::time::Instant::now());
-                match self.store.job_rescue(now_ms()).await {
-                    Ok((0, 0)) => {}
-                    Ok((retried, failed)) => {
-                        tracing::info!(retried, failed, "rescued jobs of lost workers")
-                    }
-                    Err(error) => tracing::warn!(%error, "rescue failed"),
-                }
-            }
             let free = options
                 .concurrency
                 .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
@@ -600,6 +595,46 @@ fn result_entry(
         if_revision: None,
         kind: ChangeKind::Fetch,
         now,
+    }
+}
+
+/// The rescuer, on a timer of its own: wakes when the earliest lease of a
+/// running job runs out (at the latest every `at_most`), makes the jobs of
+/// workers that stopped renewing claimable again, and wakes the claim loop.
+/// So a dead worker's jobs are claimable one lease after its last
+/// heartbeat, not a rescue interval and a poll later.
+async fn rescue(store: Store, at_most: Duration, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let rescued = store.job_rescue(now_ms()).await;
+        match &rescued {
+            Ok((0, 0)) => {}
+            Ok((retried, failed)) => {
+                tracing::info!(retried, failed, "rescued jobs of lost workers");
+                wake.notify_one();
+            }
+            Err(error) => tracing::warn!(%error, "rescue failed; trying again later"),
+        }
+        let next = match rescued {
+            Ok(_) => store.job_next_lease_expiry().await,
+            // Not at an expiry already past: that would spin.
+            Err(_) => Ok(None),
+        };
+        let pause = match next {
+            Ok(Some(at)) => {
+                // Just past the expiry: the rescue compares strictly.
+                let until = u64::try_from(at + 1 - now_ms()).unwrap_or(0);
+                Duration::from_millis(until).min(at_most)
+            }
+            Ok(None) => at_most,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the next lease expiry");
+                at_most
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
     }
 }
 

@@ -406,14 +406,62 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
 
     let mut a = WorkerProcess::spawn("a", &db, &upstream, logs.path(), &[]);
     running_under(&store, &upstream, &a, &paths).await;
+    // B is up and idle: nothing is claimable while A holds every job. Its
+    // own lease is longer, so only a rescuer that wakes at A's expiry (not
+    // at a round of its own, every half of B's lease) keeps the promise.
+    let mut b = WorkerProcess::spawn(
+        "b",
+        &db,
+        &upstream,
+        logs.path(),
+        &[
+            ("ROADIE__WORKER__LEASE", "10s"),
+            ("ROADIE__WORKER__HEARTBEAT", "2s"),
+        ],
+    );
+    eventually("b running", Duration::from_secs(10), async || {
+        if b.log().contains("roadie-worker started") {
+            Ok(())
+        } else {
+            Err(b.log())
+        }
+    })
+    .await;
     a.signal("KILL");
     let killed = Instant::now();
     let status = a.exit_within(Duration::from_secs(5)).await;
     assert!(!status.success(), "SIGKILL is not a clean exit: {status}");
 
+    // The promise: claimable again within one lease of the kill (A's last
+    // heartbeat was before it): B's rescuer wakes at the expiry itself, not
+    // at its next round.
+    let expiry = all_jobs(&store)
+        .await
+        .iter()
+        .filter_map(|j| j.lease_expires_at)
+        .max()
+        .expect("A's leases");
+    eventually(
+        "jobs claimed by b",
+        LEASE + Duration::from_secs(5),
+        async || {
+            let jobs = all_jobs(&store).await;
+            match jobs.iter().filter(|j| b.holds(j)).count() {
+                6 => Ok(()),
+                held => Err(format!("{held} held by b")),
+            }
+        },
+    )
+    .await;
+    let late = now_ms() - expiry;
+    let taken_over = killed.elapsed();
+    assert!(
+        taken_over <= LEASE + Duration::from_millis(300) && late <= 300,
+        "a dead worker's jobs came back {taken_over:?} after the kill, {late} ms after \
+         their lease ran out (lease {LEASE:?})"
+    );
     upstream.open_gate();
-    let mut b = WorkerProcess::spawn("b", &db, &upstream, logs.path(), &[]);
-    let limit = (LEASE + Duration::from_secs(5)).saturating_sub(killed.elapsed());
+    let limit = Duration::from_secs(10);
     eventually("jobs taken over", limit, async || {
         let jobs = all_jobs(&store).await;
         match count(&jobs, JobState::Completed) {
