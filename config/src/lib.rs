@@ -237,6 +237,13 @@ pub struct StoreSettings {
     pub wal_size_limit: u64,
 }
 
+/// The default policy: entries written without one.
+pub const GENERIC_POLICY: &str = "generic";
+/// The policy of fetched entries when the Fetch names none.
+pub const API_METADATA_POLICY: &str = "api_metadata";
+/// The policy of the NEGATIVE entry a lookup that failed for good leaves.
+pub const FAILED_LOOKUP_POLICY: &str = "failed_lookup";
+
 /// When an entry written at `now` (milliseconds since the epoch) under a
 /// configured lifetime expires. In every TTL setting (`policies.*.ttl`,
 /// `providers.*.success_ttl`, `.negative_ttl`) `0s` means never expires:
@@ -541,11 +548,11 @@ fn default_policies() -> BTreeMap<String, Policy> {
             policy(TEN_YEARS, Invalidation::Event, 100),
         ),
         (
-            "api_metadata".to_owned(),
+            API_METADATA_POLICY.to_owned(),
             policy(TEN_YEARS, Invalidation::Event, 30),
         ),
         (
-            "failed_lookup".to_owned(),
+            FAILED_LOOKUP_POLICY.to_owned(),
             policy(3600, Invalidation::Time, 5),
         ),
         (
@@ -556,7 +563,10 @@ fn default_policies() -> BTreeMap<String, Policy> {
             "negative_result".to_owned(),
             policy(30 * DAY, Invalidation::Time, 10),
         ),
-        ("generic".to_owned(), policy(300, Invalidation::Time, 30)),
+        (
+            GENERIC_POLICY.to_owned(),
+            policy(300, Invalidation::Time, 30),
+        ),
     ])
 }
 
@@ -788,7 +798,7 @@ impl Settings {
                 return Err(ConfigError::new(setting, "must be longer than 0s"));
             }
         }
-        if !self.policies.contains_key("generic") {
+        if !self.policies.contains_key(GENERIC_POLICY) {
             return Err(ConfigError::new(
                 "policies.generic",
                 "the default policy must stay configured",

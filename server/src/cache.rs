@@ -42,7 +42,6 @@ struct ReadOptions {
     miss_policy: String,
 }
 
-const DEFAULT_POLICY: &str = "generic";
 const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
 
 impl CacheService {
@@ -65,7 +64,7 @@ impl CacheService {
         let min_confidence = validate::confidence("min_confidence", min_confidence)?;
         validate::optional_text("fingerprint", &fingerprint, validate::MAX_FINGERPRINT_BYTES)?;
         let miss_policy = if policy.is_empty() {
-            DEFAULT_POLICY.to_owned()
+            roadie_config::GENERIC_POLICY.to_owned()
         } else {
             self.configured_policy("policy", policy)?
         };
@@ -742,7 +741,7 @@ impl CacheService {
         let url = target.to_string();
         validate::key("path", &url)?;
         let policy = if req.policy.is_empty() {
-            "api_metadata".to_owned()
+            roadie_config::API_METADATA_POLICY.to_owned()
         } else {
             self.configured_policy("policy", req.policy)?
         };
@@ -849,7 +848,7 @@ impl CacheService {
             validate::MAX_MEDIA_TYPE_BYTES,
         )?;
         let policy_name = if req.policy.is_empty() {
-            DEFAULT_POLICY.to_owned()
+            roadie_config::GENERIC_POLICY.to_owned()
         } else {
             self.configured_policy("policy", req.policy)?
         };

@@ -498,7 +498,7 @@ impl Worker {
             expires_at(now, self.options.failed_lookup_ttl),
             now,
         );
-        entry.policy = "failed_lookup".to_owned();
+        entry.policy = roadie_config::FAILED_LOOKUP_POLICY.to_owned();
         entry.negative = true;
         entry.kind = ChangeKind::Negative;
         (Decision::Fail { error }, Some(entry))

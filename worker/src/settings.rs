@@ -72,7 +72,7 @@ pub fn worker_options(settings: &Settings, id: impl Into<String>) -> WorkerOptio
     let worker = &settings.worker;
     let failed_lookup_ttl = settings
         .policies
-        .get("failed_lookup")
+        .get(roadie_config::FAILED_LOOKUP_POLICY)
         .map_or(DEFAULT_FAILED_LOOKUP_TTL, |policy| policy.ttl);
     WorkerOptions {
         id: id.into(),
