@@ -19,9 +19,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::EventKind,
+    convert::{entry_to_proto, job_to_proto, timestamp},
     error::ApiError,
     events::{self, Event},
-    jobs::job_to_proto,
     state::AppState,
     stats::Answer,
     validate::{self, FieldError},
@@ -983,44 +983,4 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     })
-}
-
-/// A protobuf timestamp from milliseconds since the epoch.
-pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-/// The API's view of a stored entry, with its freshness at `now`.
-pub fn entry_to_proto(entry: Entry, now: i64) -> pb::Entry {
-    let status = if entry.negative {
-        pb::EntryStatus::Negative
-    } else if entry.is_expired(now) {
-        pb::EntryStatus::Stale
-    } else {
-        pb::EntryStatus::Fresh
-    };
-    pb::Entry {
-        status: status.into(),
-        created_at: Some(timestamp(entry.created_at)),
-        updated_at: Some(timestamp(entry.updated_at)),
-        expires_at: entry.expires_at.map(timestamp),
-        revision: entry.revision,
-        provenance: entry.provenance.map(|p| pb::Provenance {
-            provider: p.provider,
-            upstream_status: u32::from(p.upstream_status),
-            etag: p.etag.unwrap_or_default(),
-            last_modified: p.last_modified.unwrap_or_default(),
-        }),
-        key: entry.key,
-        value: entry.value,
-        media_type: entry.media_type,
-        policy: entry.policy,
-        tags: entry.tags,
-        confidence: u32::from(entry.confidence),
-        fingerprint: entry.fingerprint.unwrap_or_default(),
-        metadata: entry.metadata.into_iter().collect(),
-    }
 }

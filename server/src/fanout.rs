@@ -13,10 +13,21 @@ use std::{
     },
 };
 
-use roadie_store::{Change, ChangeKind};
+use roadie_store::{Change, ChangeKind, Entry};
 use tokio::sync::mpsc;
 
-use crate::feed::Live;
+/// One change as the tail read it, shared by every watcher.
+#[derive(Debug)]
+pub struct Live {
+    /// The change.
+    pub change: Change,
+    /// The entry as of this change (PUT and FETCH), when a watcher asked
+    /// for values as the tail read it; `None` also when a later change
+    /// already replaced it.
+    pub entry: Option<Entry>,
+    /// Whether the tail looked up entries for this change at all.
+    pub values_loaded: bool,
+}
 
 /// What a watcher asked to see.
 #[derive(Debug, Default)]

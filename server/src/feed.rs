@@ -33,25 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Settings,
-    fanout::{Fanout, Filter, Subscription},
+    fanout::{Fanout, Filter, Live, Subscription},
     hot::HotTier,
 };
 
 /// Changes read from the log per query.
 pub const PAGE: u32 = 1024;
-
-/// One change as the tail read it, shared by every watcher.
-#[derive(Debug)]
-pub struct Live {
-    /// The change.
-    pub change: Change,
-    /// The entry as of this change (PUT and FETCH), when a watcher asked
-    /// for values as the tail read it; `None` also when a later change
-    /// already replaced it.
-    pub entry: Option<Entry>,
-    /// Whether the tail looked up entries for this change at all.
-    pub values_loaded: bool,
-}
 
 /// True for the kinds whose changes carry the entry written.
 pub fn carries_value(kind: ChangeKind) -> bool {

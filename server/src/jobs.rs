@@ -6,7 +6,7 @@ use roadie_proto::v1::{self as pb, jobs_server::Jobs};
 use roadie_store::{Job, JobState, StoreError, now_ms};
 use tonic::{Request, Response, Status};
 
-use crate::{cache::timestamp, error::ApiError, state::AppState, validate::FieldError};
+use crate::{convert::job_to_proto, error::ApiError, state::AppState, validate::FieldError};
 
 /// The Jobs service.
 #[derive(Debug, Clone)]
@@ -155,34 +155,5 @@ fn state_from_proto(state: pb::JobState) -> JobState {
         pb::JobState::Completed => JobState::Completed,
         pb::JobState::Failed => JobState::Failed,
         pb::JobState::Cancelled => JobState::Cancelled,
-    }
-}
-
-/// The API's view of a job.
-pub fn job_to_proto(job: Job) -> pb::Job {
-    let state = match job.state {
-        JobState::Available => pb::JobState::Available,
-        JobState::Running => pb::JobState::Running,
-        JobState::Completed => pb::JobState::Completed,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-    };
-    pb::Job {
-        id: job.id,
-        provider: job.provider,
-        url: job.url,
-        priority: job.priority,
-        state: state.into(),
-        attempt: job.attempt,
-        max_attempts: job.max_attempts,
-        run_after: Some(timestamp(job.run_after)),
-        lease_expires_at: job.lease_expires_at.map(timestamp),
-        lease_holder: job.lease_holder.unwrap_or_default(),
-        last_error: job.last_error.unwrap_or_default(),
-        created_at: Some(timestamp(job.created_at)),
-        updated_at: Some(timestamp(job.updated_at)),
-        finished_at: job.finished_at.map(timestamp),
-        traceparent: job.traceparent.unwrap_or_default(),
-        policy: job.policy,
     }
 }

@@ -16,6 +16,7 @@
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub mod cache;
+pub mod convert;
 pub use roadie_config as config;
 pub mod drain;
 pub mod error;

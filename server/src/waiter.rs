@@ -20,7 +20,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::Live;
+use crate::fanout::Live;
 
 /// Shared by every waiting call of one server.
 #[derive(Debug)]

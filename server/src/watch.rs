@@ -25,14 +25,14 @@ use std::{
 };
 
 use roadie_proto::v1 as pb;
-use roadie_store::{Change, ChangeKind, Entry, now_ms};
+use roadie_store::{Change, Entry, now_ms};
 use tokio::{sync::mpsc, time::Instant};
 use tonic::Status;
 
 use crate::{
-    cache::{entry_to_proto, timestamp},
+    convert::{change_kind_from_proto, change_kind_to_proto, entry_to_proto, timestamp},
     error::ApiError,
-    fanout::Filter,
+    fanout::{Filter, Live},
     feed::{self, PAGE},
     state::AppState,
     validate::{self, FieldError},
@@ -280,7 +280,7 @@ impl Watcher {
 
     /// Sends one change the fan-out matched, skipping what history already
     /// sent.
-    async fn live(&mut self, live: &feed::Live) -> Result<Result<(), Gone>, Status> {
+    async fn live(&mut self, live: &Live) -> Result<Result<(), Gone>, Status> {
         let change = &live.change;
         if change.revision <= self.pos {
             return Ok(Ok(()));
@@ -333,30 +333,4 @@ impl Watcher {
         self.last_sent = Instant::now();
         self.tx.send(Ok(message)).await.map_err(|_| Gone)
     }
-}
-
-/// The API's name for a change kind.
-pub fn change_kind_to_proto(kind: ChangeKind) -> pb::ChangeKind {
-    match kind {
-        ChangeKind::Put => pb::ChangeKind::Put,
-        ChangeKind::Delete => pb::ChangeKind::Delete,
-        ChangeKind::Invalidate => pb::ChangeKind::Invalidate,
-        ChangeKind::Expire => pb::ChangeKind::Expire,
-        ChangeKind::Evict => pb::ChangeKind::Evict,
-        ChangeKind::Fetch => pb::ChangeKind::Fetch,
-        ChangeKind::Negative => pb::ChangeKind::Negative,
-    }
-}
-
-fn change_kind_from_proto(kind: pb::ChangeKind) -> Option<ChangeKind> {
-    Some(match kind {
-        pb::ChangeKind::Unspecified => return None,
-        pb::ChangeKind::Put => ChangeKind::Put,
-        pb::ChangeKind::Delete => ChangeKind::Delete,
-        pb::ChangeKind::Invalidate => ChangeKind::Invalidate,
-        pb::ChangeKind::Expire => ChangeKind::Expire,
-        pb::ChangeKind::Evict => ChangeKind::Evict,
-        pb::ChangeKind::Fetch => ChangeKind::Fetch,
-        pb::ChangeKind::Negative => ChangeKind::Negative,
-    })
 }
