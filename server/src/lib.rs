@@ -6,13 +6,17 @@
 //! beyond the process: counters since start and reads not yet flushed.
 //!
 //! # Layout
-//! - [`config`]: the typed settings and their loading and validation.
-//! - [`validate`]: request limits; [`error`]: the one mapping to `Status`.
-//! - [`cache`], [`jobs`]: the services.
+//! - [`config`]: the typed settings (the `roadie-config` crate).
+//! - [`validate`]: request limits and quoting; [`error`]: the one mapping
+//!   to `Status`; [`convert`]: every proto ↔ store conversion.
+//! - [`cache`] (a file per RPC family), [`jobs`]: the services.
 //! - [`events`]: library events → invalidations.
-//! - [`feed`]: the one tail of the change log, fanned out to [`watch`]ers
-//!   and to the [`hot`] tier.
-//! - [`maintenance`]: expiry clean-up, eviction, read statistics.
+//! - [`feed`]: the one tail of the change log; [`fanout`]: which watchers a
+//!   change goes to; [`watch`]: one task per stream; the [`hot`] tier;
+//!   [`waiter`]: waiting Fetches.
+//! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
+//!   checkpoint, read statistics.
+//! - [`drain`]: the shutdown drain.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub mod cache;

@@ -1,0 +1,278 @@
+//! Fetch: the plan (provider, URL, mode, priority), the cache answer,
+//! the enqueue and the wait within the caller's deadline.
+
+use std::time::Duration;
+
+use roadie_proto::v1 as pb;
+use roadie_providers::{Refusal, check_address, resolve_url};
+use roadie_store::{Job, JobNew, now_ms};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::{CacheService, ReadOptions, lookup};
+use crate::{
+    convert::job_to_proto,
+    error::ApiError,
+    stats::Answer,
+    validate::{self, FieldError},
+};
+
+/// What a Fetch asks for, validated.
+struct FetchPlan {
+    provider: String,
+    url: String,
+    /// `url`, parsed, for the address check before enqueueing.
+    target: url::Url,
+    mode: pb::FetchMode,
+    priority: u32,
+    tags: Vec<String>,
+    read: ReadOptions,
+}
+
+/// Jobs a caller waits for.
+const WAIT_PRIORITY: u32 = 1;
+/// Background jobs by default.
+const BACKGROUND_PRIORITY: u32 = 2;
+/// The largest background priority a request may name.
+const MAX_PRIORITY: u32 = 1000;
+/// How long a waiting Fetch with no deadline waits before answering with the job.
+const FETCH_WAIT_LIMIT: Duration = Duration::from_secs(60);
+/// How much of the caller's deadline is kept for the answer to travel back.
+const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+/// Longest path or URL a Fetch may name.
+const MAX_PATH_BYTES: usize = 2048;
+
+/// The caller's deadline from the `grpc-timeout` header, if it sent one.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+pub(super) async fn fetch(
+    service: &CacheService,
+    request: Request<pb::FetchRequest>,
+) -> Result<Response<pb::FetchResponse>, Status> {
+    let started = Instant::now();
+    let deadline = grpc_timeout(request.metadata());
+    let traceparent = request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let req = request.into_inner();
+    let plan = service.fetch_plan(req).await?;
+    let now = now_ms();
+    let stored = service
+        .state
+        .store
+        .entry_get(&plan.url)
+        .await
+        .map_err(ApiError::from)?;
+    let status = lookup(stored.as_ref(), &plan.read, now);
+    match status {
+        pb::LookupStatus::Hit | pb::LookupStatus::Negative => {
+            let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+            return Ok(Response::new(pb::FetchResponse {
+                status: answer.status,
+                entry: answer.entry,
+                job: None,
+                job_shared: false,
+            }));
+        }
+        pb::LookupStatus::Stale => {
+            // Stale-while-revalidate: answer now, refresh in the background.
+            let (job, shared) = service
+                .enqueue(&plan, BACKGROUND_PRIORITY, traceparent, now)
+                .await?;
+            let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+            return Ok(Response::new(pb::FetchResponse {
+                status: answer.status,
+                entry: answer.entry,
+                job: Some(job_to_proto(job)),
+                job_shared: shared,
+            }));
+        }
+        _ => {}
+    }
+    if plan.mode == pb::FetchMode::Background {
+        let (job, shared) = service
+            .enqueue(&plan, plan.priority, traceparent, now)
+            .await?;
+        service
+            .state
+            .stats
+            .record(&plan.read.miss_policy, Answer::Miss);
+        return Ok(Response::new(pb::FetchResponse {
+            status: pb::LookupStatus::Miss.into(),
+            entry: None,
+            job: Some(job_to_proto(job)),
+            job_shared: shared,
+        }));
+    }
+    // Subscribed first, so the worker's result cannot slip by unseen.
+    let (_, changes) = service.state.feed.subscribe();
+    let (job, shared) = service
+        .enqueue(&plan, WAIT_PRIORITY, traceparent, now)
+        .await?;
+    // Answer before the caller's deadline runs out, never after it.
+    let budget = match deadline {
+        Some(deadline) => deadline.saturating_sub(deadline.div_f64(5.0).min(MAX_DEADLINE_MARGIN)),
+        None => FETCH_WAIT_LIMIT,
+    }
+    .min(FETCH_WAIT_LIMIT);
+    let waited = tokio::select! {
+        waited = service.state.waiter.wait(
+            &service.state.store,
+            job.id,
+            &plan.url,
+            changes,
+            started + budget,
+        ) => waited.map_err(ApiError::from)?,
+        // The job goes on without this server: say so, and how to pick it up.
+        () = service.state.stopping.cancelled() => {
+            return Err(ApiError::ShuttingDown(format!(
+                "the server is shutting down; job {id} goes on: call Fetch again \
+                 (on any server it shares job {id}) or GetJob {id}",
+                id = job.id
+            ))
+            .into());
+        }
+    };
+    let job = waited.unwrap_or(job);
+    let now = now_ms();
+    let entry = if job.state.is_finished() {
+        service
+            .state
+            .store
+            .entry_get(&plan.url)
+            .await
+            .map_err(ApiError::from)?
+    } else {
+        None
+    };
+    let fresh = ReadOptions {
+        max_stale_ms: 0,
+        ..plan.read
+    };
+    let status = lookup(entry.as_ref(), &fresh, now);
+    let answer = service.respond(status, entry, &fresh.miss_policy, now);
+    Ok(Response::new(pb::FetchResponse {
+        status: answer.status,
+        entry: answer.entry,
+        job: Some(job_to_proto(job)),
+        job_shared: shared,
+    }))
+}
+
+impl CacheService {
+    async fn fetch_plan(&self, req: pb::FetchRequest) -> Result<FetchPlan, ApiError> {
+        let mode = match pb::FetchMode::try_from(req.mode) {
+            Ok(pb::FetchMode::Unspecified | pb::FetchMode::Wait) => pb::FetchMode::Wait,
+            Ok(pb::FetchMode::Background) => pb::FetchMode::Background,
+            Err(_) => {
+                return Err(
+                    FieldError::new("mode", format!("unknown FetchMode {}", req.mode)).into(),
+                );
+            }
+        };
+        let priority = match (mode, req.priority) {
+            (pb::FetchMode::Wait, _) => WAIT_PRIORITY,
+            (_, 0) => BACKGROUND_PRIORITY,
+            (_, p) if (BACKGROUND_PRIORITY..=MAX_PRIORITY).contains(&p) => p,
+            (_, p) => {
+                return Err(FieldError::new(
+                    "priority",
+                    format!("is {p}; background jobs take 2 to {MAX_PRIORITY} (1 is for callers who wait)"),
+                )
+                .into());
+            }
+        };
+        validate::text("provider", &req.provider, validate::MAX_NAME_BYTES)?;
+        let Some(provider) = self.state.providers.get(&req.provider) else {
+            let message = roadie_providers::unavailable(
+                &self.state.settings,
+                &req.provider,
+                &validate::quoted(&req.provider),
+            );
+            return Err(FieldError::new("provider", message).into());
+        };
+        validate::text("path", &req.path, MAX_PATH_BYTES)?;
+        let url = resolve_url(&provider.policy, &req.path).map_err(|refusal| match refusal {
+            Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
+                ApiError::PermissionDenied(refusal.to_string())
+            }
+            Refusal::BadUrl(_) | Refusal::OutsideProvider { .. } => {
+                FieldError::new("path", refusal.to_string()).into()
+            }
+        })?;
+        let target = url;
+        let url = target.to_string();
+        validate::key("path", &url)?;
+        let policy = if req.policy.is_empty() {
+            roadie_config::API_METADATA_POLICY.to_owned()
+        } else {
+            self.configured_policy("policy", req.policy)?
+        };
+        validate::tags("tags", &req.tags)?;
+        let max_stale_ms = req
+            .max_stale
+            .as_ref()
+            .map(|d| validate::duration_ms("max_stale", d))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(FetchPlan {
+            provider: req.provider,
+            url,
+            target,
+            mode,
+            priority,
+            tags: req.tags,
+            read: ReadOptions {
+                max_stale_ms,
+                min_confidence: 0,
+                fingerprint: String::new(),
+                miss_policy: policy,
+            },
+        })
+    }
+
+    async fn enqueue(
+        &self,
+        plan: &FetchPlan,
+        priority: u32,
+        traceparent: Option<String>,
+        now: i64,
+    ) -> Result<(Job, bool), ApiError> {
+        // Checked only when a fetch is due: a cache hit costs no DNS lookup.
+        if let Some(provider) = self.state.providers.get(&plan.provider) {
+            check_address(&provider.policy, &plan.target)
+                .await
+                .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
+        }
+        let job = JobNew {
+            provider: plan.provider.clone(),
+            url: plan.url.clone(),
+            policy: plan.read.miss_policy.clone(),
+            tags: plan.tags.clone(),
+            priority,
+            max_attempts: self.state.settings.jobs.max_attempts,
+            traceparent,
+            now,
+        };
+        let (job, shared) = self.state.store.job_enqueue(&job).await?;
+        if !shared || job.priority == priority {
+            self.state.work.nudge();
+        }
+        Ok((job, shared))
+    }
+}
