@@ -129,9 +129,10 @@ where
         // is waited for; one that sees the drain is refused.
         if self.drain.draining.load(Ordering::SeqCst) {
             drop(guard);
-            let status = Status::unavailable(
-                "the server is shutting down; retry on another server or after it restarts",
-            );
+            let status = Status::from(crate::error::ApiError::ShuttingDown(
+                "the server is shutting down; retry on another server or after it restarts"
+                    .to_owned(),
+            ));
             return futures::future::ready(Ok(status.into_http())).boxed();
         }
         let response = self.inner.call(request);
@@ -175,11 +176,11 @@ impl http_body::Body for Counted {
 }
 
 /// How long a closing connection keeps reading what the client still sends.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An accepted connection that closes the way HTTP servers must ("lingering
 /// close"): when the transport is done with it, it sends FIN and keeps
-/// reading for up to [`LINGER`] before the socket is released. Closing a
+/// reading for up to a second ([`LINGER`]) before the socket is released. Closing a
 /// socket with unread input makes the kernel send RST, and a client that
 /// gets RST may discard the final GOAWAY before reading it: calls it sent
 /// meanwhile (never taken up) then fail as "broken pipe", which looks like a

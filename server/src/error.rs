@@ -5,6 +5,23 @@ use tonic::Status;
 
 use crate::validate::{FieldError, bounded};
 
+/// A fetch the provider's rules refuse: a URL outside it is the request's
+/// fault (INVALID_ARGUMENT on `path`), an address or redirect it may not
+/// reach is PERMISSION_DENIED.
+impl From<roadie_providers::Refusal> for ApiError {
+    fn from(refusal: roadie_providers::Refusal) -> ApiError {
+        use roadie_providers::Refusal;
+        match refusal {
+            Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
+                ApiError::PermissionDenied(refusal.to_string())
+            }
+            Refusal::BadUrl(_) | Refusal::OutsideProvider { .. } => {
+                FieldError::new("path", refusal.to_string()).into()
+            }
+        }
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,6 +46,14 @@ pub enum ApiError {
     /// The server is draining for shutdown; the message says how to resume.
     #[error("{0}")]
     ShuttingDown(String),
+    /// A Watch asked for (or reached) revisions the log no longer holds.
+    #[error("revision {after} is compacted; the oldest retained is {oldest}")]
+    Compacted {
+        /// The revision the watch continues after.
+        after: u64,
+        /// The oldest retained revision.
+        oldest: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,7 +83,14 @@ impl From<ApiError> for Status {
                      and writes succeed again once the store has free space",
                 )
             }
-            ApiError::Store(StoreError::Conflict(cause)) => Status::aborted(cause),
+            ApiError::Compacted { after, oldest } => {
+                roadie_proto::revision_compacted(after, oldest)
+            }
+            // The database's own words stay in the log, not in the answer.
+            ApiError::Store(StoreError::Conflict(cause)) => {
+                tracing::info!(%cause, "write conflict");
+                Status::aborted("the write conflicted with another; retry it")
+            }
             ApiError::Store(
                 error @ (StoreError::Config(_)
                 | StoreError::Corrupt(_)

@@ -121,7 +121,7 @@ pub async fn start(
         Some(after) => {
             let oldest = state.store.change_oldest().await.map_err(ApiError::from)?;
             if after.saturating_add(1) < oldest {
-                return Err(roadie_proto::revision_compacted(after, oldest));
+                return Err(ApiError::Compacted { after, oldest }.into());
             }
             after
         }
@@ -199,11 +199,12 @@ impl Watcher {
                         }
                     }
                     None if registered.subscription.lagged() => {
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(ApiError::ResourceExhausted(format!(
                             "this watcher fell more than {} changes behind; \
                              resume with after_revision {}",
                             self.state.settings.watch.buffer, self.pos
-                        )));
+                        ))
+                        .into());
                     }
                     None => return Err(self.shutting_down()),
                 },
@@ -228,10 +229,11 @@ impl Watcher {
     }
 
     fn shutting_down(&self) -> Status {
-        Status::unavailable(format!(
+        ApiError::ShuttingDown(format!(
             "the server is shutting down; resume with after_revision {}",
             self.pos
         ))
+        .into()
     }
 
     /// Sends the changes after `pos` and up to `until` from the store, one
@@ -250,7 +252,11 @@ impl Watcher {
             // Compacted away since the watch started (the log cannot end
             // before the tail otherwise).
             let oldest = store.change_oldest().await.map_err(ApiError::from)?;
-            return Err(roadie_proto::revision_compacted(self.pos, oldest));
+            return Err(ApiError::Compacted {
+                after: self.pos,
+                oldest,
+            }
+            .into());
         }
         let mut entries = if self.guard.values() {
             feed::load_entries(store, &changes)
@@ -262,7 +268,11 @@ impl Watcher {
         for change in changes {
             if change.revision != self.pos + 1 {
                 // Only compaction past a running watcher can make a hole.
-                let status = roadie_proto::revision_compacted(self.pos, change.revision);
+                let status = ApiError::Compacted {
+                    after: self.pos,
+                    oldest: change.revision,
+                }
+                .into();
                 let _ = self.tx.send(Err(status)).await;
                 return Ok(Err(Gone));
             }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use roadie_proto::v1 as pb;
-use roadie_providers::{Refusal, check_address, resolve_url};
+use roadie_providers::{check_address, resolve_url};
 use roadie_store::{Job, JobNew, now_ms};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -207,14 +207,7 @@ impl CacheService {
             return Err(FieldError::new("provider", message).into());
         };
         validate::text("path", &req.path, MAX_PATH_BYTES)?;
-        let url = resolve_url(&provider.policy, &req.path).map_err(|refusal| match refusal {
-            Refusal::PrivateAddress { .. } | Refusal::Redirect { .. } => {
-                ApiError::PermissionDenied(refusal.to_string())
-            }
-            Refusal::BadUrl(_) | Refusal::OutsideProvider { .. } => {
-                FieldError::new("path", refusal.to_string()).into()
-            }
-        })?;
+        let url = resolve_url(&provider.policy, &req.path).map_err(ApiError::from)?;
         let target = url;
         let url = target.to_string();
         validate::key("path", &url)?;
@@ -257,7 +250,7 @@ impl CacheService {
         if let Some(provider) = self.state.providers.get(&plan.provider) {
             check_address(&provider.policy, &plan.target)
                 .await
-                .map_err(|refusal| ApiError::PermissionDenied(refusal.to_string()))?;
+                .map_err(ApiError::from)?;
         }
         let job = JobNew {
             provider: plan.provider.clone(),
