@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
-use sqlx::{AnyConnection, Connection, Row, any::AnyRow};
+use sqlx::{Any, AnyConnection, Connection, Row, Transaction, any::AnyRow};
 use tokio::sync::watch;
 
-use crate::{Store, StoreError, entry::parse_tags, sql::sql};
+use crate::{Store, StoreError, sql::sql};
 
 /// Postgres channel carrying the latest committed revision of a writer.
 pub const CHANGE_CHANNEL: &str = "roadie_changes";
@@ -251,4 +251,57 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 
 pub(crate) fn from_i64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+// The change-log writes, called inside every write transaction.
+
+/// Takes the revision counter's lock (every write does, first) and returns
+/// the latest revision.
+pub(crate) async fn revision_lock(tx: &mut Transaction<'_, Any>) -> Result<u64, StoreError> {
+    let value: i64 = sqlx::query_scalar(sql!("revision_lock"))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(from_i64(value))
+}
+
+/// Sets the revision counter to the last revision this transaction wrote.
+pub(crate) async fn revision_set(
+    tx: &mut Transaction<'_, Any>,
+    revision: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(sql!("revision_set"))
+        .bind(to_i64(revision))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Appends one change to the log, in the transaction of the write it records.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn change_insert(
+    tx: &mut Transaction<'_, Any>,
+    revision: u64,
+    kind: ChangeKind,
+    key: &str,
+    policy: &str,
+    tags_json: &str,
+    provider: Option<&str>,
+    at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(sql!("change_insert"))
+        .bind(to_i64(revision))
+        .bind(kind.as_str())
+        .bind(key)
+        .bind(policy)
+        .bind(tags_json)
+        .bind(provider)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// An entry's tags as stored (a JSON array).
+pub(crate) fn parse_tags(json: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
 }

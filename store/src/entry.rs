@@ -7,7 +7,9 @@ use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::{
     Backend, Store, StoreError,
-    change::{ChangeKind, from_i64, to_i64},
+    change::{
+        ChangeKind, change_insert, from_i64, parse_tags, revision_lock, revision_set, to_i64,
+    },
     sql::sql,
 };
 
@@ -548,45 +550,6 @@ pub(crate) async fn entry_put_in(
     Ok(PutResult::Written { revision })
 }
 
-pub(crate) async fn revision_lock(tx: &mut Transaction<'_, Any>) -> Result<u64, StoreError> {
-    let value: i64 = sqlx::query_scalar(sql!("revision_lock"))
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(from_i64(value))
-}
-
-async fn revision_set(tx: &mut Transaction<'_, Any>, revision: u64) -> Result<(), StoreError> {
-    sqlx::query(sql!("revision_set"))
-        .bind(to_i64(revision))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn change_insert(
-    tx: &mut Transaction<'_, Any>,
-    revision: u64,
-    kind: ChangeKind,
-    key: &str,
-    policy: &str,
-    tags_json: &str,
-    provider: Option<&str>,
-    at: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(sql!("change_insert"))
-        .bind(to_i64(revision))
-        .bind(kind.as_str())
-        .bind(key)
-        .bind(policy)
-        .bind(tags_json)
-        .bind(provider)
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// A value bound into a selector's condition.
 enum Bind {
     Text(String),
@@ -644,10 +607,6 @@ fn selector_condition(backend: Backend, selector: &Selector, first: usize) -> (S
             vec![Bind::Int(*stale_before), Bind::Int(*now)],
         ),
     }
-}
-
-pub(crate) fn parse_tags(json: &str) -> Result<Vec<String>, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))
 }
 
 fn confidence_from(value: i64) -> u8 {

@@ -6,8 +6,8 @@ use sqlx::{Row, any::AnyRow};
 
 use crate::{
     Store, StoreError,
-    change::{from_i64, to_i64},
-    entry::{EntryPut, PutResult, entry_put_in, parse_tags},
+    change::{from_i64, parse_tags, to_i64},
+    entry::{EntryPut, PutResult, entry_put_in},
     rate::Rates,
     sql::sql,
 };
