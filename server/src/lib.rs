@@ -15,10 +15,11 @@
 //!   change goes to; [`watch`]: one task per stream; the [`hot`] tier;
 //!   [`waiter`]: waiting Fetches.
 //! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
-//!   checkpoint, read statistics.
+//!   checkpoint, flushing the reads [`access`] noted.
 //! - [`drain`]: the shutdown drain.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
+pub mod access;
 pub mod cache;
 pub mod convert;
 pub use roadie_config as config;

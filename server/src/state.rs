@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access::AccessLog,
     config::Settings,
     feed::Feed,
-    maintenance::AccessLog,
     stats::Stats,
     waiter::{JobWaiter, WorkSignal},
 };
