@@ -21,8 +21,115 @@
 //! - [`settings`]: the shared typed configuration turned into the runner's
 //!   providers and options (secret headers read from the environment).
 //! - [`retention`]: deletes finished jobs once `jobs.keep_*` has passed.
+//! - [`run`]: the whole worker from loaded settings until a stop, which is
+//!   all `main.rs` calls after parsing flags and setting up logs.
 
 pub mod fetcher;
 pub mod retention;
 pub mod runner;
 pub mod settings;
+
+use roadie_config::{ConfigError, Settings};
+use roadie_store::{Store, StoreError, redact};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    fetcher::{BuildError, Fetcher},
+    retention::Retention,
+    runner::{Report, Worker},
+};
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting is unusable; the message names it (the binary exits 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP client could not be set up (TLS initialisation).
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] BuildError),
+    /// The store could not be opened.
+    #[error("cannot open the store at {url}: {source}")]
+    Store {
+        /// The store URL, without its password.
+        url: String,
+        /// The cause.
+        source: StoreError,
+    },
+}
+
+/// Runs a worker on `settings` until `stop` is cancelled: builds its
+/// providers (`env` looks up the variables named by `secret_headers`) and
+/// HTTP client, opens the store, claims and runs jobs, purges finished ones,
+/// and drains within `worker.shutdown_grace` once stopped.
+pub async fn run(
+    settings: &Settings,
+    env: impl Fn(&str) -> Option<String>,
+    stop: CancellationToken,
+) -> Result<Report, RunError> {
+    let providers = settings::providers(settings, env)?;
+    let fetcher = match Fetcher::new(&settings.worker.user_agent) {
+        Ok(fetcher) => fetcher,
+        Err(error @ BuildError::UserAgent) => {
+            return Err(ConfigError {
+                setting: "worker.user_agent".to_owned(),
+                message: error.to_string(),
+            }
+            .into());
+        }
+        Err(error) => return Err(RunError::Client(error)),
+    };
+    let store_settings = &settings.store;
+    let store = Store::connect(&store_settings.options())
+        .await
+        .map_err(|source| RunError::Store {
+            url: redact(&store_settings.url),
+            source,
+        })?;
+
+    let id = settings::worker_id(hostname().as_deref(), std::process::id(), rand::random());
+    let options = settings::worker_options(settings, &id);
+    let mut names: Vec<&str> = providers.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    tracing::info!(
+        worker = %id,
+        store = %redact(&store_settings.url),
+        concurrency = options.concurrency,
+        providers = %names.join(","),
+        "roadie-worker started"
+    );
+
+    let retention = tokio::spawn(
+        Retention::new(
+            store.clone(),
+            settings.jobs.keep_completed,
+            settings.jobs.keep_failed,
+        )
+        .run(stop.clone()),
+    );
+    let report = Worker::new(store.clone(), fetcher, providers, options)
+        .run(stop.clone())
+        .await;
+    // The runner returns only after a stop; cancel anyway so retention never outlives it.
+    stop.cancel();
+    if let Err(error) = retention.await {
+        tracing::warn!(%error, "the retention task failed");
+    }
+    store.close().await;
+    tracing::info!(
+        claimed = report.claimed,
+        released = report.released,
+        "roadie-worker stopped"
+    );
+    Ok(report)
+}
+
+/// This machine's name, for the worker id; None when it cannot be read.
+fn hostname() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}

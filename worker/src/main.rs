@@ -1,5 +1,5 @@
-//! `roadie-worker`: parses flags, loads configuration, opens the store, runs
-//! the claim loop (and the job retention) until SIGTERM or SIGINT.
+//! `roadie-worker`: parses flags, sets up logs, loads configuration, and
+//! runs [`roadie_worker::run`] until SIGTERM or SIGINT.
 //!
 //! A signal is a soft stop: no new claims, in-flight jobs get
 //! `worker.shutdown_grace` to finish, then the runner cancels them and hands
@@ -11,13 +11,7 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use roadie_config::{ConfigError, Settings};
-use roadie_store::{Store, redact};
-use roadie_worker::{
-    fetcher::{BuildError, Fetcher},
-    retention::Retention,
-    runner::Worker,
-    settings,
-};
+use roadie_worker::RunError;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -45,61 +39,14 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = Settings::load(args.config.as_deref(), std::env::vars())
         .unwrap_or_else(|error| config_exit(&error));
-    let providers = settings::providers(&settings, |name| std::env::var(name).ok())
-        .unwrap_or_else(|error| config_exit(&error));
-    let fetcher = match Fetcher::new(&settings.worker.user_agent) {
-        Ok(fetcher) => fetcher,
-        Err(error @ BuildError::UserAgent) => config_exit(&ConfigError {
-            setting: "worker.user_agent".to_owned(),
-            message: error.to_string(),
-        }),
-        Err(error) => return Err(error.into()),
-    };
-
     // Watch the signals before the first claim, so a stop is never missed.
     let stop = CancellationToken::new();
     watch_signals(stop.clone())?;
-
-    let store_settings = &settings.store;
-    let store = Store::connect(&store_settings.options())
-        .await
-        .with_context(|| format!("cannot open the store at {}", redact(&store_settings.url)))?;
-
-    let id = settings::worker_id(hostname().as_deref(), std::process::id(), rand::random());
-    let options = settings::worker_options(&settings, &id);
-    let mut names: Vec<&str> = providers.keys().map(String::as_str).collect();
-    names.sort_unstable();
-    tracing::info!(
-        worker = %id,
-        store = %redact(&store_settings.url),
-        concurrency = options.concurrency,
-        providers = %names.join(","),
-        "roadie-worker started"
-    );
-
-    let retention = tokio::spawn(
-        Retention::new(
-            store.clone(),
-            settings.jobs.keep_completed,
-            settings.jobs.keep_failed,
-        )
-        .run(stop.clone()),
-    );
-    let report = Worker::new(store.clone(), fetcher, providers, options)
-        .run(stop.clone())
-        .await;
-    // The runner returns only after a stop; cancel anyway so retention never outlives it.
-    stop.cancel();
-    if let Err(error) = retention.await {
-        tracing::warn!(%error, "the retention task failed");
+    match roadie_worker::run(&settings, |name| std::env::var(name).ok(), stop).await {
+        Ok(_) => Ok(()),
+        Err(RunError::Config(error)) => config_exit(&error),
+        Err(error) => Err(error.into()),
     }
-    store.close().await;
-    tracing::info!(
-        claimed = report.claimed,
-        released = report.released,
-        "roadie-worker stopped"
-    );
-    Ok(())
 }
 
 /// Reports a configuration error naming the setting, and exits 2.
@@ -136,14 +83,4 @@ fn watch_signals(stop: CancellationToken) -> anyhow::Result<()> {
         });
     }
     Ok(())
-}
-
-/// This machine's name, for the worker id; None when it cannot be read.
-fn hostname() -> Option<String> {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
 }
