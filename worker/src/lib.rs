@@ -15,7 +15,7 @@
 //!   store: backoff, rate limits and write-back belong to the job queue that
 //!   calls it. It is also the guard that keeps Roadie on the hosts providers
 //!   declare: URLs outside a provider's base URL, redirects out of it and
-//!   private or loopback addresses are refused ([`fetcher::Refusal`]).
+//!   private or loopback addresses are refused ([`roadie_providers::Refusal`]).
 //! - [`runner`]: the claim loop: leases, heartbeats, outcome → cache entry,
 //!   retries with backoff, soft and hard stop.
 //! - [`settings`]: the shared typed configuration turned into the runner's

@@ -1,0 +1,473 @@
+//! The decision of one attempt: what the job and the cache become, given
+//! what upstream did. A pure function ([`decide`]), so every rule of the
+//! README's account of fetching is tested without IO.
+
+use std::time::Duration;
+
+use roadie_config::expires_at;
+use roadie_providers::{Provider, Refusal};
+use roadie_store::{ChangeKind, Entry, EntryPut, Job, Provenance};
+
+use super::millis;
+use crate::fetcher::Outcome;
+
+/// How one attempt ended, for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Complete,
+    Retry {
+        error: String,
+        at: i64,
+    },
+    /// Upstream pushed back (429/503): try again at `at`; the attempt does
+    /// not count against `max_attempts`. With `pause`, `at` came from
+    /// upstream's Retry-After and pauses the provider for every worker.
+    PushedBack {
+        error: String,
+        at: i64,
+        pause: bool,
+    },
+    Fail {
+        error: String,
+    },
+}
+
+/// What one attempt makes of the job and the cache: a pure function of the
+/// job, what upstream did (or why the fetch was refused), the good entry
+/// stored now, the provider, the failed-lookup lifetime, this attempt's
+/// backoff and the clock. Every rule of the README's account of fetching is
+/// here and tested without IO; the caller does the IO (the provider's pause,
+/// the write).
+pub(crate) fn decide(
+    job: &Job,
+    fetched: Result<Outcome, Refusal>,
+    stored: Option<&Entry>,
+    provider: &Provider,
+    failed_lookup_ttl: Duration,
+    backoff: Duration,
+    now: i64,
+) -> (Decision, Option<EntryPut>) {
+    let retry_or_fail = |error: String, at: Option<i64>| -> (Decision, Option<EntryPut>) {
+        if job.attempt < job.max_attempts {
+            let at = at.unwrap_or_else(|| now + millis(backoff));
+            (Decision::Retry { error, at }, None)
+        } else {
+            give_up(job, stored, error, failed_lookup_ttl, now)
+        }
+    };
+    match fetched {
+        Ok(Outcome::Success {
+            status,
+            body,
+            media_type,
+            etag,
+            last_modified,
+        }) => {
+            let provenance = Provenance {
+                provider: job.provider.clone(),
+                upstream_status: status,
+                etag,
+                last_modified,
+            };
+            let entry = result_entry(
+                job,
+                body.to_vec(),
+                media_type,
+                provenance,
+                expires_at(now, provider.success_ttl),
+                now,
+            );
+            (Decision::Complete, Some(entry))
+        }
+        Ok(Outcome::NotModified {
+            etag,
+            last_modified,
+        }) => match stored {
+            Some(entry) => {
+                let provenance = Provenance {
+                    provider: job.provider.clone(),
+                    upstream_status: 304,
+                    etag,
+                    last_modified,
+                };
+                let mut put = result_entry(
+                    job,
+                    entry.value.to_vec(),
+                    entry.media_type.clone(),
+                    provenance,
+                    expires_at(now, provider.success_ttl),
+                    now,
+                );
+                if put.tags.is_empty() {
+                    put.tags = entry.tags.clone();
+                }
+                (Decision::Complete, Some(put))
+            }
+            // The entry went while we revalidated: fetch it whole next time.
+            None => (
+                Decision::Retry {
+                    error: "304 but the entry is gone".to_owned(),
+                    at: now,
+                },
+                None,
+            ),
+        },
+        Ok(Outcome::NotFound { status }) => {
+            let provenance = Provenance {
+                provider: job.provider.clone(),
+                upstream_status: status,
+                ..Provenance::default()
+            };
+            let mut entry = result_entry(
+                job,
+                Vec::new(),
+                String::new(),
+                provenance,
+                expires_at(now, provider.negative_ttl),
+                now,
+            );
+            entry.negative = true;
+            entry.kind = ChangeKind::Negative;
+            (Decision::Complete, Some(entry))
+        }
+        Ok(Outcome::Throttled { status, retry_at }) => {
+            let until =
+                retry_at.map(|t| t.duration_since(std::time::UNIX_EPOCH).map_or(now, millis));
+            // The provider's state, not the job's failure: retried when
+            // the pause ends (or after a backoff), whatever its attempts.
+            (
+                Decision::PushedBack {
+                    error: format!("upstream answered {status}"),
+                    at: until.unwrap_or_else(|| now + millis(backoff)),
+                    pause: until.is_some(),
+                },
+                None,
+            )
+        }
+        Ok(Outcome::Transient { reason }) => retry_or_fail(reason, None),
+        Ok(Outcome::Final { status, reason }) => {
+            let error = match status {
+                Some(status) => format!("upstream answered {status}: {reason}"),
+                None => reason,
+            };
+            give_up(job, stored, error, failed_lookup_ttl, now)
+        }
+        Err(refusal) => (
+            Decision::Fail {
+                error: refusal.to_string(),
+            },
+            None,
+        ),
+    }
+}
+
+/// The last word on a job that will not succeed: a NEGATIVE
+/// `failed_lookup` entry, unless a good entry is stored (stale-if-error).
+fn give_up(
+    job: &Job,
+    stored: Option<&Entry>,
+    error: String,
+    failed_lookup_ttl: Duration,
+    now: i64,
+) -> (Decision, Option<EntryPut>) {
+    if stored.is_some() {
+        return (Decision::Fail { error }, None);
+    }
+    let provenance = Provenance {
+        provider: job.provider.clone(),
+        ..Provenance::default()
+    };
+    let mut entry = result_entry(
+        job,
+        error.clone().into_bytes(),
+        "text/plain".to_owned(),
+        provenance,
+        expires_at(now, failed_lookup_ttl),
+        now,
+    );
+    entry.policy = roadie_config::FAILED_LOOKUP_POLICY.to_owned();
+    entry.negative = true;
+    entry.kind = ChangeKind::Negative;
+    (Decision::Fail { error }, Some(entry))
+}
+
+/// The entry a fetched result is written as.
+fn result_entry(
+    job: &Job,
+    value: Vec<u8>,
+    media_type: String,
+    provenance: Provenance,
+    expires_at: Option<i64>,
+    now: i64,
+) -> EntryPut {
+    EntryPut {
+        key: job.url.clone(),
+        value,
+        media_type,
+        policy: job.policy.clone(),
+        tags: job.tags.clone(),
+        confidence: 0,
+        fingerprint: None,
+        metadata: Default::default(),
+        negative: false,
+        expires_at,
+        provenance: Some(provenance),
+        keep_higher_confidence: false,
+        if_revision: None,
+        kind: ChangeKind::Fetch,
+        now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision of one attempt, outcome by outcome, with no IO: the
+    //! README's account of fetching, rule by rule.
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use bytes::Bytes;
+    use roadie_providers::{Provider, ProviderPolicy, Refusal};
+    use roadie_store::{ChangeKind, Entry, Job, JobState};
+
+    use super::{Decision, decide};
+    use crate::fetcher::Outcome;
+
+    const NOW: i64 = 1_800_000_000_000;
+    const BACKOFF: Duration = Duration::from_secs(4);
+    const FAILED_LOOKUP: Duration = Duration::from_secs(3600);
+
+    fn job(attempt: u32, max_attempts: u32) -> Job {
+        Job {
+            id: 7,
+            provider: "mb".to_owned(),
+            url: "https://musicbrainz.org/ws/2/artist/x".to_owned(),
+            policy: "api_metadata".to_owned(),
+            tags: vec!["artist:x".to_owned()],
+            priority: 1,
+            state: JobState::Running,
+            attempt,
+            max_attempts,
+            run_after: NOW,
+            lease_expires_at: Some(NOW + 30_000),
+            lease_holder: Some("w".to_owned()),
+            last_error: None,
+            created_at: NOW,
+            updated_at: NOW,
+            finished_at: None,
+            traceparent: None,
+            stored_etag: None,
+            stored_last_modified: None,
+        }
+    }
+
+    fn provider() -> Provider {
+        Provider {
+            policy: ProviderPolicy::new(
+                "mb",
+                url::Url::parse("https://musicbrainz.org/ws/2/").unwrap(),
+            ),
+            success_ttl: Duration::from_secs(86_400),
+            negative_ttl: Duration::from_secs(300),
+            rate: None,
+        }
+    }
+
+    fn stored() -> Entry {
+        Entry {
+            key: job(1, 5).url,
+            value: Bytes::from_static(b"old"),
+            media_type: "application/json".to_owned(),
+            policy: "api_metadata".to_owned(),
+            tags: vec!["artist:x".to_owned()],
+            confidence: 0,
+            fingerprint: None,
+            metadata: Default::default(),
+            negative: false,
+            created_at: NOW - 10_000,
+            updated_at: NOW - 10_000,
+            expires_at: Some(NOW - 1),
+            revision: 3,
+            provenance: None,
+        }
+    }
+
+    fn run(
+        job: &Job,
+        fetched: Result<Outcome, Refusal>,
+        stored: Option<&Entry>,
+    ) -> (Decision, Option<roadie_store::EntryPut>) {
+        decide(
+            job,
+            fetched,
+            stored,
+            &provider(),
+            FAILED_LOOKUP,
+            BACKOFF,
+            NOW,
+        )
+    }
+
+    fn transient() -> Result<Outcome, Refusal> {
+        Ok(Outcome::Transient {
+            reason: "connection reset".to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_2xx_is_stored_under_the_success_ttl_with_its_validators() {
+        let fetched = Ok(Outcome::Success {
+            status: 200,
+            body: Bytes::from_static(b"{}"),
+            media_type: "application/json".to_owned(),
+            etag: Some("\"v1\"".to_owned()),
+            last_modified: None,
+        });
+        let (decision, entry) = run(&job(1, 5), fetched, None);
+        assert_eq!(decision, Decision::Complete);
+        let entry = entry.unwrap();
+        assert_eq!(entry.value, b"{}");
+        assert_eq!(entry.expires_at, Some(NOW + 86_400_000));
+        assert_eq!(entry.kind, ChangeKind::Fetch);
+        assert_eq!(entry.tags, ["artist:x"]);
+        let provenance = entry.provenance.unwrap();
+        assert_eq!(
+            (provenance.upstream_status, provenance.etag.as_deref()),
+            (200, Some("\"v1\""))
+        );
+        assert!(!entry.negative);
+    }
+
+    #[test]
+    fn a_304_extends_the_stored_entry_and_without_one_retries_at_once() {
+        let fetched = || {
+            Ok(Outcome::NotModified {
+                etag: Some("\"v2\"".to_owned()),
+                last_modified: None,
+            })
+        };
+        let stored = stored();
+        let (decision, entry) = run(&job(1, 5), fetched(), Some(&stored));
+        assert_eq!(decision, Decision::Complete);
+        let entry = entry.unwrap();
+        assert_eq!(entry.value, b"old");
+        assert_eq!(entry.expires_at, Some(NOW + 86_400_000));
+        assert_eq!(entry.provenance.unwrap().upstream_status, 304);
+
+        let (decision, entry) = run(&job(1, 5), fetched(), None);
+        assert!(
+            matches!(decision, Decision::Retry { at: NOW, .. }),
+            "{decision:?}"
+        );
+        assert!(entry.is_none());
+    }
+
+    #[test]
+    fn a_404_is_a_negative_entry_for_the_negative_ttl() {
+        let (decision, entry) = run(&job(1, 5), Ok(Outcome::NotFound { status: 404 }), None);
+        assert_eq!(decision, Decision::Complete);
+        let entry = entry.unwrap();
+        assert!(entry.negative);
+        assert_eq!(entry.kind, ChangeKind::Negative);
+        assert_eq!(entry.expires_at, Some(NOW + 300_000));
+    }
+
+    #[test]
+    fn a_pushback_pauses_the_provider_until_retry_after_and_costs_no_attempt() {
+        let retry_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(NOW).unwrap() + 30_000);
+        let throttled = Ok(Outcome::Throttled {
+            status: 429,
+            retry_at: Some(retry_at),
+        });
+        // Even on the last attempt: the provider's state, not the job's failure.
+        let (decision, entry) = run(&job(5, 5), throttled, None);
+        assert_eq!(
+            decision,
+            Decision::PushedBack {
+                error: "upstream answered 429".to_owned(),
+                at: NOW + 30_000,
+                pause: true
+            }
+        );
+        assert!(entry.is_none());
+        // Without a usable Retry-After: the job's backoff, no pause.
+        let throttled = Ok(Outcome::Throttled {
+            status: 503,
+            retry_at: None,
+        });
+        let (decision, _) = run(&job(1, 5), throttled, None);
+        assert!(
+            matches!(decision, Decision::PushedBack { at, pause: false, .. } if at == NOW + 4_000),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn transient_failures_retry_with_backoff_then_leave_a_failed_lookup() {
+        let (decision, entry) = run(&job(1, 5), transient(), None);
+        assert_eq!(
+            decision,
+            Decision::Retry {
+                error: "connection reset".to_owned(),
+                at: NOW + 4_000
+            }
+        );
+        assert!(entry.is_none());
+        let (decision, entry) = run(&job(5, 5), transient(), None);
+        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
+        let entry = entry.unwrap();
+        assert_eq!(entry.policy, "failed_lookup");
+        assert!(entry.negative);
+        assert_eq!(entry.expires_at, Some(NOW + 3_600_000));
+    }
+
+    #[test]
+    fn a_good_stored_entry_is_kept_when_the_lookup_fails_for_good() {
+        let stored = stored();
+        let (decision, entry) = run(&job(5, 5), transient(), Some(&stored));
+        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
+        assert!(entry.is_none(), "stale-if-error keeps the stored entry");
+        let final_4xx = Ok(Outcome::Final {
+            status: Some(400),
+            reason: "bad request".to_owned(),
+        });
+        let (decision, entry) = run(&job(1, 5), final_4xx, Some(&stored));
+        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
+        assert!(entry.is_none());
+    }
+
+    #[test]
+    fn other_4xx_fail_at_once_and_refusals_store_nothing() {
+        let final_4xx = Ok(Outcome::Final {
+            status: Some(400),
+            reason: "bad request".to_owned(),
+        });
+        let (decision, entry) = run(&job(1, 5), final_4xx, None);
+        assert_eq!(
+            decision,
+            Decision::Fail {
+                error: "upstream answered 400: bad request".to_owned()
+            }
+        );
+        assert_eq!(entry.unwrap().policy, "failed_lookup");
+        let refused = Err(Refusal::BadUrl("nope".to_owned()));
+        let (decision, entry) = run(&job(1, 5), refused, None);
+        assert!(matches!(decision, Decision::Fail { .. }));
+        assert!(entry.is_none());
+    }
+
+    #[test]
+    fn a_zero_failed_lookup_ttl_never_expires() {
+        let (_, entry) = decide(
+            &job(5, 5),
+            transient(),
+            None,
+            &provider(),
+            Duration::ZERO,
+            BACKOFF,
+            NOW,
+        );
+        assert_eq!(entry.unwrap().expires_at, None);
+    }
+}

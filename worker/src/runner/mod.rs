@@ -1,0 +1,413 @@
+//! The worker, built like River's: this file is the producer, the claim
+//! loop (claims jobs for free slots, woken by the servers' NOTIFY on
+//! Postgres, by `data_version` on SQLite, polling as a fallback) and one
+//! attempt per job, held under a lease renewed by heartbeat; `decide`
+//! turns what upstream did into what the job and the cache become (a pure
+//! function); `completer` writes finished attempts in batches, only while
+//! their leases are held; `rescuer` makes the jobs of dead workers
+//! claimable again on a timer of its own. A soft stop claims nothing new and
+//! lets in-flight jobs finish within a grace period; then a hard stop
+//! cancels them and hands their leases back so another worker takes over at
+//! once.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rand::Rng;
+use roadie_providers::Provider;
+use roadie_store::{EntryPut, Job, Rates, Store, StoreError, WORK_CHANNEL, now_ms};
+use tokio::{
+    sync::{Notify, mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use url::Url;
+
+use crate::fetcher::{Fetcher, Validators};
+
+mod completer;
+mod decide;
+mod rescuer;
+
+use completer::Done;
+use decide::{Decision, decide};
+use rescuer::rescue;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// This worker's name in leases; unique per process.
+    pub id: String,
+    /// Jobs in flight at once.
+    pub concurrency: u32,
+    /// How long a claim holds without a heartbeat.
+    pub lease: Duration,
+    /// How often held leases are renewed (well under `lease`).
+    pub heartbeat: Duration,
+    /// How often to look for work when idle.
+    pub poll_interval: Duration,
+    /// SQLite: how often an idle worker reads `PRAGMA data_version` to learn
+    /// that another process committed (an enqueued job, most often).
+    pub commit_poll: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Lifetime of the NEGATIVE `failed_lookup` entry written after the last attempt.
+    pub failed_lookup_ttl: Duration,
+    /// How long in-flight jobs may run after a soft stop.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerOptions {
+    /// Defaults for a worker named `id`.
+    pub fn new(id: impl Into<String>) -> WorkerOptions {
+        WorkerOptions {
+            id: id.into(),
+            concurrency: 8,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            commit_poll: Duration::from_millis(5),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            failed_lookup_ttl: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Jobs claimed.
+    pub claimed: u64,
+    /// Leases handed back at a hard stop.
+    pub released: u64,
+}
+
+/// One worker: a store, a fetcher and the providers it may call.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    store: Store,
+    fetcher: Fetcher,
+    providers: Arc<HashMap<String, Provider>>,
+    rates: Arc<Rates>,
+    options: Arc<WorkerOptions>,
+}
+
+impl Worker {
+    /// A worker over `store`.
+    pub fn new(
+        store: Store,
+        fetcher: Fetcher,
+        providers: HashMap<String, Provider>,
+        options: WorkerOptions,
+    ) -> Worker {
+        let rates: Rates = providers
+            .iter()
+            .filter_map(|(name, p)| p.rate.map(|rate| (name.clone(), rate)))
+            .collect();
+        Worker {
+            store,
+            fetcher,
+            providers: Arc::new(providers),
+            rates: Arc::new(rates),
+            options: Arc::new(options),
+        }
+    }
+
+    /// Claims and runs jobs until `stop` fires, then drains (see the module docs).
+    pub async fn run(self, stop: CancellationToken) -> Report {
+        let options = self.options.clone();
+        let hard = CancellationToken::new();
+        let mut inflight = JoinSet::new();
+        let mut report = Report::default();
+        // While other jobs still run, freed slots are refilled a quarter of
+        // the slots at a time: one claim transaction per batch, not per job.
+        let refill_batch = (options.concurrency / 4).max(1);
+        let mut only_freed = false;
+        let (finished, to_finish) = mpsc::channel(options.concurrency.max(1) as usize);
+        let completer = tokio::spawn(self.clone().complete(to_finish));
+        // Postgres: servers NOTIFY (debounced) when they enqueue; the poll stays as a fallback.
+        let wake = Arc::new(Notify::new());
+        let listening = CancellationToken::new();
+        {
+            let (store, wake, listening) = (self.store.clone(), wake.clone(), listening.clone());
+            tokio::spawn(async move {
+                store
+                    .listen(WORK_CHANNEL, listening, |_| wake.notify_one())
+                    .await
+            });
+        }
+        // SQLite has no notifications, but any commit by another process
+        // moves `data_version`, which costs no I/O to read: a worker that
+        // checks it often claims a new job within `commit_poll` of its
+        // enqueueing instead of at the next poll.
+        tokio::spawn(wake_on_commits(
+            self.store.clone(),
+            options.commit_poll,
+            wake.clone(),
+            listening.clone(),
+        ));
+        tokio::spawn(rescue(
+            self.store.clone(),
+            options.lease / 2,
+            wake.clone(),
+            listening.clone(),
+        ));
+        while !stop.is_cancelled() {
+            let free = options
+                .concurrency
+                .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
+            let mut next_due = None;
+            if free > 0 && (!only_freed || free >= refill_batch) {
+                let now = now_ms();
+                let lease_until = now + millis(options.lease);
+                match self
+                    .store
+                    .job_claim_within(&options.id, free, lease_until, now, &self.rates)
+                    .await
+                {
+                    Ok(claim) => {
+                        report.claimed += claim.jobs.len() as u64;
+                        next_due = claim.next_due;
+                        for job in claim.jobs {
+                            let span = tracing::info_span!("worker.job", job = job.id, provider = %job.provider, attempt = job.attempt);
+                            inflight.spawn(
+                                self.clone()
+                                    .process(job, hard.clone(), finished.clone())
+                                    .instrument(span),
+                            );
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "claim failed"),
+                }
+            }
+            // A throttled provider's budget returns at a known moment: look
+            // again then rather than at the next poll.
+            let budget_back = next_due.map(|at| {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
+            });
+            // Freed slots claim again (in batches while others run); an idle worker polls.
+            only_freed = tokio::select! {
+                () = stop.cancelled() => break,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => true,
+                () = tokio::time::sleep(options.poll_interval) => false,
+                () = wake.notified() => false,
+                () = sleep_until_some(budget_back) => false,
+            };
+        }
+        listening.cancel();
+        tracing::info!(in_flight = inflight.len(), grace = ?options.shutdown_grace, "stopping: no new claims");
+        let drained = tokio::time::timeout(options.shutdown_grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = inflight.len(),
+                "grace period over: cancelling jobs and releasing their leases"
+            );
+            hard.cancel();
+            while inflight.join_next().await.is_some() {}
+        }
+        // Every attempt has handed its result over; the last batch commits.
+        drop(finished);
+        if let Err(error) = completer.await {
+            tracing::warn!(%error, "the completer ended abnormally");
+        }
+        match self.store.job_release(&options.id, now_ms()).await {
+            Ok(released) => report.released = released,
+            Err(error) => {
+                tracing::warn!(%error, "could not release leases; they expire within one lease period")
+            }
+        }
+        report
+    }
+
+    async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<Done>) {
+        let lease_lost = CancellationToken::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(job.id, lease_lost.clone()));
+        let outcome = tokio::select! {
+            outcome = self.attempt(&job) => Some(outcome),
+            () = lease_lost.cancelled() => None,
+            () = hard.cancelled() => None,
+        };
+        heartbeat.abort();
+        let Some(result) = outcome else {
+            tracing::warn!(job = job.id, "attempt abandoned: lease lost or hard stop");
+            return;
+        };
+        let (outcome, entry) = match result {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(job = job.id, %error, "store error during the attempt; the lease will expire");
+                return;
+            }
+        };
+        let (reply, recorded) = oneshot::channel();
+        let done = Done {
+            id: job.id,
+            decision: outcome,
+            entry,
+            reply,
+        };
+        if finished.send(done).await.is_err() {
+            tracing::warn!(job = job.id, "the completer is gone; the lease will expire");
+            return;
+        }
+        match recorded.await {
+            Ok(Ok(roadie_store::Finish::LeaseLost)) => {
+                tracing::warn!(job = job.id, "lease lost before finishing: result dropped")
+            }
+            Ok(Ok(roadie_store::Finish::Recorded { .. })) => {
+                tracing::debug!(job = job.id, "job finished")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(job = job.id, %error, "could not finish the job; the lease will expire")
+            }
+            Err(_) => tracing::warn!(
+                job = job.id,
+                "the completer dropped the job; the lease will expire"
+            ),
+        }
+    }
+
+    async fn heartbeat(self, id: u64, lease_lost: CancellationToken) {
+        let mut tick = tokio::time::interval(self.options.heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            match self
+                .store
+                .job_heartbeat(id, &self.options.id, now + millis(self.options.lease), now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    lease_lost.cancel();
+                    return;
+                }
+                Err(error) => tracing::warn!(job = id, %error, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// One attempt: fetch, then decide what the job and the cache become.
+    async fn attempt(&self, job: &Job) -> Result<(Decision, Option<EntryPut>), StoreError> {
+        let Some(provider) = self.providers.get(&job.provider) else {
+            return Ok((
+                Decision::Fail {
+                    error: format!("unknown provider {:?}", job.provider),
+                },
+                None,
+            ));
+        };
+        let url = match Url::parse(&job.url) {
+            Ok(url) => url,
+            Err(error) => {
+                return Ok((
+                    Decision::Fail {
+                        error: format!("bad url: {error}"),
+                    },
+                    None,
+                ));
+            }
+        };
+        // The validators came with the claim: nothing stands between the
+        // claim and the request, which keeps requests on the rate's schedule.
+        let validators = Validators {
+            etag: job.stored_etag.clone(),
+            last_modified: job.stored_last_modified.clone(),
+        };
+        let fetched = self
+            .fetcher
+            .fetch(&provider.policy, &url, &validators)
+            .await;
+        // The entry's age and lifetime start when its answer arrived, not
+        // when the request went out: a slow upstream must not write an entry
+        // that is already expired.
+        let now = now_ms();
+        let stored = self
+            .store
+            .entry_get(&job.url)
+            .await?
+            .filter(|e| !e.negative);
+        let backoff = self.backoff(job.attempt);
+        let (decision, entry) = decide(
+            job,
+            fetched,
+            stored.as_ref(),
+            provider,
+            self.options.failed_lookup_ttl,
+            backoff,
+            now,
+        );
+        if let Decision::PushedBack {
+            pause: true, at, ..
+        } = &decision
+        {
+            self.store.provider_pause(&job.provider, *at).await?;
+            tracing::warn!(provider = %job.provider, until = at, "upstream pushback: provider paused for every worker");
+        }
+        Ok((decision, entry))
+    }
+
+    /// Exponential backoff for `attempt` (1-based), with jitter in [½, 1].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .options
+            .backoff_base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.options.backoff_max);
+        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+async fn wake_on_commits(
+    store: Store,
+    every: Duration,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut version = match store.data_version().await {
+        Ok(Some(version)) => version,
+        // Postgres: the LISTEN above.
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for commits; idle workers poll");
+            return;
+        }
+    };
+    let mut last = None;
+    loop {
+        match version.read().await {
+            Ok(now) if last != Some(now) => {
+                if last.is_some() {
+                    wake.notify_one();
+                }
+                last = Some(now);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot read data_version; idle workers poll"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
