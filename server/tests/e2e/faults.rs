@@ -331,17 +331,20 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
     ];
     let mut server = ServerProcess::start(&[], &env).await;
     let acked = Arc::new(AtomicU64::new(0));
+    // Told once 300 writes are acknowledged: the drain starts under load.
+    let enough = Arc::new(tokio::sync::Notify::new());
     let exited = Arc::new(AtomicBool::new(false));
     let endings = Arc::new(Mutex::new(Vec::<(String, Ending, Duration)>::new()));
     let mut writers = Vec::new();
     for c in 0..4 {
         let client = server.client().await;
         for t in 0..8 {
-            let (client, acked, exited, endings) = (
+            let (client, acked, exited, endings, enough) = (
                 client.clone(),
                 acked.clone(),
                 exited.clone(),
                 endings.clone(),
+                enough.clone(),
             );
             writers.push(tokio::spawn(async move {
                 let mut n = 0;
@@ -350,8 +353,10 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
                     n += 1;
                     let started = Instant::now();
                     let end = ending(client.put(put(&key, "v")).await);
-                    if matches!(end, Ending::Acknowledged) {
-                        acked.fetch_add(1, Ordering::AcqRel);
+                    if matches!(end, Ending::Acknowledged)
+                        && acked.fetch_add(1, Ordering::AcqRel) + 1 == 300
+                    {
+                        enough.notify_one();
                     }
                     let refused = matches!(end, Ending::Refused);
                     endings
@@ -366,9 +371,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
             }));
         }
     }
-    while acked.load(Ordering::Acquire) < 300 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    enough.notified().await;
     let signalled = Instant::now();
     server.signal("-TERM");
     let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())

@@ -136,6 +136,18 @@ fn start_worker_with(
     success_ttl: Duration,
     failed_lookup_ttl: Duration,
 ) -> RunningWorker {
+    let (worker, stop) = worker_for(store, addr, poll, success_ttl, failed_lookup_ttl);
+    (stop.clone(), tokio::spawn(worker.run(stop)))
+}
+
+/// The worker of [`start_worker_with`], not yet running, and its stop.
+fn worker_for(
+    store: Store,
+    addr: SocketAddr,
+    poll: Duration,
+    success_ttl: Duration,
+    failed_lookup_ttl: Duration,
+) -> (Worker, CancellationToken) {
     let mut policy = ProviderPolicy::new(
         "test",
         url::Url::parse(&format!("http://{addr}/api/")).expect("url"),
@@ -158,8 +170,7 @@ fn start_worker_with(
         HashMap::from([("test".to_owned(), provider)]),
         options,
     );
-    let stop = CancellationToken::new();
-    (stop.clone(), tokio::spawn(worker.run(stop)))
+    (worker, CancellationToken::new())
 }
 
 fn rand_suffix() -> u32 {
@@ -371,10 +382,17 @@ async fn postgres_workers_wake_on_notify() {
     let Some(server) = TestServer::start(Backend::Postgres, with_provider(addr)).await else {
         return;
     };
-    let (stop, worker) =
-        start_worker_polling(server.store().clone(), addr, Duration::from_secs(30));
-    // Let the worker finish its first (empty) claim and go idle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (worker, stop) = worker_for(
+        server.store().clone(),
+        addr,
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
+    // The worker finishes its first (empty) claim and goes idle.
+    let mut rounds = worker.claim_rounds();
+    let worker = tokio::spawn(worker.run(stop.clone()));
+    rounds.wait_for(|&n| n >= 1).await.expect("the worker runs");
     let started = Instant::now();
     let answer = server
         .client

@@ -94,6 +94,9 @@ pub struct Worker {
     providers: Arc<HashMap<String, Provider>>,
     rates: Arc<Rates>,
     options: Arc<WorkerOptions>,
+    /// Claim rounds finished so far, for tests that wait on the loop (a
+    /// signal, not a sleep).
+    rounds: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Worker {
@@ -114,7 +117,14 @@ impl Worker {
             providers: Arc::new(providers),
             rates: Arc::new(rates),
             options: Arc::new(options),
+            rounds: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    /// The number of claim rounds finished, as it changes: a test waits for
+    /// the worker to have looked for work (and gone idle) on this.
+    pub fn claim_rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.subscribe()
     }
 
     /// Claims and runs jobs until `stop` fires, then drains (see the module docs).
@@ -183,6 +193,7 @@ impl Worker {
                     }
                     Err(error) => tracing::warn!(%error, "claim failed"),
                 }
+                self.rounds.send_modify(|rounds| *rounds += 1);
             }
             // A throttled provider's budget returns at a known moment: look
             // again then rather than at the next poll.
