@@ -172,11 +172,13 @@ impl Fanout {
     }
 
     /// Watchers on this feed.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.subscribers.len()
     }
 
     /// Whether no watcher is on this feed.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.subscribers.is_empty()
     }

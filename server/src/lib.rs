@@ -7,35 +7,35 @@
 //!
 //! # Layout
 //! - [`config`]: the typed settings (the `roadie-config` crate).
-//! - [`validate`]: request limits and quoting; [`error`]: the one mapping
-//!   to `Status`; [`convert`]: every proto ↔ store conversion.
-//! - [`cache`] (a file per RPC family), [`jobs`]: the services.
-//! - [`events`]: library events → invalidations.
-//! - [`feed`]: the one tail of the change log; [`fanout`]: which watchers a
-//!   change goes to; [`watch`]: one task per stream; the [`hot`] tier;
-//!   [`waiter`]: waiting Fetches.
+//! - `validate`: request limits and quoting; `error`: the one mapping
+//!   to `Status`; `convert`: every proto ↔ store conversion.
+//! - `cache` (a file per RPC family), `jobs`: the services.
+//! - `events`: library events → invalidations.
+//! - `feed`: the one tail of the change log; `fanout`: which watchers a
+//!   change goes to; `watch`: one task per stream; the `hot` tier;
+//!   `waiter`: waiting Fetches.
 //! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
-//!   checkpoint, flushing the reads [`access`] noted.
-//! - [`drain`]: the shutdown drain.
+//!   checkpoint, flushing the reads `access` noted.
+//! - `drain`: the shutdown drain.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
-pub mod access;
-pub mod cache;
-pub mod convert;
+pub(crate) mod access;
+pub(crate) mod cache;
+pub(crate) mod convert;
 pub use roadie_config as config;
-pub mod drain;
-pub mod error;
-pub mod events;
-pub mod fanout;
-pub mod feed;
-pub mod hot;
-pub mod jobs;
+pub(crate) mod drain;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod fanout;
+pub(crate) mod feed;
+pub(crate) mod hot;
+pub(crate) mod jobs;
 pub mod maintenance;
-pub mod state;
-pub mod stats;
-pub mod validate;
-pub mod waiter;
-pub mod watch;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod validate;
+pub(crate) mod waiter;
+pub(crate) mod watch;
 
 use std::{future::Future, sync::Arc, time::SystemTime};
 
@@ -156,7 +156,7 @@ impl App {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains (see
-    /// [`drain`]) for at most `server.shutdown_grace`.
+    /// `drain`) for at most `server.shutdown_grace`.
     pub async fn serve(
         self,
         listener: TcpListener,
