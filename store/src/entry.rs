@@ -72,7 +72,7 @@ impl Entry {
 }
 
 /// A write, with its conditions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryPut {
     /// The key.
     pub key: String,

@@ -150,13 +150,14 @@ pub struct ProviderState {
     pub waited_ms: i64,
 }
 
-/// How a worker ends its attempt at a job.
-#[derive(Debug, Clone)]
-pub enum JobOutcome<'a> {
+/// How a worker's attempt at a job ended: the one owned account of it,
+/// from the worker's decision to the transaction that records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
     /// Done: write `entry` (if any) and mark the job completed, atomically.
     Complete {
         /// The result to store.
-        entry: Option<&'a EntryPut>,
+        entry: Option<EntryPut>,
     },
     /// Try again not before `run_after`.
     RetryLater {
@@ -174,17 +175,17 @@ pub enum JobOutcome<'a> {
         /// Why.
         error: String,
         /// A negative entry to store, unless a good entry must be kept.
-        entry: Option<&'a EntryPut>,
+        entry: Option<EntryPut>,
     },
 }
 
 /// One attempt to end, for [`Store::job_finish_many_if_leased`].
 #[derive(Debug, Clone)]
-pub struct JobFinish<'a> {
+pub struct JobFinish {
     /// The job.
     pub id: u64,
     /// How its attempt ended.
-    pub outcome: JobOutcome<'a>,
+    pub outcome: JobOutcome,
 }
 
 /// What finishing an attempt did.
@@ -438,7 +439,7 @@ impl Store {
         &self,
         id: u64,
         worker: &str,
-        outcome: &JobOutcome<'_>,
+        outcome: &JobOutcome,
         now: i64,
     ) -> Result<Finish, StoreError> {
         let finishes = [JobFinish {
@@ -460,7 +461,7 @@ impl Store {
     pub async fn job_finish_many_if_leased(
         &self,
         worker: &str,
-        finishes: &[JobFinish<'_>],
+        finishes: &[JobFinish],
         now: i64,
     ) -> Result<Vec<Finish>, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -512,7 +513,7 @@ impl Store {
                     results.push(Finish::Recorded { put: None });
                     continue;
                 }
-                JobOutcome::Complete { entry } | JobOutcome::Fail { entry, .. } => *entry,
+                JobOutcome::Complete { entry } | JobOutcome::Fail { entry, .. } => entry.as_ref(),
             };
             let put = match entry {
                 Some(entry) => Some(entry_put_in(&mut tx, entry).await?),

@@ -962,7 +962,7 @@ mod queue {
                 j.id,
                 "w2",
                 &JobOutcome::Complete {
-                    entry: Some(&entry),
+                    entry: Some(entry.clone()),
                 },
                 T0,
             )
@@ -991,7 +991,7 @@ mod queue {
                 j.id,
                 "w1",
                 &JobOutcome::Complete {
-                    entry: Some(&entry),
+                    entry: Some(entry.clone()),
                 },
                 T0 + 5,
             )
@@ -1026,7 +1026,7 @@ mod queue {
                 j.id,
                 "w1",
                 &JobOutcome::Complete {
-                    entry: Some(&entry),
+                    entry: Some(entry.clone()),
                 },
                 T0 + 6,
             )
@@ -1056,7 +1056,9 @@ mod queue {
         let finishes = [
             JobFinish {
                 id: ids[0],
-                outcome: JobOutcome::Complete { entry: Some(&a) },
+                outcome: JobOutcome::Complete {
+                    entry: Some(a.clone()),
+                },
             },
             JobFinish {
                 id: ids[1],
@@ -1068,13 +1070,15 @@ mod queue {
             },
             JobFinish {
                 id: ids[2],
-                outcome: JobOutcome::Complete { entry: Some(&a) },
+                outcome: JobOutcome::Complete {
+                    entry: Some(a.clone()),
+                },
             },
             JobFinish {
                 id: ids[3],
                 outcome: JobOutcome::Fail {
                     error: "gave up".to_owned(),
-                    entry: Some(&d),
+                    entry: Some(d.clone()),
                 },
             },
         ];
@@ -1175,7 +1179,7 @@ mod queue {
         negative.negative = true;
         let fail = JobOutcome::Fail {
             error: "gave up".to_owned(),
-            entry: Some(&negative),
+            entry: Some(negative.clone()),
         };
         store
             .job_finish_if_leased(j.id, "w", &fail, T0 + 2_000)

@@ -6,31 +6,14 @@ use std::time::Duration;
 
 use roadie_config::expires_at;
 use roadie_providers::{Provider, Refusal};
-use roadie_store::{ChangeKind, Entry, EntryPut, Job, Provenance};
+use roadie_store::{ChangeKind, Entry, EntryPut, Job, JobOutcome, Provenance};
 
 use super::millis;
 use crate::fetcher::Outcome;
 
-/// How one attempt ended, for the job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Decision {
-    Complete,
-    Retry {
-        error: String,
-        at: i64,
-    },
-    /// Upstream pushed back (429/503): try again at `at`; the attempt does
-    /// not count against `max_attempts`. With `pause`, `at` came from
-    /// upstream's Retry-After and pauses the provider for every worker.
-    PushedBack {
-        error: String,
-        at: i64,
-        pause: bool,
-    },
-    Fail {
-        error: String,
-    },
-}
+/// When the provider pauses for every worker after this attempt (upstream
+/// pushed back with a Retry-After), ms since the epoch.
+pub(crate) type PauseUntil = Option<i64>;
 
 /// What one attempt makes of the job and the cache: a pure function of the
 /// job, what upstream did (or why the fetch was refused), the good entry
@@ -46,11 +29,18 @@ pub(crate) fn decide(
     failed_lookup_ttl: Duration,
     backoff: Duration,
     now: i64,
-) -> (Decision, Option<EntryPut>) {
-    let retry_or_fail = |error: String, at: Option<i64>| -> (Decision, Option<EntryPut>) {
+) -> (JobOutcome, PauseUntil) {
+    let retry_or_fail = |error: String, at: Option<i64>| -> (JobOutcome, PauseUntil) {
         if job.attempt < job.max_attempts {
             let at = at.unwrap_or_else(|| now + millis(backoff));
-            (Decision::Retry { error, at }, None)
+            (
+                JobOutcome::RetryLater {
+                    error,
+                    run_after: at,
+                    counts: true,
+                },
+                None,
+            )
         } else {
             give_up(job, stored, error, failed_lookup_ttl, now)
         }
@@ -77,7 +67,7 @@ pub(crate) fn decide(
                 expires_at(now, provider.success_ttl),
                 now,
             );
-            (Decision::Complete, Some(entry))
+            (JobOutcome::Complete { entry: Some(entry) }, None)
         }
         Ok(Outcome::NotModified {
             etag,
@@ -101,13 +91,14 @@ pub(crate) fn decide(
                 if put.tags.is_empty() {
                     put.tags = entry.tags.clone();
                 }
-                (Decision::Complete, Some(put))
+                (JobOutcome::Complete { entry: Some(put) }, None)
             }
             // The entry went while we revalidated: fetch it whole next time.
             None => (
-                Decision::Retry {
+                JobOutcome::RetryLater {
                     error: "304 but the entry is gone".to_owned(),
-                    at: now,
+                    run_after: now,
+                    counts: true,
                 },
                 None,
             ),
@@ -128,7 +119,7 @@ pub(crate) fn decide(
             );
             entry.negative = true;
             entry.kind = ChangeKind::Negative;
-            (Decision::Complete, Some(entry))
+            (JobOutcome::Complete { entry: Some(entry) }, None)
         }
         Ok(Outcome::Throttled { status, retry_at }) => {
             let until =
@@ -136,12 +127,12 @@ pub(crate) fn decide(
             // The provider's state, not the job's failure: retried when
             // the pause ends (or after a backoff), whatever its attempts.
             (
-                Decision::PushedBack {
+                JobOutcome::RetryLater {
                     error: format!("upstream answered {status}"),
-                    at: until.unwrap_or_else(|| now + millis(backoff)),
-                    pause: until.is_some(),
+                    run_after: until.unwrap_or_else(|| now + millis(backoff)),
+                    counts: false,
                 },
-                None,
+                until,
             )
         }
         Ok(Outcome::Transient { reason }) => retry_or_fail(reason, None),
@@ -153,8 +144,9 @@ pub(crate) fn decide(
             give_up(job, stored, error, failed_lookup_ttl, now)
         }
         Err(refusal) => (
-            Decision::Fail {
+            JobOutcome::Fail {
                 error: refusal.to_string(),
+                entry: None,
             },
             None,
         ),
@@ -169,9 +161,9 @@ fn give_up(
     error: String,
     failed_lookup_ttl: Duration,
     now: i64,
-) -> (Decision, Option<EntryPut>) {
+) -> (JobOutcome, PauseUntil) {
     if stored.is_some() {
-        return (Decision::Fail { error }, None);
+        return (JobOutcome::Fail { error, entry: None }, None);
     }
     let provenance = Provenance {
         provider: job.provider.clone(),
@@ -188,7 +180,13 @@ fn give_up(
     entry.policy = roadie_config::FAILED_LOOKUP_POLICY.to_owned();
     entry.negative = true;
     entry.kind = ChangeKind::Negative;
-    (Decision::Fail { error }, Some(entry))
+    (
+        JobOutcome::Fail {
+            error,
+            entry: Some(entry),
+        },
+        None,
+    )
 }
 
 /// The entry a fetched result is written as.
@@ -231,7 +229,9 @@ mod tests {
     use roadie_providers::{Provider, ProviderPolicy, Refusal};
     use roadie_store::{ChangeKind, Entry, Job, JobState};
 
-    use super::{Decision, decide};
+    use roadie_store::JobOutcome;
+
+    use super::decide;
     use crate::fetcher::Outcome;
 
     const NOW: i64 = 1_800_000_000_000;
@@ -297,7 +297,7 @@ mod tests {
         job: &Job,
         fetched: Result<Outcome, Refusal>,
         stored: Option<&Entry>,
-    ) -> (Decision, Option<roadie_store::EntryPut>) {
+    ) -> (JobOutcome, Option<i64>) {
         decide(
             job,
             fetched,
@@ -315,6 +315,14 @@ mod tests {
         })
     }
 
+    /// The entry an outcome writes, if any.
+    fn entry_of(outcome: &JobOutcome) -> Option<&roadie_store::EntryPut> {
+        match outcome {
+            JobOutcome::Complete { entry } | JobOutcome::Fail { entry, .. } => entry.as_ref(),
+            JobOutcome::RetryLater { .. } => None,
+        }
+    }
+
     #[test]
     fn a_2xx_is_stored_under_the_success_ttl_with_its_validators() {
         let fetched = Ok(Outcome::Success {
@@ -324,14 +332,18 @@ mod tests {
             etag: Some("\"v1\"".to_owned()),
             last_modified: None,
         });
-        let (decision, entry) = run(&job(1, 5), fetched, None);
-        assert_eq!(decision, Decision::Complete);
-        let entry = entry.unwrap();
+        let (outcome, pause) = run(&job(1, 5), fetched, None);
+        assert!(
+            matches!(outcome, JobOutcome::Complete { entry: Some(_) }),
+            "{outcome:?}"
+        );
+        assert_eq!(pause, None);
+        let entry = entry_of(&outcome).unwrap();
         assert_eq!(entry.value, b"{}");
         assert_eq!(entry.expires_at, Some(NOW + 86_400_000));
         assert_eq!(entry.kind, ChangeKind::Fetch);
         assert_eq!(entry.tags, ["artist:x"]);
-        let provenance = entry.provenance.unwrap();
+        let provenance = entry.provenance.as_ref().unwrap();
         assert_eq!(
             (provenance.upstream_status, provenance.etag.as_deref()),
             (200, Some("\"v1\""))
@@ -348,26 +360,38 @@ mod tests {
             })
         };
         let stored = stored();
-        let (decision, entry) = run(&job(1, 5), fetched(), Some(&stored));
-        assert_eq!(decision, Decision::Complete);
-        let entry = entry.unwrap();
+        let (outcome, _) = run(&job(1, 5), fetched(), Some(&stored));
+        assert!(
+            matches!(outcome, JobOutcome::Complete { .. }),
+            "{outcome:?}"
+        );
+        let entry = entry_of(&outcome).unwrap();
         assert_eq!(entry.value, b"old");
         assert_eq!(entry.expires_at, Some(NOW + 86_400_000));
-        assert_eq!(entry.provenance.unwrap().upstream_status, 304);
+        assert_eq!(entry.provenance.as_ref().unwrap().upstream_status, 304);
 
-        let (decision, entry) = run(&job(1, 5), fetched(), None);
+        let (outcome, _) = run(&job(1, 5), fetched(), None);
         assert!(
-            matches!(decision, Decision::Retry { at: NOW, .. }),
-            "{decision:?}"
+            matches!(
+                outcome,
+                JobOutcome::RetryLater {
+                    run_after: NOW,
+                    counts: true,
+                    ..
+                }
+            ),
+            "{outcome:?}"
         );
-        assert!(entry.is_none());
     }
 
     #[test]
     fn a_404_is_a_negative_entry_for_the_negative_ttl() {
-        let (decision, entry) = run(&job(1, 5), Ok(Outcome::NotFound { status: 404 }), None);
-        assert_eq!(decision, Decision::Complete);
-        let entry = entry.unwrap();
+        let (outcome, _) = run(&job(1, 5), Ok(Outcome::NotFound { status: 404 }), None);
+        assert!(
+            matches!(outcome, JobOutcome::Complete { .. }),
+            "{outcome:?}"
+        );
+        let entry = entry_of(&outcome).unwrap();
         assert!(entry.negative);
         assert_eq!(entry.kind, ChangeKind::Negative);
         assert_eq!(entry.expires_at, Some(NOW + 300_000));
@@ -381,42 +405,43 @@ mod tests {
             retry_at: Some(retry_at),
         });
         // Even on the last attempt: the provider's state, not the job's failure.
-        let (decision, entry) = run(&job(5, 5), throttled, None);
+        let (outcome, pause) = run(&job(5, 5), throttled, None);
         assert_eq!(
-            decision,
-            Decision::PushedBack {
+            outcome,
+            JobOutcome::RetryLater {
                 error: "upstream answered 429".to_owned(),
-                at: NOW + 30_000,
-                pause: true
+                run_after: NOW + 30_000,
+                counts: false,
             }
         );
-        assert!(entry.is_none());
+        assert_eq!(pause, Some(NOW + 30_000));
         // Without a usable Retry-After: the job's backoff, no pause.
         let throttled = Ok(Outcome::Throttled {
             status: 503,
             retry_at: None,
         });
-        let (decision, _) = run(&job(1, 5), throttled, None);
+        let (outcome, pause) = run(&job(1, 5), throttled, None);
         assert!(
-            matches!(decision, Decision::PushedBack { at, pause: false, .. } if at == NOW + 4_000),
-            "{decision:?}"
+            matches!(outcome, JobOutcome::RetryLater { run_after, counts: false, .. } if run_after == NOW + 4_000),
+            "{outcome:?}"
         );
+        assert_eq!(pause, None);
     }
 
     #[test]
     fn transient_failures_retry_with_backoff_then_leave_a_failed_lookup() {
-        let (decision, entry) = run(&job(1, 5), transient(), None);
+        let (outcome, _) = run(&job(1, 5), transient(), None);
         assert_eq!(
-            decision,
-            Decision::Retry {
+            outcome,
+            JobOutcome::RetryLater {
                 error: "connection reset".to_owned(),
-                at: NOW + 4_000
+                run_after: NOW + 4_000,
+                counts: true,
             }
         );
-        assert!(entry.is_none());
-        let (decision, entry) = run(&job(5, 5), transient(), None);
-        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
-        let entry = entry.unwrap();
+        let (outcome, _) = run(&job(5, 5), transient(), None);
+        assert!(matches!(outcome, JobOutcome::Fail { .. }), "{outcome:?}");
+        let entry = entry_of(&outcome).unwrap();
         assert_eq!(entry.policy, "failed_lookup");
         assert!(entry.negative);
         assert_eq!(entry.expires_at, Some(NOW + 3_600_000));
@@ -425,16 +450,20 @@ mod tests {
     #[test]
     fn a_good_stored_entry_is_kept_when_the_lookup_fails_for_good() {
         let stored = stored();
-        let (decision, entry) = run(&job(5, 5), transient(), Some(&stored));
-        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
-        assert!(entry.is_none(), "stale-if-error keeps the stored entry");
+        let (outcome, _) = run(&job(5, 5), transient(), Some(&stored));
+        assert!(
+            matches!(outcome, JobOutcome::Fail { entry: None, .. }),
+            "stale-if-error keeps the stored entry: {outcome:?}"
+        );
         let final_4xx = Ok(Outcome::Final {
             status: Some(400),
             reason: "bad request".to_owned(),
         });
-        let (decision, entry) = run(&job(1, 5), final_4xx, Some(&stored));
-        assert!(matches!(decision, Decision::Fail { .. }), "{decision:?}");
-        assert!(entry.is_none());
+        let (outcome, _) = run(&job(1, 5), final_4xx, Some(&stored));
+        assert!(
+            matches!(outcome, JobOutcome::Fail { entry: None, .. }),
+            "{outcome:?}"
+        );
     }
 
     #[test]
@@ -443,23 +472,23 @@ mod tests {
             status: Some(400),
             reason: "bad request".to_owned(),
         });
-        let (decision, entry) = run(&job(1, 5), final_4xx, None);
-        assert_eq!(
-            decision,
-            Decision::Fail {
-                error: "upstream answered 400: bad request".to_owned()
-            }
-        );
+        let (outcome, _) = run(&job(1, 5), final_4xx, None);
+        let JobOutcome::Fail { error, entry } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(error, "upstream answered 400: bad request");
         assert_eq!(entry.unwrap().policy, "failed_lookup");
         let refused = Err(Refusal::BadUrl("nope".to_owned()));
-        let (decision, entry) = run(&job(1, 5), refused, None);
-        assert!(matches!(decision, Decision::Fail { .. }));
-        assert!(entry.is_none());
+        let (outcome, _) = run(&job(1, 5), refused, None);
+        assert!(
+            matches!(outcome, JobOutcome::Fail { entry: None, .. }),
+            "{outcome:?}"
+        );
     }
 
     #[test]
     fn a_zero_failed_lookup_ttl_never_expires() {
-        let (_, entry) = decide(
+        let (outcome, _) = decide(
             &job(5, 5),
             transient(),
             None,
@@ -468,6 +497,6 @@ mod tests {
             BACKOFF,
             NOW,
         );
-        assert_eq!(entry.unwrap().expires_at, None);
+        assert_eq!(entry_of(&outcome).unwrap().expires_at, None);
     }
 }

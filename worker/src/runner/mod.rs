@@ -14,7 +14,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
 use roadie_providers::Provider;
-use roadie_store::{EntryPut, Job, Rates, Store, StoreError, WORK_CHANNEL, now_ms};
+use roadie_store::{Job, JobFinish, JobOutcome, Rates, Store, StoreError, WORK_CHANNEL, now_ms};
 use tokio::{
     sync::{Notify, mpsc, oneshot},
     task::JoinSet,
@@ -30,7 +30,7 @@ mod decide;
 mod rescuer;
 
 use completer::Done;
-use decide::{Decision, decide};
+use decide::decide;
 use rescuer::rescue;
 
 /// How a worker runs.
@@ -251,8 +251,8 @@ impl Worker {
             tracing::warn!(job = job.id, "attempt abandoned: lease lost or hard stop");
             return;
         };
-        let (outcome, entry) = match result {
-            Ok(pair) => pair,
+        let outcome = match result {
+            Ok(outcome) => outcome,
             Err(error) => {
                 tracing::warn!(job = job.id, %error, "store error during the attempt; the lease will expire");
                 return;
@@ -260,9 +260,10 @@ impl Worker {
         };
         let (reply, recorded) = oneshot::channel();
         let done = Done {
-            id: job.id,
-            decision: outcome,
-            entry,
+            finish: JobFinish {
+                id: job.id,
+                outcome,
+            },
             reply,
         };
         if finished.send(done).await.is_err() {
@@ -308,24 +309,20 @@ impl Worker {
     }
 
     /// One attempt: fetch, then decide what the job and the cache become.
-    async fn attempt(&self, job: &Job) -> Result<(Decision, Option<EntryPut>), StoreError> {
+    async fn attempt(&self, job: &Job) -> Result<JobOutcome, StoreError> {
         let Some(provider) = self.providers.get(&job.provider) else {
-            return Ok((
-                Decision::Fail {
-                    error: format!("unknown provider {:?}", job.provider),
-                },
-                None,
-            ));
+            return Ok(JobOutcome::Fail {
+                error: format!("unknown provider {:?}", job.provider),
+                entry: None,
+            });
         };
         let url = match Url::parse(&job.url) {
             Ok(url) => url,
             Err(error) => {
-                return Ok((
-                    Decision::Fail {
-                        error: format!("bad url: {error}"),
-                    },
-                    None,
-                ));
+                return Ok(JobOutcome::Fail {
+                    error: format!("bad url: {error}"),
+                    entry: None,
+                });
             }
         };
         // The validators came with the claim: nothing stands between the
@@ -348,7 +345,7 @@ impl Worker {
             .await?
             .filter(|e| !e.negative);
         let backoff = self.backoff(job.attempt);
-        let (decision, entry) = decide(
+        let (outcome, pause_until) = decide(
             job,
             fetched,
             stored.as_ref(),
@@ -357,14 +354,11 @@ impl Worker {
             backoff,
             now,
         );
-        if let Decision::PushedBack {
-            pause: true, at, ..
-        } = &decision
-        {
-            self.store.provider_pause(&job.provider, *at).await?;
-            tracing::warn!(provider = %job.provider, until = at, "upstream pushback: provider paused for every worker");
+        if let Some(until) = pause_until {
+            self.store.provider_pause(&job.provider, until).await?;
+            tracing::warn!(provider = %job.provider, until, "upstream pushback: provider paused for every worker");
         }
-        Ok((decision, entry))
+        Ok(outcome)
     }
 
     /// Exponential backoff for `attempt` (1-based), with jitter in [½, 1].
