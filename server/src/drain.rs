@@ -34,6 +34,9 @@ pub struct Drain {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// Accepted connections not yet released (lingering ones included).
+    connections: AtomicUsize,
+    released: Notify,
 }
 
 impl Drain {
@@ -56,6 +59,31 @@ impl Drain {
     /// Calls running now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once every accepted connection has been released, its
+    /// lingering close over: a process that exits before then resets the
+    /// sockets it still holds.
+    pub async fn connections_released(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.connections.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// Counts an accepted connection until its socket is released.
+#[derive(Debug)]
+struct Connection(Arc<Drain>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.released.notify_waiters();
+        }
     }
 }
 
@@ -186,34 +214,38 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// meanwhile (never taken up) then fail as "broken pipe", which looks like a
 /// call lost in flight rather than one refused.
 #[derive(Debug)]
-pub struct Lingering(Option<tokio::net::TcpStream>);
+pub struct Lingering(Option<(tokio::net::TcpStream, Connection)>);
 
 impl Lingering {
-    /// Wraps an accepted stream.
-    pub fn new(stream: tokio::net::TcpStream) -> Lingering {
-        Lingering(Some(stream))
+    /// Wraps an accepted stream, counted by `drain` until it is released.
+    pub fn new(stream: tokio::net::TcpStream, drain: &Arc<Drain>) -> Lingering {
+        drain.connections.fetch_add(1, Ordering::SeqCst);
+        Lingering(Some((stream, Connection(drain.clone()))))
     }
 
     fn stream(self: Pin<&mut Self>) -> Pin<&mut tokio::net::TcpStream> {
         // Present until dropped.
         Pin::new(
-            self.get_mut()
+            &mut self
+                .get_mut()
                 .0
                 .as_mut()
-                .expect("the stream is taken only on drop"),
+                .expect("the stream is taken only on drop")
+                .0,
         )
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(mut stream) = self.0.take() else {
+        let Some((mut stream, connection)) = self.0.take() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         runtime.spawn(async move {
+            let _counted = connection;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = stream.shutdown().await;
             let mut sink = [0_u8; 4096];
@@ -262,7 +294,7 @@ impl tokio::io::AsyncWrite for Lingering {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+        self.0.as_ref().is_some_and(|(s, _)| s.is_write_vectored())
     }
 }
 
@@ -270,7 +302,7 @@ impl tonic::transport::server::Connected for Lingering {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        let stream = self.0.as_ref();
+        let stream = self.0.as_ref().map(|(s, _)| s);
         tonic::transport::server::TcpConnectInfo {
             local_addr: stream.and_then(|s| s.local_addr().ok()),
             remote_addr: stream.and_then(|s| s.peer_addr().ok()),

@@ -194,7 +194,7 @@ impl App {
         // to go (GOAWAY) only once it is over.
         let closing = CancellationToken::new();
         let goaway = CancellationToken::new();
-        let incoming = accept(listener, closing.clone());
+        let incoming = accept(listener, closing.clone(), drain.clone());
         let serve = tonic::transport::Server::builder()
             // One span per call, named by its gRPC method.
             .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
@@ -246,6 +246,12 @@ impl App {
                 Ok(())
             }
         };
+        // Sockets still lingering are let go before the process can exit.
+        let _ = tokio::time::timeout(
+            drain::LINGER + std::time::Duration::from_millis(100),
+            drain.connections_released(),
+        )
+        .await;
         cancel.cancel();
         if let Err(error) = maintenance.await {
             tracing::warn!(%error, "maintenance task ended abnormally");
@@ -264,6 +270,7 @@ impl App {
 fn accept(
     listener: TcpListener,
     closing: CancellationToken,
+    drain: Arc<Drain>,
 ) -> impl futures::Stream<Item = std::io::Result<drain::Lingering>> {
     let (connections, incoming) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -278,7 +285,7 @@ fn accept(
                         tracing::debug!(%error, "cannot set TCP_NODELAY");
                     }
                     if connections
-                        .send(Ok(drain::Lingering::new(stream)))
+                        .send(Ok(drain::Lingering::new(stream, &drain)))
                         .await
                         .is_err()
                     {

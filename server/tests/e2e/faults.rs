@@ -305,10 +305,11 @@ fn ending(result: Result<proto::PutResponse, ClientError>) -> Ending {
             message.contains("shutting down") || message.contains("tcp connect error")
         }
         // Streams the server never took up: above the last stream id of a
-        // GOAWAY with NO_ERROR, or queued in the client when the connection
-        // closed (hyper's "canceled": never sent).
+        // GOAWAY with NO_ERROR, or still queued in the client when its
+        // connection closed or stopped taking requests (hyper's Canceled:
+        // never sent). The store check below confirms none was carried out.
         ClientError::Other(_) => {
-            text.contains("NO_ERROR, Remote") || text.contains("Canceled, \"connection closed\"")
+            text.contains("NO_ERROR, Remote") || text.contains("hyper::Error(Canceled,")
         }
         _ => false,
     };
