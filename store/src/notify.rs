@@ -39,10 +39,17 @@ impl Store {
         if self.backend != Backend::Postgres {
             return;
         }
+        let mut announce = true;
         loop {
             match PgListener::connect(&self.url).await {
                 Ok(mut listener) => match listener.listen(channel).await {
                     Ok(()) => loop {
+                        // Listening from here on. Whatever was sent before (a
+                        // job enqueued while this process started) is found
+                        // by looking once more, which an empty payload asks.
+                        if std::mem::take(&mut announce) {
+                            on("");
+                        }
                         tokio::select! {
                             () = cancel.cancelled() => return,
                             notification = listener.recv() => match notification {
@@ -64,6 +71,7 @@ impl Store {
             }
             // Whatever was missed meanwhile is found by the callers' polls.
             on("");
+            announce = true;
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}

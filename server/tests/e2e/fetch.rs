@@ -389,10 +389,12 @@ async fn postgres_workers_wake_on_notify() {
         Duration::from_secs(3600),
         Duration::from_secs(3600),
     );
-    // The worker finishes its first (empty) claim and goes idle.
+    // The worker claims once at start, and once more when its LISTEN is up
+    // (the store's listener says so): after that second, empty round it is
+    // idle and listening.
     let mut rounds = worker.claim_rounds();
     let worker = tokio::spawn(worker.run(stop.clone()));
-    rounds.wait_for(|&n| n >= 1).await.expect("the worker runs");
+    rounds.wait_for(|&n| n >= 2).await.expect("the worker runs");
     let started = Instant::now();
     let answer = server
         .client
