@@ -356,7 +356,7 @@ async fn all_completed_with_entries(store: &Store, urls: &[String]) {
 }
 
 async fn three_workers_share_500_jobs(backend: Backend) {
-    let _alone = TIMING.lock().await;
+    let _alone = TIMING.write().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -398,6 +398,7 @@ async fn three_workers_share_500_jobs(backend: Backend) {
 }
 
 async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend) {
+    let _alone = TIMING.write().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -480,6 +481,7 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
 }
 
 async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
+    let _shared = TIMING.read().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -512,6 +514,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
 }
 
 async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
+    let _shared = TIMING.read().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -543,6 +546,7 @@ async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
 }
 
 async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
+    let _shared = TIMING.read().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -607,6 +611,7 @@ async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
 /// store is opened (the SQLite file's directory is never created).
 #[tokio::test]
 async fn bad_configuration_exits_2_naming_the_setting() {
+    let _shared = TIMING.read().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("data/roadie.db").display());
     // (environment, what stderr must name)
@@ -663,10 +668,11 @@ async fn bad_configuration_exits_2_naming_the_setting() {
     }
 }
 
-/// Timing-sensitive tests take this so they do not share the two cores with
-/// another multi-process test: what they measure is Roadie, not the load of
-/// the test run.
-static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Timing-sensitive tests take this exclusively (`write`) and every other
+/// multi-process test shares it (`read`), so a timing test never shares the
+/// two cores with another multi-process test: what it measures is Roadie,
+/// not the load of the test run.
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The most requests any half-open one-second window holds.
 fn busiest_second(arrivals: &[Instant]) -> usize {
@@ -684,7 +690,7 @@ fn busiest_second(arrivals: &[Instant]) -> usize {
 }
 
 async fn four_workers_hold_one_shared_rate(backend: Backend) {
-    let _alone = TIMING.lock().await;
+    let _alone = TIMING.write().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
@@ -734,6 +740,7 @@ async fn four_workers_hold_one_shared_rate(backend: Backend) {
 }
 
 async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
+    let _alone = TIMING.write().await;
     let Some((db, store, logs, upstream)) = setup(backend).await else {
         return;
     };
