@@ -510,6 +510,23 @@ impl Default for Policy {
     }
 }
 
+impl Provider {
+    /// The base URL when the provider is on: `Ok(None)` for an empty
+    /// `base_url` (the provider is off), `Err` saying what is wrong when it
+    /// is set but names no http(s) host. The one rule of a usable provider,
+    /// for validation here and for `roadie_providers::from_settings`.
+    pub fn base(&self) -> Result<Option<url::Url>, &'static str> {
+        if self.base_url.is_empty() {
+            return Ok(None);
+        }
+        url::Url::parse(&self.base_url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+            .map(Some)
+            .ok_or("must be an http:// or https:// URL with a host (or empty: the provider is off)")
+    }
+}
+
 impl Default for Provider {
     fn default() -> Provider {
         Provider {
@@ -826,15 +843,8 @@ impl Settings {
         }
         for (name, provider) in &self.providers {
             let setting = |field: &str| format!("providers.{name}.{field}");
-            let usable =
-                |url: &url::Url| matches!(url.scheme(), "http" | "https") && url.host().is_some();
-            if !provider.base_url.is_empty()
-                && !url::Url::parse(&provider.base_url).is_ok_and(|url| usable(&url))
-            {
-                return Err(ConfigError::new(
-                    setting("base_url"),
-                    "must be an http:// or https:// URL with a host (or empty: the provider is off)",
-                ));
+            if let Err(message) = provider.base() {
+                return Err(ConfigError::new(setting("base_url"), message));
             }
             if !(provider.rate_per_second.is_finite() && provider.rate_per_second > 0.0) {
                 return Err(ConfigError::new(

@@ -409,18 +409,13 @@ pub struct Provider {
 pub fn from_settings(settings: &Settings) -> Result<BTreeMap<String, Provider>, ConfigError> {
     let mut providers = BTreeMap::new();
     for (name, provider) in &settings.providers {
-        if provider.base_url.is_empty() {
+        let base = provider.base().map_err(|message| ConfigError {
+            setting: format!("providers.{name}.base_url"),
+            message: message.to_owned(),
+        })?;
+        let Some(base_url) = base else {
             continue;
-        }
-        let base_url = Url::parse(&provider.base_url)
-            .ok()
-            .filter(|url| is_http(url.scheme()) && url.host().is_some())
-            .ok_or_else(|| ConfigError {
-                setting: format!("providers.{name}.base_url"),
-                message:
-                    "must be an http:// or https:// URL with a host (or empty: the provider is off)"
-                        .to_owned(),
-            })?;
+        };
         let mut policy = ProviderPolicy::new(name.clone(), base_url);
         policy.timeout = provider.timeout;
         policy.allow_private = provider.allow_private;

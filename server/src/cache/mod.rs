@@ -10,7 +10,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use futures::Stream;
 use roadie_proto::v1::{self as pb, cache_server::Cache};
-use roadie_store::{Entry, Selector};
+use roadie_store::{ChangeKind, Entry, Selector, now_ms};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -151,6 +151,20 @@ impl CacheService {
         if let Some(hot) = self.state.feed.hot_tier() {
             hot.remove(key);
         }
+    }
+
+    /// Deletes every entry `selector` matches and forgets them in the hot
+    /// tier; the count and the last revision.
+    async fn invalidate(&self, selector: &Selector) -> Result<(u64, u64), ApiError> {
+        let (count, revision) = self
+            .state
+            .store
+            .entry_invalidate(selector, ChangeKind::Invalidate, now_ms())
+            .await?;
+        if count > 0 {
+            self.forget_selected(selector);
+        }
+        Ok((count, revision))
     }
 
     /// After this server's own invalidation of many keys.

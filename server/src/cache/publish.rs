@@ -2,7 +2,7 @@
 //! of `events`.
 
 use roadie_proto::v1 as pb;
-use roadie_store::{ChangeKind, Selector, now_ms};
+use roadie_store::Selector;
 use tonic::{Request, Response, Status};
 
 use super::CacheService;
@@ -89,15 +89,7 @@ pub(super) async fn publish_event(
             },
             None => Selector::Policy(target.policy.clone()),
         };
-        let (count, revision) = service
-            .state
-            .store
-            .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
-            .await
-            .map_err(ApiError::from)?;
-        if count > 0 {
-            service.forget_selected(&selector);
-        }
+        let (count, revision) = service.invalidate(&selector).await?;
         response.count += count;
         response.revision = response.revision.max(revision);
         response.applied.push(pb::AppliedRule {

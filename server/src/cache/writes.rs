@@ -122,15 +122,7 @@ pub(super) async fn invalidate(
         )),
     }
     .map_err(ApiError::from)?;
-    let (count, revision) = service
-        .state
-        .store
-        .entry_invalidate(&selector, ChangeKind::Invalidate, now_ms())
-        .await
-        .map_err(ApiError::from)?;
-    if count > 0 {
-        service.forget_selected(&selector);
-    }
+    let (count, revision) = service.invalidate(&selector).await?;
     Ok(Response::new(pb::InvalidateResponse { count, revision }))
 }
 
