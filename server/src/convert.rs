@@ -1,6 +1,8 @@
 //! Every conversion between the API's messages (`roadie_proto::v1`) and the
-//! store's types, in one place: timestamps, entries, jobs, change kinds.
+//! domain's types, in one place: timestamps, entries, jobs, change kinds,
+//! library event kinds.
 
+use roadie_config::EventKind;
 use roadie_proto::v1 as pb;
 use roadie_store::{ChangeKind, Entry, Job, JobState};
 
@@ -97,5 +99,18 @@ pub fn change_kind_from_proto(kind: pb::ChangeKind) -> Option<ChangeKind> {
         pb::ChangeKind::Evict => ChangeKind::Evict,
         pb::ChangeKind::Fetch => ChangeKind::Fetch,
         pb::ChangeKind::Negative => ChangeKind::Negative,
+    })
+}
+
+/// A library event kind the API names; `None` for UNSPECIFIED.
+pub fn event_kind_from_proto(kind: pb::LibraryEventKind) -> Option<EventKind> {
+    Some(match kind {
+        pb::LibraryEventKind::Unspecified => return None,
+        pb::LibraryEventKind::TrackAdded => EventKind::TrackAdded,
+        pb::LibraryEventKind::TrackRemoved => EventKind::TrackRemoved,
+        pb::LibraryEventKind::TrackModified => EventKind::TrackModified,
+        pb::LibraryEventKind::FingerprintChanged => EventKind::FingerprintChanged,
+        pb::LibraryEventKind::LibrarySync => EventKind::LibrarySync,
+        pb::LibraryEventKind::ManualInvalidation => EventKind::ManualInvalidation,
     })
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::proto::LibraryEventKind;
 
@@ -242,7 +242,7 @@ pub struct RandomArgs {
 #[derive(Debug, Args)]
 pub struct EventArgs {
     /// What happened.
-    pub kind: EventKind,
+    pub kind: LibraryEventKind,
 
     /// The track concerned (needed by the track-* and fingerprint-changed kinds).
     #[arg(long = "track", value_name = "ID")]
@@ -267,36 +267,6 @@ pub struct EventArgs {
     /// For fingerprint-changed: the new fingerprint.
     #[arg(long, value_name = "F")]
     pub fingerprint: Option<String>,
-}
-
-/// The kinds of library event, as typed on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EventKind {
-    /// A track was added to the library.
-    TrackAdded,
-    /// A track was removed from the library.
-    TrackRemoved,
-    /// A track's tags changed.
-    TrackModified,
-    /// A track's audio fingerprint changed.
-    FingerprintChanged,
-    /// The library was synchronised.
-    LibrarySync,
-    /// A user asked to invalidate, optionally scoped by artist and album.
-    Manual,
-}
-
-impl From<EventKind> for LibraryEventKind {
-    fn from(kind: EventKind) -> Self {
-        match kind {
-            EventKind::TrackAdded => LibraryEventKind::TrackAdded,
-            EventKind::TrackRemoved => LibraryEventKind::TrackRemoved,
-            EventKind::TrackModified => LibraryEventKind::TrackModified,
-            EventKind::FingerprintChanged => LibraryEventKind::FingerprintChanged,
-            EventKind::LibrarySync => LibraryEventKind::LibrarySync,
-            EventKind::Manual => LibraryEventKind::ManualInvalidation,
-        }
-    }
 }
 
 /// Parses "key=value", splitting at the first '=' so values may contain '='.
@@ -429,17 +399,15 @@ mod tests {
         let Command::Event(event) = cli.command else {
             panic!("expected event");
         };
-        assert_eq!(event.kind, EventKind::FingerprintChanged);
+        assert_eq!(event.kind, LibraryEventKind::FingerprintChanged);
         assert_eq!(event.track_id.as_deref(), Some("t1"));
         let manual = parse(&["event", "manual"]).expect("parses");
         let Command::Event(event) = manual.command else {
             panic!("expected event");
         };
-        assert_eq!(
-            LibraryEventKind::from(event.kind),
-            LibraryEventKind::ManualInvalidation
-        );
+        assert_eq!(event.kind, LibraryEventKind::ManualInvalidation);
         assert!(parse(&["event", "track_added"]).is_err());
+        assert!(parse(&["event", "unspecified"]).is_err());
     }
 
     #[test]

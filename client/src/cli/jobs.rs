@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
 use super::{CliError, Exit, output::write_json};
 use crate::{Client, ClientError, proto};
@@ -22,7 +22,7 @@ pub enum JobsCommand {
     List {
         /// Only jobs in this state.
         #[arg(long)]
-        state: Option<StateArg>,
+        state: Option<proto::JobState>,
         /// Only jobs for this provider.
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
@@ -50,33 +50,6 @@ pub enum JobsCommand {
     },
 }
 
-/// A job state on the command line.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StateArg {
-    /// Waiting to be claimed.
-    Available,
-    /// Held by a worker.
-    Running,
-    /// Finished with a result.
-    Completed,
-    /// Gave up.
-    Failed,
-    /// Cancelled.
-    Cancelled,
-}
-
-impl From<StateArg> for proto::JobState {
-    fn from(state: StateArg) -> proto::JobState {
-        match state {
-            StateArg::Available => proto::JobState::Available,
-            StateArg::Running => proto::JobState::Running,
-            StateArg::Completed => proto::JobState::Completed,
-            StateArg::Failed => proto::JobState::Failed,
-            StateArg::Cancelled => proto::JobState::Cancelled,
-        }
-    }
-}
-
 /// Runs one `roadie jobs` command.
 pub async fn run(
     client: &Client,
@@ -93,7 +66,7 @@ pub async fn run(
         } => {
             let response = client
                 .list_jobs(proto::ListJobsRequest {
-                    state: state.map_or(proto::JobState::Unspecified, Into::into) as i32,
+                    state: state.unwrap_or(proto::JobState::Unspecified) as i32,
                     provider: provider.unwrap_or_default(),
                     page_size: limit,
                     page_token: page_token.unwrap_or_default(),

@@ -28,13 +28,11 @@ mod jobs;
 mod output;
 mod watch;
 
-pub use args::{
-    Cli, Command, DeleteArgs, EventArgs, EventKind, GetArgs, InvalidateArgs, PutArgs, RandomArgs,
-};
+pub use args::{Cli, Command, DeleteArgs, EventArgs, GetArgs, InvalidateArgs, PutArgs, RandomArgs};
 pub use fetch::FetchArgs;
 pub use jobs::{JobsArgs, JobsCommand};
 use output::{EntryJson, LookupJson, RandomJson, StatsJson, ValueSink, write_json};
-pub use watch::{WatchArgs, WatchKind};
+pub use watch::WatchArgs;
 
 /// The exit code of one `roadie` run; see the table in the [module docs](self).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,7 +463,7 @@ async fn event(
 ) -> Result<Exit, CliError> {
     let response = client
         .publish_event(proto::PublishEventRequest {
-            kind: proto::LibraryEventKind::from(args.kind) as i32,
+            kind: args.kind as i32,
             track_id: args.track_id.unwrap_or_default(),
             artist: args.artist.unwrap_or_default(),
             album: args.album.unwrap_or_default(),

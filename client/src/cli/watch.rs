@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use super::{
@@ -35,7 +35,7 @@ pub struct WatchArgs {
     pub providers: Vec<String>,
     /// Only this kind of change (repeatable, or comma-separated).
     #[arg(long = "kind", value_name = "KIND", value_delimiter = ',')]
-    pub kinds: Vec<WatchKind>,
+    pub kinds: Vec<ChangeKind>,
     /// Print the changes after this revision instead of those from now on;
     /// the last revision a previous watch printed resumes it.
     #[arg(long = "from", value_name = "REV")]
@@ -52,39 +52,6 @@ pub struct WatchArgs {
     pub count: Option<u64>,
 }
 
-/// The kinds of change, as typed on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum WatchKind {
-    /// Written by put.
-    Put,
-    /// Deleted by delete.
-    Delete,
-    /// Deleted by invalidate or an event rule.
-    Invalidate,
-    /// Cleaned up after expiring.
-    Expire,
-    /// Evicted to keep its policy within its size budget.
-    Evict,
-    /// Stored by a fetch.
-    Fetch,
-    /// Stored by a fetch as a negative entry.
-    Negative,
-}
-
-impl From<WatchKind> for ChangeKind {
-    fn from(kind: WatchKind) -> Self {
-        match kind {
-            WatchKind::Put => ChangeKind::Put,
-            WatchKind::Delete => ChangeKind::Delete,
-            WatchKind::Invalidate => ChangeKind::Invalidate,
-            WatchKind::Expire => ChangeKind::Expire,
-            WatchKind::Evict => ChangeKind::Evict,
-            WatchKind::Fetch => ChangeKind::Fetch,
-            WatchKind::Negative => ChangeKind::Negative,
-        }
-    }
-}
-
 /// The request `args` describe.
 fn request(args: &WatchArgs) -> proto::WatchRequest {
     proto::WatchRequest {
@@ -92,11 +59,7 @@ fn request(args: &WatchArgs) -> proto::WatchRequest {
         tags: args.tags.clone(),
         policies: args.policies.clone(),
         providers: args.providers.clone(),
-        kinds: args
-            .kinds
-            .iter()
-            .map(|kind| ChangeKind::from(*kind) as i32)
-            .collect(),
+        kinds: args.kinds.iter().map(|kind| *kind as i32).collect(),
         after_revision: args.from,
         include_values: args.values,
     }

@@ -8,28 +8,22 @@ use tonic::{Request, Response, Status};
 use super::CacheService;
 use crate::{
     config::EventKind,
+    convert,
     error::ApiError,
     events::{self, Event},
     validate::{self, FieldError},
 };
 
 fn event_from_proto(req: pb::PublishEventRequest) -> Result<Event, ApiError> {
-    use pb::LibraryEventKind as K;
-    let kind = match K::try_from(req.kind) {
-        Ok(K::TrackAdded) => EventKind::TrackAdded,
-        Ok(K::TrackRemoved) => EventKind::TrackRemoved,
-        Ok(K::TrackModified) => EventKind::TrackModified,
-        Ok(K::FingerprintChanged) => EventKind::FingerprintChanged,
-        Ok(K::LibrarySync) => EventKind::LibrarySync,
-        Ok(K::ManualInvalidation) => EventKind::ManualInvalidation,
-        Ok(K::Unspecified) | Err(_) => {
-            return Err(FieldError::new(
+    let kind = pb::LibraryEventKind::try_from(req.kind)
+        .ok()
+        .and_then(convert::event_kind_from_proto)
+        .ok_or_else(|| {
+            FieldError::new(
                 "kind",
                 format!("must be a known LibraryEventKind, got {}", req.kind),
             )
-            .into());
-        }
-    };
+        })?;
     let needs_track = matches!(
         kind,
         EventKind::TrackAdded
