@@ -13,9 +13,7 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -27,7 +25,10 @@ use axum::{
     http::{Uri, header},
 };
 use roadie_store::{Backend, Job, JobNew, JobOutcome, JobState, Store, now_ms, testing::TestDb};
-use tokio::sync::watch;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::watch,
+};
 
 const LEASE: Duration = Duration::from_secs(2);
 
@@ -42,8 +43,9 @@ struct Upstream {
 
 struct UpstreamState {
     hits: Mutex<HashMap<String, u32>>,
-    /// Every request's path and arrival time, in arrival order.
-    arrivals: Mutex<Vec<(String, Instant)>>,
+    /// Every request's path and arrival time, in arrival order; a test
+    /// waits on it for requests to arrive.
+    arrivals: watch::Sender<Vec<(String, Instant)>>,
     gate: watch::Sender<bool>,
 }
 
@@ -51,7 +53,7 @@ impl Upstream {
     async fn start() -> Upstream {
         let state = Arc::new(UpstreamState {
             hits: Mutex::new(HashMap::new()),
-            arrivals: Mutex::new(Vec::new()),
+            arrivals: watch::Sender::new(Vec::new()),
             gate: watch::Sender::new(false),
         });
         let app = Router::new()
@@ -60,9 +62,7 @@ impl Upstream {
                     let path = uri.path().to_owned();
                     state
                         .arrivals
-                        .lock()
-                        .expect("arrivals")
-                        .push((path.clone(), Instant::now()));
+                        .send_modify(|arrivals| arrivals.push((path.clone(), Instant::now())));
                     *state
                         .hits
                         .lock()
@@ -102,12 +102,29 @@ impl Upstream {
 
     /// Arrival times of the requests whose path starts with `prefix`.
     fn arrivals(&self, prefix: &str) -> Vec<Instant> {
-        let arrivals = self.state.arrivals.lock().expect("arrivals");
+        let arrivals = self.state.arrivals.borrow();
         arrivals
             .iter()
             .filter(|(path, _)| path.starts_with(prefix))
             .map(|(_, at)| *at)
             .collect()
+    }
+
+    /// Waits, woken by each request, until `seen` holds of the requests
+    /// that have arrived, for at most `limit`.
+    async fn until_arrived(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut seen: impl FnMut(&[(String, Instant)]) -> bool,
+    ) {
+        let mut arrivals = self.state.arrivals.subscribe();
+        let waited = tokio::time::timeout(limit, arrivals.wait_for(|a| seen(a))).await;
+        assert!(
+            waited.is_ok(),
+            "{what}: not within {limit:?}; requests so far: {}",
+            self.state.arrivals.borrow().len()
+        );
     }
 
     fn open_gate(&self) {
@@ -116,12 +133,14 @@ impl Upstream {
 }
 
 /// A `roadie-worker` process, killed when the guard drops (so a failed test
-/// leaves no process behind); its stderr goes to a file, printed when the
-/// test fails.
+/// leaves no process behind); its stderr is kept, line by line, for tests
+/// that wait on what it says and for printing when the test fails.
 struct WorkerProcess {
     child: tokio::process::Child,
     pid: u32,
-    log: PathBuf,
+    log: watch::Receiver<String>,
+    /// Reads stderr until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
     name: String,
 }
 
@@ -132,11 +151,8 @@ impl WorkerProcess {
         name: &str,
         db: &TestDb,
         upstream: &Upstream,
-        logs: &Path,
         extra: &[(&str, &str)],
     ) -> WorkerProcess {
-        let log = logs.join(format!("{name}.log"));
-        let stderr = File::create(&log).expect("create the log file");
         let mut env: HashMap<&str, String> = HashMap::from([
             ("ROADIE__STORE__URL", db.url.clone()),
             ("ROADIE__STORE__MAX_CONNECTIONS", "6".to_owned()),
@@ -159,20 +175,32 @@ impl WorkerProcess {
         for (key, value) in extra {
             env.insert(key, (*value).to_owned());
         }
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadie-worker"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadie-worker"))
             .env_clear()
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start roadie-worker");
         let pid = child.id().expect("a running child has a pid");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, log) = watch::channel(String::new());
+        let reader = tokio::spawn(async move {
+            let mut stderr = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = stderr.next_line().await {
+                lines.send_modify(|log| {
+                    log.push_str(&line);
+                    log.push('\n');
+                });
+            }
+        });
         WorkerProcess {
             child,
             pid,
             log,
+            reader: Some(reader),
             name: name.to_owned(),
         }
     }
@@ -193,16 +221,32 @@ impl WorkerProcess {
         assert!(status.success(), "kill -{signal} {} failed", self.pid);
     }
 
-    /// Waits (bounded) for the process to exit.
+    /// Waits (bounded) for the process to exit and its last line to be read.
     async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait for roadie-worker"),
             Err(_) => panic!("{} did not exit within {limit:?}", self.name),
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.await.expect("the stderr reader");
         }
+        status
+    }
+
+    /// Waits, woken by each line, until the process has said `text`.
+    async fn until_logged(&mut self, text: &str, limit: Duration) {
+        let said = self.log.wait_for(|log| log.contains(text));
+        let said = matches!(tokio::time::timeout(limit, said).await, Ok(Ok(_)));
+        assert!(
+            said,
+            "{} did not say {text:?} within {limit:?}:\n{}",
+            self.name,
+            self.log()
+        );
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.log.borrow().clone()
     }
 }
 
@@ -235,13 +279,12 @@ impl Drop for WorkerProcess {
 }
 
 /// What every multi-process test starts from: a fresh database of the
-/// backend, its store, a folder for worker logs and a loopback upstream;
+/// backend, its store and a loopback upstream;
 /// `None` when Postgres is absent and not required.
-async fn setup(backend: Backend) -> Option<(TestDb, Store, tempfile::TempDir, Upstream)> {
+async fn setup(backend: Backend) -> Option<(TestDb, Store, Upstream)> {
     let db = TestDb::new(backend).await?;
     let store = db.store().await;
-    let logs = tempfile::tempdir().expect("log dir");
-    Some((db, store, logs, Upstream::start().await))
+    Some((db, store, Upstream::start().await))
 }
 
 /// SIGTERM to every worker; each must exit cleanly.
@@ -294,7 +337,11 @@ fn count(jobs: &[Job], state: JobState) -> usize {
 }
 
 /// Polls `probe` every 25 ms until it gives `Ok`, for at most `limit`; the
-/// `Err` it gave last says what was still missing.
+/// `Err` it gave last says what was still missing. Only for what another
+/// process commits and nothing in this one hears of (jobs finishing or
+/// purged by a worker process): the store is read, as a SQLite waiter in
+/// the server reads it. Whatever the upstream or a worker's log can tell
+/// is waited for on them.
 async fn eventually<T>(
     what: &str,
     limit: Duration,
@@ -313,32 +360,29 @@ async fn eventually<T>(
     }
 }
 
-/// Waits until every job is running under `worker` and upstream has seen
-/// each of `paths`, so the fetches are truly in flight.
+/// Waits until upstream has seen each of `paths`, so the fetches are truly
+/// in flight, and checks that `worker` holds every job (a job is leased
+/// before its request is sent).
 async fn running_under(
     store: &Store,
     upstream: &Upstream,
     worker: &WorkerProcess,
     paths: &[String],
 ) {
-    eventually("jobs in flight", Duration::from_secs(10), async || {
-        let jobs = all_jobs(store).await;
-        let held = jobs
-            .iter()
-            .filter(|j| j.state == JobState::Running && worker.holds(j))
-            .count();
-        let hits = upstream.hits();
-        let seen = paths
-            .iter()
-            .filter(|p| hits.contains_key(&format!("/api/{p}")))
-            .count();
-        if held == paths.len() && seen == paths.len() {
-            Ok(())
-        } else {
-            Err(format!("{held} held, {seen} requested of {}", paths.len()))
-        }
-    })
-    .await;
+    let wanted: Vec<String> = paths.iter().map(|p| format!("/api/{p}")).collect();
+    upstream
+        .until_arrived("jobs in flight", Duration::from_secs(10), |arrivals| {
+            wanted
+                .iter()
+                .all(|p| arrivals.iter().any(|(path, _)| path == p))
+        })
+        .await;
+    let jobs = all_jobs(store).await;
+    let held = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Running && worker.holds(j))
+        .count();
+    assert_eq!(held, paths.len(), "jobs held by {}: {jobs:?}", worker.name);
 }
 
 /// Asserts every job completed and every URL has a live entry.
@@ -357,7 +401,7 @@ async fn all_completed_with_entries(store: &Store, urls: &[String]) {
 
 async fn three_workers_share_500_jobs(backend: Backend) {
     let _alone = TIMING.write().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..500).map(|i| format!("item/{i}")).collect();
@@ -366,7 +410,7 @@ async fn three_workers_share_500_jobs(backend: Backend) {
     let started = Instant::now();
     let mut workers: Vec<WorkerProcess> = ["a", "b", "c"]
         .iter()
-        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &[]))
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, &[]))
         .collect();
     eventually("500 jobs completed", Duration::from_secs(20), async || {
         let jobs = all_jobs(&store).await;
@@ -399,13 +443,13 @@ async fn three_workers_share_500_jobs(backend: Backend) {
 
 async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend) {
     let _alone = TIMING.write().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..6).map(|i| format!("gated/{i}")).collect();
     let urls = enqueue(&store, &upstream, &paths).await;
 
-    let mut a = WorkerProcess::spawn("a", &db, &upstream, logs.path(), &[]);
+    let mut a = WorkerProcess::spawn("a", &db, &upstream, &[]);
     running_under(&store, &upstream, &a, &paths).await;
     // B is up and idle: nothing is claimable while A holds every job. Its
     // own lease is longer, so only a rescuer that wakes at A's expiry (not
@@ -414,20 +458,13 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
         "b",
         &db,
         &upstream,
-        logs.path(),
         &[
             ("ROADIE__WORKER__LEASE", "10s"),
             ("ROADIE__WORKER__HEARTBEAT", "2s"),
         ],
     );
-    eventually("b running", Duration::from_secs(10), async || {
-        if b.log().contains("roadie-worker started") {
-            Ok(())
-        } else {
-            Err(b.log())
-        }
-    })
-    .await;
+    b.until_logged("roadie-worker started", Duration::from_secs(10))
+        .await;
     a.signal("KILL");
     let killed = Instant::now();
     let status = a.exit_within(Duration::from_secs(5)).await;
@@ -442,18 +479,16 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
         .filter_map(|j| j.lease_expires_at)
         .max()
         .expect("A's leases");
-    eventually(
-        "jobs claimed by b",
-        LEASE + Duration::from_secs(5),
-        async || {
-            let jobs = all_jobs(&store).await;
-            match jobs.iter().filter(|j| b.holds(j)).count() {
-                6 => Ok(()),
-                held => Err(format!("{held} held by b")),
-            }
-        },
-    )
-    .await;
+    // B's claims are seen as its requests for the six gated paths arrive.
+    upstream
+        .until_arrived(
+            "jobs claimed by b",
+            LEASE + Duration::from_secs(5),
+            |arrivals| arrivals.iter().filter(|(_, at)| *at > killed).count() == paths.len(),
+        )
+        .await;
+    let held = all_jobs(&store).await.iter().filter(|j| b.holds(j)).count();
+    assert_eq!(held, paths.len(), "every job is b's now");
     let late = now_ms() - expiry;
     let taken_over = killed.elapsed();
     assert!(
@@ -482,7 +517,7 @@ async fn a_killed_workers_jobs_are_taken_over_within_one_lease(backend: Backend)
 
 async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
     let _shared = TIMING.read().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..4).map(|i| format!("slow/{i}")).collect();
@@ -492,7 +527,6 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
         "soft",
         &db,
         &upstream,
-        logs.path(),
         &[("ROADIE__WORKER__SHUTDOWN_GRACE", "10s")],
     );
     running_under(&store, &upstream, &worker, &paths).await;
@@ -515,7 +549,7 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace(backend: Backend) {
 
 async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
     let _shared = TIMING.read().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..3).map(|i| format!("hang/{i}")).collect();
@@ -525,7 +559,6 @@ async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
         "hard",
         &db,
         &upstream,
-        logs.path(),
         &[("ROADIE__WORKER__SHUTDOWN_GRACE", "300ms")],
     );
     running_under(&store, &upstream, &worker, &paths).await;
@@ -547,7 +580,7 @@ async fn sigterm_past_the_grace_hands_leases_back(backend: Backend) {
 
 async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
     let _shared = TIMING.read().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..3).map(|i| format!("item/{i}")).collect();
@@ -579,7 +612,6 @@ async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
         "retention",
         &db,
         &upstream,
-        logs.path(),
         &[
             ("ROADIE__JOBS__KEEP_COMPLETED", "0s"),
             ("ROADIE__JOBS__KEEP_FAILED", "1h"),
@@ -691,7 +723,7 @@ fn busiest_second(arrivals: &[Instant]) -> usize {
 
 async fn four_workers_hold_one_shared_rate(backend: Backend) {
     let _alone = TIMING.write().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     let paths: Vec<String> = (0..40).map(|i| format!("item/limited-{i}")).collect();
@@ -703,7 +735,7 @@ async fn four_workers_hold_one_shared_rate(backend: Backend) {
     let started = Instant::now();
     let mut workers: Vec<WorkerProcess> = ["a", "b", "c", "d"]
         .iter()
-        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &limit))
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, &limit))
         .collect();
     let took = eventually(
         "40 jobs completed",
@@ -741,7 +773,7 @@ async fn four_workers_hold_one_shared_rate(backend: Backend) {
 
 async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
     let _alone = TIMING.write().await;
-    let Some((db, store, logs, upstream)) = setup(backend).await else {
+    let Some((db, store, upstream)) = setup(backend).await else {
         return;
     };
     for i in 0..30 {
@@ -766,7 +798,7 @@ async fn a_throttled_provider_holds_back_nobody_else(backend: Backend) {
     let started = Instant::now();
     let mut workers: Vec<WorkerProcess> = ["a", "b"]
         .iter()
-        .map(|name| WorkerProcess::spawn(name, &db, &upstream, logs.path(), &env))
+        .map(|name| WorkerProcess::spawn(name, &db, &upstream, &env))
         .collect();
     let took = eventually(
         "the unlimited provider's 30 jobs",

@@ -27,6 +27,7 @@ use roadie_worker::{
     fetcher::Fetcher,
     runner::{Worker, WorkerOptions},
 };
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -182,20 +183,25 @@ fn job(addr: SocketAddr, path: &str, max_attempts: u32) -> JobNew {
     }
 }
 
-/// Waits until job `id` is finished (bounded), and returns it.
-async fn finished(store: &Store, id: u64) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = store.job_get(id).await.expect("get").expect("job");
-        if job.state.is_finished() {
-            return job;
+/// Waits until job `id` is finished, looking again each time one of the
+/// workers whose `finishes` are given commits an attempt's end (bounded),
+/// and returns it.
+async fn finished(store: &Store, finishes: &mut [watch::Receiver<u64>], id: u64) -> Job {
+    let limit = Duration::from_secs(20);
+    let wait = async {
+        loop {
+            let job = store.job_get(id).await.expect("get").expect("job");
+            if job.state.is_finished() {
+                return job;
+            }
+            let committed = finishes.iter_mut().map(|f| Box::pin(f.changed()));
+            let (result, ..) = futures::future::select_all(committed).await;
+            result.expect("the worker is running");
         }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} did not finish: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| panic!("job {id} did not finish within {limit:?}"))
 }
 
 async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
@@ -205,15 +211,19 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
     let store = db.store().await;
     let (addr, counts) = upstream().await;
     let stop = CancellationToken::new();
-    let running =
-        tokio::spawn(worker(store.clone(), addr, "a", Duration::from_secs(5)).run(stop.clone()));
+    let w = worker(store.clone(), addr, "a", Duration::from_secs(5));
+    let finishes = &mut [w.finishes()];
+    let running = tokio::spawn(w.run(stop.clone()));
 
     // 2xx: stored under the provider's TTL, with media type and ETag.
     let (ok, _) = store
         .job_enqueue(&job(addr, "ok", 3))
         .await
         .expect("enqueue");
-    assert_eq!(finished(&store, ok.id).await.state, JobState::Completed);
+    assert_eq!(
+        finished(&store, finishes, ok.id).await.state,
+        JobState::Completed
+    );
     let entry = store.entry_get(&ok.url).await.expect("get").expect("entry");
     assert_eq!(
         (entry.value.as_ref(), entry.media_type.as_str()),
@@ -234,7 +244,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .await
         .expect("enqueue");
     assert_eq!(
-        finished(&store, missing.id).await.state,
+        finished(&store, finishes, missing.id).await.state,
         JobState::Completed
     );
     let entry = store
@@ -253,7 +263,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .job_enqueue(&job(addr, "flaky", 3))
         .await
         .expect("enqueue");
-    let failed = finished(&store, flaky.id).await;
+    let failed = finished(&store, finishes, flaky.id).await;
     assert_eq!((failed.state, failed.attempt), (JobState::Failed, 3));
     assert_eq!(counts.flaky.load(Ordering::SeqCst), 3);
     let entry = store
@@ -272,7 +282,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .job_enqueue(&job(addr, "throttle", 1))
         .await
         .expect("enqueue");
-    let done = finished(&store, throttled.id).await;
+    let done = finished(&store, finishes, throttled.id).await;
     assert_eq!(
         (done.state, done.attempt),
         (JobState::Completed, 1),
@@ -290,7 +300,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .job_enqueue(&job(addr, "revalidate", 3))
         .await
         .expect("enqueue");
-    finished(&store, first.id).await;
+    finished(&store, finishes, first.id).await;
     let before = store
         .entry_get(&first.url)
         .await
@@ -300,7 +310,10 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .job_enqueue(&job(addr, "revalidate", 3))
         .await
         .expect("enqueue");
-    assert_eq!(finished(&store, second.id).await.state, JobState::Completed);
+    assert_eq!(
+        finished(&store, finishes, second.id).await.state,
+        JobState::Completed
+    );
     assert_eq!(counts.revalidate_304.load(Ordering::SeqCst), 1);
     let after = store
         .entry_get(&first.url)
@@ -317,7 +330,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
             .job_enqueue(&job(addr, path, 3))
             .await
             .expect("enqueue");
-        let failed = finished(&store, j.id).await;
+        let failed = finished(&store, finishes, j.id).await;
         assert_eq!(
             (failed.state, failed.attempt),
             (JobState::Failed, 1),
@@ -337,7 +350,7 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
         .await
         .expect("enqueue");
     assert_eq!(
-        finished(&store, unavailable.id).await.state,
+        finished(&store, finishes, unavailable.id).await.state,
         JobState::Completed
     );
     // HTTP-dates have whole seconds: at least one of the two has passed.
@@ -370,7 +383,10 @@ async fn each_outcome_becomes_the_promised_entry(backend: Backend) {
     };
     store.entry_put(&put).await.expect("put");
     let (refresh, _) = store.job_enqueue(&good).await.expect("enqueue");
-    assert_eq!(finished(&store, refresh.id).await.state, JobState::Failed);
+    assert_eq!(
+        finished(&store, finishes, refresh.id).await.state,
+        JobState::Failed
+    );
     let kept = store
         .entry_get(&good.url)
         .await
@@ -389,8 +405,18 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
         return;
     };
     let store = db.store().await;
-    // An upstream that never answers: the job stays in flight.
-    let app = Router::new().route("/api/hang", get(std::future::pending::<&'static str>));
+    // An upstream that never answers: the job stays in flight. It says when
+    // the request has arrived, so the job is surely running.
+    let arrived = Arc::new(Notify::new());
+    let app = Router::new()
+        .route(
+            "/api/hang",
+            get(|State(arrived): State<Arc<Notify>>| async move {
+                arrived.notify_one();
+                std::future::pending::<&'static str>().await
+            }),
+        )
+        .with_state(arrived.clone());
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .expect("bind");
@@ -405,18 +431,11 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
         .expect("enqueue");
     let stop = CancellationToken::new();
     let running = tokio::spawn(w.run(stop.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store
-        .job_get(hang.id)
+    tokio::time::timeout(Duration::from_secs(10), arrived.notified())
         .await
-        .expect("get")
-        .expect("job")
-        .state
-        != JobState::Running
-    {
-        assert!(Instant::now() < deadline, "job never claimed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .expect("the job was never fetched");
+    let claimed = store.job_get(hang.id).await.expect("get").expect("job");
+    assert_eq!(claimed.state, JobState::Running);
     stop.cancel();
     let report = running.await.expect("worker");
     assert_eq!(report.released, 1);
@@ -487,12 +506,17 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
     // Two workers, one slot each: at most two requests in flight at once.
     let stop = CancellationToken::new();
     let mut running = Vec::new();
+    let mut finishes = Vec::new();
     for name in ["p1", "p2"] {
         let w = worker_with(store.clone(), addr, name, 1);
+        finishes.push(w.finishes());
         running.push(tokio::spawn(w.run(stop.clone())));
     }
     for id in &ids {
-        assert_eq!(finished(&store, *id).await.state, JobState::Completed);
+        assert_eq!(
+            finished(&store, &mut finishes, *id).await.state,
+            JobState::Completed
+        );
     }
     stop.cancel();
     for r in running {

@@ -32,9 +32,11 @@ impl Worker {
                 .await;
             match result {
                 Ok(results) => {
+                    let committed = results.len() as u64;
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(Ok(result));
                     }
+                    self.finishes.send_modify(|finishes| *finishes += committed);
                 }
                 Err(error) => {
                     let error = error.to_string();

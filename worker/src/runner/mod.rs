@@ -97,6 +97,9 @@ pub struct Worker {
     /// Claim rounds finished so far, for tests that wait on the loop (a
     /// signal, not a sleep).
     rounds: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Attempts whose end the completer has committed, for tests that wait
+    /// on a job's result.
+    finishes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Worker {
@@ -118,6 +121,7 @@ impl Worker {
             rates: Arc::new(rates),
             options: Arc::new(options),
             rounds: Arc::new(tokio::sync::watch::channel(0).0),
+            finishes: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -125,6 +129,12 @@ impl Worker {
     /// the worker to have looked for work (and gone idle) on this.
     pub fn claim_rounds(&self) -> tokio::sync::watch::Receiver<u64> {
         self.rounds.subscribe()
+    }
+
+    /// The number of attempts whose end has been committed, as it changes:
+    /// a test waits for a job's result on this.
+    pub fn finishes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.finishes.subscribe()
     }
 
     /// Claims and runs jobs until `stop` fires, then drains (see the module docs).
