@@ -15,7 +15,9 @@ use std::{
 use axum::{Router, extract::Path, extract::State, http::StatusCode, routing};
 use roadie_client::{
     ClientError,
-    proto::{FetchMode, FetchRequest, FetchResponse, JobState, LookupStatus},
+    proto::{
+        ChangeKind, FetchMode, FetchRequest, FetchResponse, JobState, LookupStatus, WatchRequest,
+    },
 };
 use roadie_config::Settings;
 use roadie_providers::{Provider, ProviderPolicy};
@@ -250,6 +252,16 @@ async fn modes_staleness_and_outcomes(backend: Backend) {
         .entry_put(&stored(&url, Some(now_ms() - 5_000), false))
         .await
         .expect("put");
+    // The refresh is seen on the Watch, opened before it can happen.
+    let mut stub = crate::watch::stub(server.addr).await;
+    let (mut changes, _) = crate::watch::open(
+        &mut stub,
+        WatchRequest {
+            key_prefix: url.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut stale = fetch("item/3", FetchMode::Wait);
     stale.max_stale = Some(secs(60));
     let answer = c.fetch(stale).await.expect("fetch");
@@ -257,19 +269,14 @@ async fn modes_staleness_and_outcomes(backend: Backend) {
     assert_eq!(answer.entry.expect("entry").value.as_ref(), b"old");
     let refresh = answer.job.expect("a background refresh");
     assert_eq!(refresh.priority, 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = c.get(get(&url)).await.expect("get");
-        if now.status == LookupStatus::Hit as i32 {
-            assert_eq!(now.entry.expect("entry").value.as_ref(), b"item 3");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stale entry was never refreshed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refreshed = crate::watch::next_change(&mut changes).await;
+    assert_eq!(
+        (refreshed.key.as_str(), refreshed.kind),
+        (url.as_str(), ChangeKind::Fetch as i32)
+    );
+    let now = c.get(get(&url)).await.expect("get");
+    assert_eq!(now.status(), LookupStatus::Hit);
+    assert_eq!(now.entry.expect("entry").value.as_ref(), b"item 3");
 
     // A 404 upstream: a negative answer.
     let missing = c

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use roadie_client::{
     Client,
-    proto::{FetchMode, LookupStatus, StatsRequest},
+    proto::{FetchMode, LookupStatus, StatsRequest, WatchRequest},
 };
 use roadie_server::config::Settings;
 use roadie_store::{Backend, testing::TestDb};
@@ -71,24 +71,22 @@ async fn writes_elsewhere_reach_the_hot_tier_within_the_bound(backend: Backend) 
     .await;
 
     // Once B's tail has applied the write (a fill racing it is dropped),
-    // B caches v1 on one read and answers the next from memory.
+    // B caches v1 on one read and answers the next from memory. B's tail
+    // updates its tier before it hands the change to B's watchers, so B's
+    // Watch says when.
+    let mut b_stub = crate::watch::stub(b.addr).await;
+    let (mut b_changes, _) = crate::watch::open(
+        &mut b_stub,
+        WatchRequest {
+            key_prefix: "k".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await;
     let v1 = a.client.put(put("k", "v1")).await.expect("put");
     converges(&b.client, "k", Some("v1"), Instant::now()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while b
-        .client
-        .stats(StatsRequest::default())
-        .await
-        .expect("stats")
-        .tail_revision
-        < v1.revision
-    {
-        assert!(
-            Instant::now() < deadline,
-            "B's tail never applied the write"
-        );
-        tokio::task::yield_now().await;
-    }
+    let applied = crate::watch::next_change(&mut b_changes).await;
+    assert_eq!(applied.revision, v1.revision, "B's tail applied the write");
     assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));
     let before = hot_hits(&b.client).await;
     assert_eq!(value(&b.client, "k").await.as_deref(), Some("v1"));

@@ -74,30 +74,41 @@ fn print_config_never_shows_a_password() {
     assert!(!printed.contains("hunter2"), "{printed}");
 }
 
+/// Waits until the server at `addr` says SERVING: its port is tried until
+/// it accepts (nothing else tells when a child process has bound it), then
+/// its health Watch stream says when the store is ready.
 pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            let mut health = HealthClient::new(channel);
-            let request = HealthCheckRequest {
-                service: "roadie.v1.Cache".to_owned(),
-            };
-            if let Ok(response) = health.check(request).await
-                && response.into_inner().status == ServingStatus::Serving as i32
+    let limit = Duration::from_secs(30);
+    let serving = async {
+        let channel = loop {
+            match Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
             {
+                Ok(channel) => break channel,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: "roadie.v1.Cache".to_owned(),
+        };
+        let mut statuses = health
+            .watch(request)
+            .await
+            .expect("health watch")
+            .into_inner();
+        while let Some(status) = statuses.message().await.expect("health status") {
+            if status.status == ServingStatus::Serving as i32 {
                 return health;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "roadie-server did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        panic!("the health stream ended before SERVING");
+    };
+    tokio::time::timeout(limit, serving)
+        .await
+        .unwrap_or_else(|_| panic!("roadie-server did not become healthy within {limit:?}"))
 }
 
 #[tokio::test]
