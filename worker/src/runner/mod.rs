@@ -207,10 +207,7 @@ impl Worker {
             }
             // A throttled provider's budget returns at a known moment: look
             // again then rather than at the next poll.
-            let budget_back = next_due.map(|at| {
-                tokio::time::Instant::now()
-                    + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0))
-            });
+            let budget_back = next_due.map(|due| budget_back(due, now_ms()));
             // Freed slots claim again (in batches while others run); an idle worker polls.
             only_freed = tokio::select! {
                 () = stop.cancelled() => break,
@@ -371,15 +368,30 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Exponential backoff for `attempt` (1-based), with jitter in [½, 1].
+    /// The backoff before retrying after `attempt`, with a random jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .options
-            .backoff_base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20));
-        let capped = exp.min(self.options.backoff_max);
-        capped.mul_f64(rand::rng().random_range(0.5..=1.0))
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        backoff(
+            self.options.backoff_base,
+            self.options.backoff_max,
+            attempt,
+            jitter,
+        )
     }
+}
+
+/// Exponential backoff for `attempt` (1-based): `base` doubled per attempt,
+/// at most `max`, scaled by `jitter` (drawn from [½, 1]) so that jobs that
+/// failed together do not all come back together.
+fn backoff(base: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(jitter)
+}
+
+/// When a throttled provider's budget is back (`due`, store time in ms), as
+/// an instant on this process's clock.
+fn budget_back(due: i64, now: i64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
 }
 
 async fn wake_on_commits(
@@ -425,4 +437,50 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn backoff_doubles_per_attempt_up_to_its_cap() {
+        let max = Duration::from_secs(30);
+        let full: Vec<u64> = (1..=7)
+            .map(|attempt| backoff(SECOND, max, attempt, 1.0).as_secs())
+            .collect();
+        assert_eq!(full, [1, 2, 4, 8, 16, 30, 30]);
+        // Attempt 0 (never claimed) waits the base; huge attempts do not overflow.
+        assert_eq!(backoff(SECOND, max, 0, 1.0), SECOND);
+        assert_eq!(backoff(SECOND, max, u32::MAX, 1.0), max);
+    }
+
+    #[test]
+    fn jitter_shortens_the_backoff_by_at_most_half() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(SECOND * 4, max, 1, 0.5), SECOND * 2);
+        assert_eq!(backoff(SECOND * 4, max, 3, 0.5), SECOND * 8);
+        // The cap applies before the jitter: capped retries spread too.
+        assert_eq!(backoff(SECOND * 4, max, 5, 0.5), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_claim_loop_wakes_when_the_budget_is_back_and_not_before() {
+        let start = tokio::time::Instant::now();
+        let due = budget_back(10_000 + 1_500, 10_000);
+        assert_eq!(due - start, Duration::from_millis(1_500));
+        let early = tokio::time::timeout(Duration::from_millis(1_499), sleep_until_some(Some(due)));
+        assert!(early.await.is_err(), "woke before the budget was back");
+        sleep_until_some(Some(due)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1_500));
+        // A budget already back (the store's clock ran ahead) wakes at once.
+        let past = budget_back(9_000, 10_000);
+        sleep_until_some(Some(past)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1_500));
+        // No throttled provider: that arm never fires (the poll does).
+        let never = tokio::time::timeout(Duration::from_secs(3_600), sleep_until_some(None));
+        assert!(never.await.is_err());
+    }
 }

@@ -33,21 +33,53 @@ pub(super) async fn rescue(
             // Not at an expiry already past: that would spin.
             Err(_) => Ok(None),
         };
-        let pause = match next {
-            Ok(Some(at)) => {
-                // Just past the expiry: the rescue compares strictly.
-                let until = u64::try_from(at + 1 - now_ms()).unwrap_or(0);
-                Duration::from_millis(until).min(at_most)
-            }
-            Ok(None) => at_most,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the next lease expiry");
-                at_most
-            }
-        };
+        let next = next.unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the next lease expiry");
+            None
+        });
+        let pause = pause_until_expiry(next, now_ms(), at_most);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// How long the rescuer sleeps when the earliest running lease expires at
+/// `next` (store time in ms; `None`: no job is running): until just past
+/// the expiry, since the rescue compares strictly, and at most `at_most`.
+fn pause_until_expiry(next: Option<i64>, now: i64, at_most: Duration) -> Duration {
+    match next {
+        Some(at) => Duration::from_millis(u64::try_from(at + 1 - now).unwrap_or(0)).min(at_most),
+        None => at_most,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT_MOST: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn the_rescuer_wakes_just_past_the_earliest_expiry() {
+        assert_eq!(
+            pause_until_expiry(Some(12_000), 10_000, AT_MOST),
+            Duration::from_millis(2_001)
+        );
+    }
+
+    #[test]
+    fn an_expiry_already_past_is_rescued_at_once() {
+        assert_eq!(
+            pause_until_expiry(Some(9_000), 10_000, AT_MOST),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn far_expiries_and_no_running_jobs_wait_at_most_the_round() {
+        assert_eq!(pause_until_expiry(Some(60_000), 10_000, AT_MOST), AT_MOST);
+        assert_eq!(pause_until_expiry(None, 10_000, AT_MOST), AT_MOST);
     }
 }
