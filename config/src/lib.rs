@@ -60,6 +60,65 @@ pub struct Settings {
     pub watch: WatchSettings,
     /// `[hot_tier]`: the server's in-memory copy of hot entries.
     pub hot_tier: HotTierSettings,
+    /// `[log]`: what the process logs and how.
+    pub log: LogSettings,
+    /// `[admin]`: the operator's HTTP port (metrics, liveness, readiness).
+    pub admin: AdminSettings,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` for people, `json` (one object per line, with `trace_id` and
+    /// `span_id`) for collectors.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `roadie_worker=debug,info`); `RUST_LOG`
+    /// overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Where `/metrics`, `/livez` and `/readyz` are served over HTTP; off
+    /// when unset. Each process needs a port of its own
+    /// (`ROADIE__ADMIN__LISTEN`).
+    pub listen: Option<SocketAddr>,
+    /// How often the server refreshes the metrics only the store knows
+    /// (queue depth, the oldest available job, entries and bytes by policy,
+    /// paused providers, rate-limit waits).
+    #[serde(with = "humantime_serde")]
+    pub sample_interval: Duration,
+}
+
+impl Default for AdminSettings {
+    fn default() -> AdminSettings {
+        AdminSettings {
+            listen: None,
+            sample_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[watch]`.
@@ -455,6 +514,8 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             watch: WatchSettings::default(),
             hot_tier: HotTierSettings::default(),
+            log: LogSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -885,6 +946,12 @@ impl Settings {
             ));
         }
         self.validate_watch()?;
+        if self.admin.sample_interval.is_zero() {
+            return Err(ConfigError::new(
+                "admin.sample_interval",
+                "must be longer than 0s",
+            ));
+        }
         if self.jobs.max_attempts == 0 || self.jobs.max_attempts > 100 {
             return Err(ConfigError::new(
                 "jobs.max_attempts",

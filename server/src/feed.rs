@@ -75,6 +75,8 @@ pub struct Feed {
     buffer: usize,
     /// Reads the hot tier could not answer because the tail lagged.
     bypassed: AtomicU64,
+    /// `roadie.watch.lag`: commit to tail, per change.
+    lag: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Feed {
@@ -98,6 +100,7 @@ impl Feed {
             max_per_client: settings.watch.max_per_client,
             buffer: settings.watch.buffer,
             bypassed: AtomicU64::new(0),
+            lag: crate::metrics::watch_lag(),
         }
     }
 
@@ -230,6 +233,10 @@ impl Feed {
                 for change in &changes {
                     hot.remove(&change.key);
                 }
+            }
+            let now = roadie_store::now_ms();
+            for change in &changes {
+                self.lag.record((now - change.at).max(0) as f64, &[]);
             }
             let mut ring = self.lock();
             for change in changes {

@@ -17,6 +17,8 @@
 //! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
 //!   checkpoint, flushing the reads `access` noted.
 //! - `drain`: the shutdown drain.
+//! - `rpc`: every call's span and duration; `metrics`: the instruments and
+//!   the store probe behind readiness.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub(crate) mod access;
@@ -31,6 +33,8 @@ pub(crate) mod feed;
 pub(crate) mod hot;
 pub(crate) mod jobs;
 pub mod maintenance;
+pub(crate) mod metrics;
+pub(crate) mod rpc;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod validate;
@@ -41,8 +45,10 @@ use std::{future::Future, sync::Arc, time::SystemTime};
 
 use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
 use roadie_store::{Store, StoreError};
+use roadie_telemetry::admin::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
 
 use crate::{
     cache::CacheService,
@@ -129,6 +135,7 @@ impl App {
             access: Default::default(),
             nudge: Default::default(),
             started_at: SystemTime::now(),
+            ready: Readiness::default(),
         });
         let app = App { state };
         let report = app
@@ -150,6 +157,12 @@ impl App {
         &self.state.store
     }
 
+    /// Whether the server can answer now (the store answers and it is not
+    /// draining): what the health service and `/readyz` report.
+    pub fn readiness(&self) -> Readiness {
+        self.state.ready.clone()
+    }
+
     /// The upkeep tasks, for running a pass on demand.
     pub fn maintenance(&self) -> Maintenance {
         Maintenance::new(self.state.clone())
@@ -166,9 +179,34 @@ impl App {
         let message_limit = settings.limits.max_value_bytes + ENVELOPE_BYTES;
         let grace = settings.server.shutdown_grace;
 
+        // Health follows readiness: NOT_SERVING until the store answers,
+        // while it does not, and from the start of the drain.
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<CacheServer<CacheService>>().await;
-        health.set_serving::<JobsServer<JobsService>>().await;
+        set_health(&health, false).await;
+        let probing = CancellationToken::new();
+        let sample = Arc::default();
+        metrics::observe(&self.state, &sample);
+        metrics::observe_budgets(settings);
+        tokio::spawn(metrics::probe(
+            self.state.clone(),
+            sample,
+            self.state.ready.clone(),
+            probing.clone(),
+        ));
+        let mirror = {
+            let (health, mut ready) = (health.clone(), self.state.ready.subscribe());
+            let probing = probing.clone();
+            tokio::spawn(async move {
+                loop {
+                    let now = *ready.borrow_and_update();
+                    set_health(&health, now).await;
+                    tokio::select! {
+                        () = probing.cancelled() => return,
+                        changed = ready.changed() => if changed.is_err() { return },
+                    }
+                }
+            })
+        };
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
@@ -196,8 +234,8 @@ impl App {
         let goaway = CancellationToken::new();
         let incoming = accept(listener, closing.clone(), drain.clone());
         let serve = tonic::transport::Server::builder()
-            // One span per call, named by its gRPC method.
-            .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+            // One span per call, continuing the caller's trace, and its duration.
+            .layer(rpc::CallLayer::new())
             .layer(DrainLayer(drain.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -214,8 +252,10 @@ impl App {
         // Watch streams and waiting Fetches end now, telling their clients
         // where to resume.
         self.state.stopping.cancel();
-        health.set_not_serving::<CacheServer<CacheService>>().await;
-        health.set_not_serving::<JobsServer<JobsService>>().await;
+        probing.cancel();
+        let _ = mirror.await;
+        self.state.ready.set(false, "draining");
+        set_health(&health, false).await;
         tracing::info!(
             ?grace,
             in_flight = drain.in_flight(),
@@ -260,6 +300,28 @@ impl App {
         tracing::info!("roadie-server stopped");
         result
     }
+}
+
+/// Sets the overall status (`""`) and each service's.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <CacheServer<CacheService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <JobsServer<JobsService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
 }
 
 /// Accepted connections (with TCP_NODELAY: without it a reply written as two

@@ -1,11 +1,11 @@
 //! `roadie-server`: parses flags, loads configuration, binds, serves.
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use roadie_server::{App, config::Settings};
-use tracing_subscriber::EnvFilter;
+use tokio_util::sync::CancellationToken;
 
 /// The Roadie gRPC server.
 #[derive(Debug, Parser)]
@@ -22,33 +22,67 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not for log files and collectors.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
-
     let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("roadie-server: {error}");
-            std::process::exit(2);
-        }
+        Err(error) => config_exit(&error),
     };
     if args.print_config {
         println!("{}", toml_of(&settings.redacted())?);
         return Ok(());
     }
+    let telemetry = roadie_telemetry::init("roadie-server", &settings)
+        .unwrap_or_else(|error| config_exit(&error));
+    let served = run(settings, &telemetry).await;
+    // After the drain: the spans of the last calls go out too.
+    telemetry.shutdown().await;
+    served
+}
+
+/// Opens, binds (the gRPC port and the admin port if set) and serves until
+/// a signal, then drains.
+async fn run(settings: Settings, telemetry: &roadie_telemetry::Telemetry) -> anyhow::Result<()> {
     let listen = settings.server.listen;
+    let admin = settings.admin.listen;
     let app = App::open(settings).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
-    app.serve(listener, shutdown_signal()).await?;
+    let stop_admin = CancellationToken::new();
+    let admin = match admin {
+        Some(addr) => {
+            let listener = roadie_telemetry::admin::bind(addr).await?;
+            Some(roadie_telemetry::admin::serve(
+                listener,
+                telemetry,
+                app.readiness(),
+                stop_admin.clone(),
+            ))
+        }
+        None => None,
+    };
+    let serve = app.serve(listener, shutdown_signal());
+    let served = match admin {
+        Some(admin) => {
+            let (served, ()) = tokio::join!(
+                async {
+                    let served = serve.await;
+                    stop_admin.cancel();
+                    served
+                },
+                admin
+            );
+            served
+        }
+        None => serve.await,
+    };
+    served?;
     Ok(())
+}
+
+/// Reports a configuration error naming the setting, and exits 2.
+fn config_exit(error: &dyn std::fmt::Display) -> ! {
+    eprintln!("roadie-server: {error}");
+    std::process::exit(2);
 }
 
 fn toml_of(settings: &Settings) -> anyhow::Result<String> {

@@ -58,6 +58,7 @@ impl Maintenance {
                 now,
             )
             .await?;
+        self.state.stats.record_expired(expired);
         let evicted = self.enforce_budgets().await?;
         let watch = &self.state.settings.watch;
         let compacted = self

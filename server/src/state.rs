@@ -44,4 +44,7 @@ pub struct AppState {
     pub feed: std::sync::Arc<Feed>,
     /// Fires when shutdown begins, ending Watch streams.
     pub stopping: CancellationToken,
+    /// Whether the server can answer now (the store probe and the drain
+    /// set it).
+    pub ready: roadie_telemetry::admin::Readiness,
 }

@@ -52,6 +52,7 @@ pub struct CounterSnapshot {
 #[derive(Debug)]
 pub struct Stats {
     configured: HashMap<String, Counters>,
+    expired: AtomicU64,
     others: Mutex<HashMap<String, CounterSnapshot>>,
 }
 
@@ -63,6 +64,7 @@ impl Stats {
                 .into_iter()
                 .map(|p| (p.clone(), Counters::default()))
                 .collect(),
+            expired: AtomicU64::new(0),
             others: Mutex::new(HashMap::new()),
         }
     }
@@ -97,6 +99,16 @@ impl Stats {
             let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
             others.entry(policy.to_owned()).or_default().evicted += count;
         }
+    }
+
+    /// Counts `count` expired entries cleaned up.
+    pub fn record_expired(&self, count: u64) {
+        self.expired.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Expired entries cleaned up since start.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// Every policy's counters, by name.

@@ -150,6 +150,19 @@ pub struct ProviderState {
     pub waited_ms: i64,
 }
 
+/// Unfinished jobs of one provider in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Provider name.
+    pub provider: String,
+    /// `Available` or `Running`.
+    pub state: JobState,
+    /// How many.
+    pub jobs: u64,
+    /// When the oldest of them was enqueued, ms since the epoch.
+    pub oldest_created_at: i64,
+}
+
 /// How a worker's attempt at a job ended: the one owned account of it,
 /// from the worker's decision to the transaction that records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +218,7 @@ impl Store {
     /// Enqueues a job, or returns the unfinished job for the same URL. The
     /// flag says whether the job was shared. A shared job waiting at a lower
     /// priority moves up to the request's.
+    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_enqueue"))]
     pub async fn job_enqueue(&self, job: &JobNew) -> Result<(Job, bool), StoreError> {
         let tags =
             serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -270,6 +284,7 @@ impl Store {
     /// many as its budget allows now. The budget
     /// is spent in the transaction that claims, so no worker holds a claim
     /// it may not use yet. Paused providers are skipped.
+    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_claim"))]
     pub async fn job_claim_within(
         &self,
         worker: &str,
@@ -393,6 +408,25 @@ impl Store {
         Ok(states.into_values().collect())
     }
 
+    /// The unfinished jobs by provider and state, with the oldest of each.
+    pub async fn job_depth(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let rows = sqlx::query(sql!("job_depth")).fetch_all(&self.pool).await?;
+        let mut depth = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let state: String = row.try_get("state")?;
+            let Some(state) = JobState::parse(&state) else {
+                continue;
+            };
+            depth.push(QueueDepth {
+                provider: row.try_get("provider")?,
+                state,
+                jobs: from_i64(row.try_get("jobs")?),
+                oldest_created_at: row.try_get("oldest_created_at")?,
+            });
+        }
+        Ok(depth)
+    }
+
     /// When the earliest lease of a running job runs out, ms since the
     /// epoch; `None` when no job runs.
     pub async fn job_next_lease_expiry(&self) -> Result<Option<i64>, StoreError> {
@@ -458,6 +492,7 @@ impl Store {
     /// each with its entry. One commit for many jobs: writers take the
     /// revision counter in turn, so a busy worker that finishes a batch at
     /// once waits its turn once, not once per job. Results in `finishes` order.
+    #[tracing::instrument(name = "db job_finish", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_finish"))]
     pub async fn job_finish_many_if_leased(
         &self,
         worker: &str,

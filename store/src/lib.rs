@@ -49,9 +49,20 @@ pub use entry::{
     Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
-pub use job::{Claim, Finish, Job, JobFinish, JobNew, JobOutcome, JobState, ProviderState};
+pub use job::{
+    Claim, Finish, Job, JobFinish, JobNew, JobOutcome, JobState, ProviderState, QueueDepth,
+};
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
+
+/// A connection pool's state at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections open.
+    pub open: u32,
+    /// Of them, idle.
+    pub idle: u32,
+}
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +240,20 @@ impl Store {
     /// The backend this store talks to.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The connection pool now: connections open and idle.
+    pub fn pool_usage(&self) -> PoolUsage {
+        PoolUsage {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Whether the database answers a trivial query now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Checkpoints SQLite's write-ahead log into the database and truncates

@@ -30,7 +30,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use roadie_providers::{ProviderPolicy, Refusal, check_literal_host, is_forbidden, resolve_url};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug};
 use url::Url;
 
 /// Most redirects one fetch follows before giving up with [`Outcome::Final`].
@@ -125,6 +125,8 @@ pub struct Fetcher {
     // is fixed per client, while `allow_private` is per provider.
     strict: reqwest::Client,
     permissive: reqwest::Client,
+    /// `http.client.request.duration`.
+    upstream: opentelemetry::metrics::Histogram<f64>,
 }
 
 impl Fetcher {
@@ -146,6 +148,7 @@ impl Fetcher {
         Ok(Fetcher {
             strict: build(false)?,
             permissive: build(true)?,
+            upstream: crate::metrics::upstream_duration(),
         })
     }
 
@@ -174,12 +177,37 @@ impl Fetcher {
             if remaining.is_zero() {
                 return Ok(timed_out(policy));
             }
+            // One client span per request; the provider sees its traceparent.
+            let span = tracing::info_span!(
+                "GET",
+                otel.kind = "client",
+                http.request.method = "GET",
+                server.address = current.host_str().unwrap_or_default(),
+                http.response.status_code = tracing::field::Empty,
+            );
+            let mut trace = HeaderMap::new();
+            roadie_telemetry::propagation::inject(&span, &mut trace);
             let request = client
                 .get(current.clone())
                 .timeout(remaining)
                 .headers(policy.headers.clone())
-                .headers(conditional_headers(validators));
-            let response = match request.send().await {
+                .headers(conditional_headers(validators))
+                .headers(trace);
+            let sent = std::time::Instant::now();
+            let answered = request.send().instrument(span.clone()).await;
+            let code = answered
+                .as_ref()
+                .map_or(0, |r| i64::from(r.status().as_u16()));
+            span.record("http.response.status_code", code);
+            self.upstream.record(
+                sent.elapsed().as_secs_f64(),
+                &[
+                    opentelemetry::KeyValue::new("roadie.provider", policy.name.clone()),
+                    opentelemetry::KeyValue::new("http.request.method", "GET"),
+                    opentelemetry::KeyValue::new("http.response.status_code", code),
+                ],
+            );
+            let response = match answered {
                 Ok(response) => response,
                 Err(error) => return send_failed(policy, &error),
             };

@@ -25,12 +25,14 @@
 //!   all `main.rs` calls after parsing flags and setting up logs.
 
 pub mod fetcher;
+pub(crate) mod metrics;
 pub mod retention;
 pub mod runner;
 pub mod settings;
 
 use roadie_config::{ConfigError, Settings};
 use roadie_store::{Store, StoreError, redact};
+use roadie_telemetry::admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -61,10 +63,12 @@ pub enum RunError {
 /// Runs a worker on `settings` until `stop` is cancelled: builds its
 /// providers (`env` looks up the variables named by `secret_headers`) and
 /// HTTP client, opens the store, claims and runs jobs, purges finished ones,
-/// and drains within `worker.shutdown_grace` once stopped.
+/// and drains within `worker.shutdown_grace` once stopped. `ready` says
+/// whether it can claim now.
 pub async fn run(
     settings: &Settings,
     env: impl Fn(&str) -> Option<String>,
+    ready: Readiness,
     stop: CancellationToken,
 ) -> Result<Report, RunError> {
     let providers = settings::providers(settings, env)?;
@@ -87,6 +91,7 @@ pub async fn run(
             source,
         })?;
 
+    metrics::observe_pool(&store);
     let id = settings::worker_id(hostname().as_deref(), std::process::id(), rand::random());
     let options = settings::worker_options(settings, &id);
     let mut names: Vec<&str> = providers.keys().map(String::as_str).collect();
@@ -108,6 +113,7 @@ pub async fn run(
         .run(stop.clone()),
     );
     let report = Worker::new(store.clone(), fetcher, providers, options)
+        .with_readiness(ready)
         .run(stop.clone())
         .await;
     // The runner returns only after a stop; cancel anyway so retention never outlives it.

@@ -6,14 +6,14 @@
 //! their leases back. Exit codes: 0 after a stop, 2 for bad configuration
 //! (before anything is connected), 1 for anything else.
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use roadie_config::{ConfigError, Settings};
+use roadie_config::Settings;
+use roadie_telemetry::admin::{self, Readiness};
 use roadie_worker::RunError;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// A Roadie fetch worker: claims queued jobs, fetches from upstream
 /// providers, writes the results into the cache.
@@ -28,21 +28,39 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal, not for log files and collectors.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
-
     let settings = Settings::load(args.config.as_deref(), std::env::vars())
+        .unwrap_or_else(|error| config_exit(&error));
+    let telemetry = roadie_telemetry::init("roadie-worker", &settings)
         .unwrap_or_else(|error| config_exit(&error));
     // Watch the signals before the first claim, so a stop is never missed.
     let stop = CancellationToken::new();
     watch_signals(stop.clone())?;
-    match roadie_worker::run(&settings, |name| std::env::var(name).ok(), stop).await {
+    let ready = Readiness::default();
+    let admin_stop = CancellationToken::new();
+    let admin = match settings.admin.listen {
+        Some(addr) => {
+            let listener = admin::bind(addr).await?;
+            Some(admin::serve(
+                listener,
+                &telemetry,
+                ready.clone(),
+                admin_stop.clone(),
+            ))
+        }
+        None => None,
+    };
+    let work = async {
+        let ran = roadie_worker::run(&settings, |name| std::env::var(name).ok(), ready, stop).await;
+        admin_stop.cancel();
+        ran
+    };
+    let ran = match admin {
+        Some(admin) => tokio::join!(work, admin).0,
+        None => work.await,
+    };
+    // After the drain: the last jobs' spans go out too.
+    telemetry.shutdown().await;
+    match ran {
         Ok(_) => Ok(()),
         Err(RunError::Config(error)) => config_exit(&error),
         Err(error) => Err(error.into()),
@@ -50,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Reports a configuration error naming the setting, and exits 2.
-fn config_exit(error: &ConfigError) -> ! {
+fn config_exit(error: &dyn std::fmt::Display) -> ! {
     eprintln!("roadie-worker: {error}");
     std::process::exit(2);
 }

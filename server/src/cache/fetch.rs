@@ -64,13 +64,11 @@ pub(super) async fn fetch(
 ) -> Result<Response<pb::FetchResponse>, Status> {
     let started = Instant::now();
     let deadline = grpc_timeout(request.metadata());
-    let traceparent = request
-        .metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // The job continues this call's trace (the worker's span is its child).
+    let traceparent = roadie_telemetry::propagation::traceparent(&tracing::Span::current());
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
+    crate::rpc::record_key(&plan.url);
     let now = now_ms();
     let stored = service
         .state

@@ -17,6 +17,7 @@ pub(super) async fn get(
 ) -> Result<Response<pb::GetResponse>, Status> {
     let req = request.into_inner();
     validate::key("key", &req.key).map_err(ApiError::from)?;
+    crate::rpc::record_key(&req.key);
     let read = service.read_options(
         req.max_stale.as_ref(),
         req.min_confidence,

@@ -19,6 +19,7 @@ pub(super) async fn put(
 ) -> Result<Response<pb::PutResponse>, Status> {
     let req = request.into_inner();
     let put = service.entry_put(req)?;
+    crate::rpc::record_key(&put.key);
     let result = service
         .state
         .store
@@ -58,6 +59,7 @@ pub(super) async fn delete(
 ) -> Result<Response<pb::DeleteResponse>, Status> {
     let req = request.into_inner();
     validate::key("key", &req.key).map_err(ApiError::from)?;
+    crate::rpc::record_key(&req.key);
     let result = service
         .state
         .store

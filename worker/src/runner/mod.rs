@@ -12,9 +12,11 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use opentelemetry::{KeyValue, metrics::Histogram};
 use rand::Rng;
 use roadie_providers::Provider;
 use roadie_store::{Job, JobFinish, JobOutcome, Rates, Store, StoreError, WORK_CHANNEL, now_ms};
+use roadie_telemetry::admin::Readiness;
 use tokio::{
     sync::{Notify, mpsc, oneshot},
     task::JoinSet,
@@ -100,6 +102,10 @@ pub struct Worker {
     /// Attempts whose end the completer has committed, for tests that wait
     /// on a job's result.
     finishes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether this worker can claim now: `/readyz` on the admin port.
+    ready: Readiness,
+    /// `roadie.job.duration` by provider and outcome.
+    job_duration: Histogram<f64>,
 }
 
 impl Worker {
@@ -122,6 +128,8 @@ impl Worker {
             options: Arc::new(options),
             rounds: Arc::new(tokio::sync::watch::channel(0).0),
             finishes: Arc::new(tokio::sync::watch::channel(0).0),
+            ready: Readiness::default(),
+            job_duration: crate::metrics::job_duration(),
         }
     }
 
@@ -129,6 +137,18 @@ impl Worker {
     /// the worker to have looked for work (and gone idle) on this.
     pub fn claim_rounds(&self) -> tokio::sync::watch::Receiver<u64> {
         self.rounds.subscribe()
+    }
+
+    /// Whether this worker can claim now (claims succeed and it is not
+    /// stopping).
+    pub fn readiness(&self) -> Readiness {
+        self.ready.clone()
+    }
+
+    /// Reports readiness through `ready` (the admin port's `/readyz`).
+    pub fn with_readiness(mut self, ready: Readiness) -> Worker {
+        self.ready = ready;
+        self
     }
 
     /// The number of attempts whose end has been committed, as it changes:
@@ -192,8 +212,9 @@ impl Worker {
                     Ok(claim) => {
                         report.claimed += claim.jobs.len() as u64;
                         next_due = claim.next_due;
+                        self.ready.set(true, "claims succeed");
                         for job in claim.jobs {
-                            let span = tracing::info_span!("worker.job", job = job.id, provider = %job.provider, attempt = job.attempt);
+                            let span = job_span(&job);
                             inflight.spawn(
                                 self.clone()
                                     .process(job, hard.clone(), finished.clone())
@@ -201,7 +222,10 @@ impl Worker {
                             );
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "claim failed"),
+                    Err(error) => {
+                        tracing::warn!(%error, "claim failed");
+                        self.ready.set(false, "claims fail");
+                    }
                 }
                 self.rounds.send_modify(|rounds| *rounds += 1);
             }
@@ -218,6 +242,7 @@ impl Worker {
             };
         }
         listening.cancel();
+        self.ready.set(false, "stopping");
         tracing::info!(in_flight = inflight.len(), grace = ?options.shutdown_grace, "stopping: no new claims");
         let drained = tokio::time::timeout(options.shutdown_grace, async {
             while inflight.join_next().await.is_some() {}
@@ -246,6 +271,7 @@ impl Worker {
     }
 
     async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<Done>) {
+        let started = std::time::Instant::now();
         let lease_lost = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(job.id, lease_lost.clone()));
         let outcome = tokio::select! {
@@ -265,6 +291,15 @@ impl Worker {
                 return;
             }
         };
+        let ended = outcome_name(&outcome);
+        tracing::Span::current().record("roadie.job.outcome", ended);
+        self.job_duration.record(
+            started.elapsed().as_secs_f64() * 1000.0,
+            &[
+                KeyValue::new("roadie.provider", job.provider.clone()),
+                KeyValue::new("roadie.job.outcome", ended),
+            ],
+        );
         let (reply, recorded) = oneshot::channel();
         let done = Done {
             finish: JobFinish {
@@ -377,6 +412,35 @@ impl Worker {
             attempt,
             jitter,
         )
+    }
+}
+
+/// The span of one attempt: a child of the span that enqueued the job
+/// (its row's `traceparent`), so the trace runs from the caller's RPC
+/// through the queue to the upstream request.
+fn job_span(job: &Job) -> tracing::Span {
+    let span = tracing::info_span!(
+        "worker.job",
+        otel.name = %format!("job {}", job.provider),
+        otel.kind = "consumer",
+        job = job.id,
+        provider = %job.provider,
+        attempt = job.attempt,
+        roadie.job.outcome = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &job.traceparent {
+        roadie_telemetry::propagation::continue_from_traceparent(&span, traceparent);
+    }
+    span
+}
+
+/// How an attempt ended, as a metric and span attribute.
+fn outcome_name(outcome: &JobOutcome) -> &'static str {
+    match outcome {
+        JobOutcome::Complete { .. } => "completed",
+        JobOutcome::RetryLater { counts: true, .. } => "retry",
+        JobOutcome::RetryLater { counts: false, .. } => "pushback",
+        JobOutcome::Fail { .. } => "failed",
     }
 }
 
