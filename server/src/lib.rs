@@ -187,6 +187,7 @@ impl App {
         let sample = Arc::default();
         metrics::observe(&self.state, &sample);
         metrics::observe_budgets(settings);
+        self.state.ready.observe();
         tokio::spawn(metrics::probe(
             self.state.clone(),
             sample,

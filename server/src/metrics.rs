@@ -221,7 +221,6 @@ fn observe_sample(meter: &Meter, sample: &Arc<Mutex<Sample>>) {
     meter
         .u64_observable_gauge("roadie.provider.paused")
         .with_description("1 while a provider is paused by an upstream Retry-After")
-        .with_unit("1")
         .with_callback(move |o| {
             r3(&|s| {
                 for p in &s.providers {
@@ -264,7 +263,7 @@ fn observe_sample(meter: &Meter, sample: &Arc<Mutex<Sample>>) {
         })
         .build();
     meter
-        .u64_observable_gauge("roadie.cache.bytes")
+        .u64_observable_gauge("roadie.cache.size")
         .with_description("Bytes stored, by policy (compare roadie.cache.budget)")
         .with_unit("By")
         .with_callback(move |o| {

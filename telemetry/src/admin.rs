@@ -21,7 +21,8 @@ impl Default for Readiness {
 }
 
 impl Readiness {
-    /// Sets readiness; logs when it changes.
+    /// Sets readiness; logs when it changes (at info: whoever found a
+    /// problem has warned of it already, and a drain is no problem).
     pub fn set(&self, ready: bool, why: &str) {
         let changed = self.0.send_if_modified(|now| {
             let changed = *now != ready;
@@ -29,17 +30,23 @@ impl Readiness {
             changed
         });
         if changed {
-            if ready {
-                tracing::info!(why, "ready");
-            } else {
-                tracing::warn!(why, "not ready");
-            }
+            tracing::info!(ready, why, "readiness changed");
         }
     }
 
     /// Ready now?
     pub fn is_ready(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Registers `roadie.ready` (1 while ready, else 0) on the global meter.
+    pub fn observe(&self) {
+        let ready = self.0.subscribe();
+        opentelemetry::global::meter("roadie")
+            .u64_observable_gauge("roadie.ready")
+            .with_description("1 while the process can do its work (what /readyz says)")
+            .with_callback(move |o| o.observe(u64::from(*ready.borrow()), &[]))
+            .build();
     }
 
     /// Every change, for whoever mirrors it (the health service).

@@ -356,7 +356,10 @@ REQUIRED: list[tuple[str, dict[str, Any]]] = [
     ("roadie.cache.evictions", {"roadie.policy": "api_metadata"}),
     ("roadie.cache.expirations", {}),
     ("roadie.cache.entries", {"roadie.policy": "api_metadata"}),
-    ("roadie.cache.bytes", {"roadie.policy": "api_metadata"}),
+    ("roadie.cache.size", {"roadie.policy": "api_metadata"}),
+    ("roadie.ready", {"service.name": "roadie-server"}),
+    ("roadie.ready", {"service.name": "roadie-worker"}),
+    ("db.client.connection.count", {"db.client.connection.state": "idle", "service.name": "roadie-worker"}),
     ("roadie.watch.watchers", {}),
     ("roadie.watch.lag", {}),
     ("db.client.connection.count", {"db.client.connection.state": "idle", "db.system.name": "sqlite"}),
@@ -518,7 +521,7 @@ def test_health_and_readiness_follow_the_store(postgres_db, tmp_path) -> None:
     finally:
         codes = (worker.stop(), server.stop())
     assert codes == (0, 0), f"exit codes {codes}\n{server.output()}\n{worker.output()}"
-    assert '"not ready"' in server.output() or "not ready" in server.output()
+    assert '"why":"the store does not answer"' in server.output(), server.output()
 
 
 def wait_until(check: Callable[[], bool], what: str) -> None:

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     watch_signals(stop.clone())?;
     let ready = Readiness::default();
+    ready.observe();
     let admin_stop = CancellationToken::new();
     let admin = match settings.admin.listen {
         Some(addr) => {
