@@ -235,8 +235,12 @@ impl App {
         let goaway = CancellationToken::new();
         let incoming = accept(listener, closing.clone(), drain.clone());
         let serve = tonic::transport::Server::builder()
-            // One span per call, continuing the caller's trace, and its duration.
-            .layer(rpc::CallLayer::new())
+            // One span per call (continuing the caller's trace) and its
+            // duration; without telemetry, only the transport's span.
+            .trace_fn(rpc::log_span)
+            .layer(tower::util::option_layer(
+                rpc::measured().then(rpc::CallLayer::new),
+            ))
             .layer(DrainLayer(drain.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -18,9 +18,29 @@ use tracing::{Instrument, field::Empty};
 /// The longest key prefix a span carries.
 const KEY_IN_SPAN: usize = 128;
 
-/// The span of one call.
+/// The transport's own span of a call, for the logs, while nothing is
+/// exported: the [`CallLayer`] makes a richer one otherwise (and is not
+/// there at all without telemetry, so the call path is as lean as it can be).
+pub(crate) fn log_span(request: &http::Request<()>) -> tracing::Span {
+    if roadie_telemetry::traces_on() || roadie_telemetry::metrics_on() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("rpc", method = %request.uri().path())
+}
+
+/// Whether calls go through the [`CallLayer`]: when anything reads spans or
+/// metrics.
+pub(crate) fn measured() -> bool {
+    roadie_telemetry::traces_on() || roadie_telemetry::metrics_on()
+}
+
+/// The span of one call, with the RPC conventions' attributes and the
+/// caller's context when spans are exported.
 fn span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
+    if !roadie_telemetry::traces_on() {
+        return tracing::info_span!("rpc", method = %path);
+    }
     let (service, method) = split(path);
     let span = tracing::info_span!(
         "rpc",
@@ -40,6 +60,9 @@ fn span<B>(request: &http::Request<B>) -> tracing::Span {
 /// Records the key a call is about on its span, cut to a bounded prefix
 /// (keys may be long; values never go to spans).
 pub(crate) fn record_key(key: &str) {
+    if !roadie_telemetry::traces_on() {
+        return;
+    }
     let mut end = key.len().min(KEY_IN_SPAN);
     while !key.is_char_boundary(end) {
         end -= 1;
@@ -56,13 +79,14 @@ fn split(path: &str) -> (&str, &str) {
 /// The tower layer measuring every call.
 #[derive(Debug, Clone)]
 pub(crate) struct CallLayer {
-    duration: Histogram<f64>,
+    /// `None` while nothing reads metrics: the call path then skips them.
+    duration: Option<Histogram<f64>>,
 }
 
 impl CallLayer {
     pub(crate) fn new() -> CallLayer {
         CallLayer {
-            duration: crate::metrics::rpc_duration(),
+            duration: roadie_telemetry::metrics_on().then(crate::metrics::rpc_duration),
         }
     }
 }
@@ -82,7 +106,7 @@ impl<S> tower::Layer<S> for CallLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct CallService<S> {
     inner: S,
-    duration: Histogram<f64>,
+    duration: Option<Histogram<f64>>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for CallService<S>
@@ -101,9 +125,10 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let (service, method) = split(request.uri().path());
-        let (service, method) = (service.to_owned(), method.to_owned());
-        let duration = self.duration.clone();
+        let measured = self.duration.clone().map(|duration| {
+            let (service, method) = split(request.uri().path());
+            (duration, service.to_owned(), method.to_owned())
+        });
         let span = span(&request);
         let response = span.in_scope(|| self.inner.call(request));
         let call = span.clone();
@@ -121,15 +146,17 @@ where
             if code != 0 {
                 call.record("otel.status_code", "ERROR");
             }
-            duration.record(
-                started.elapsed().as_secs_f64() * 1000.0,
-                &[
-                    KeyValue::new("rpc.system", "grpc"),
-                    KeyValue::new("rpc.service", service),
-                    KeyValue::new("rpc.method", method),
-                    KeyValue::new("rpc.grpc.status_code", code),
-                ],
-            );
+            if let Some((duration, service, method)) = measured {
+                duration.record(
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    &[
+                        KeyValue::new("rpc.system", "grpc"),
+                        KeyValue::new("rpc.service", service),
+                        KeyValue::new("rpc.method", method),
+                        KeyValue::new("rpc.grpc.status_code", code),
+                    ],
+                );
+            }
             Ok(response)
         }
         .instrument(span)

@@ -23,7 +23,7 @@ pub mod admin;
 mod json;
 pub mod propagation;
 
-use std::{io::IsTerminal, time::Duration};
+use std::{io::IsTerminal, sync::OnceLock, time::Duration};
 
 use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
 use opentelemetry_sdk::{
@@ -94,6 +94,24 @@ impl Exports {
     }
 }
 
+/// What [`init`] set up, for code on the request path that would do work
+/// only an exporter reads.
+static ON: OnceLock<(bool, bool)> = OnceLock::new();
+
+/// Whether spans are exported by this process (false before [`init`]).
+pub fn traces_on() -> bool {
+    ON.get().is_some_and(|on| on.0)
+}
+
+/// Whether metrics are read by this process: an OTLP exporter or the admin
+/// port (false before [`init`]).
+pub fn metrics_on() -> bool {
+    ON.get().is_some_and(|on| on.1)
+}
+
+/// The longest the exporters' flush may hold a stopping process.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
 /// How often metrics go to the OTLP endpoint unless
 /// `OTEL_METRIC_EXPORT_INTERVAL` (ms) says otherwise.
 const METRIC_INTERVAL: Duration = Duration::from_secs(60);
@@ -155,28 +173,30 @@ pub fn init(service: &'static str, settings: &Settings) -> Result<Telemetry, Tel
         None
     };
 
+    // The log level filters the log lines only: traces keep Roadie's own
+    // spans (and their events) whatever `log.level` says; the sampler
+    // decides which are exported.
     let filter = filter(&settings.log.level, var("RUST_LOG"))?;
     let ansi = std::io::stderr().is_terminal() && var("NO_COLOR").is_none();
-    let fmt = match settings.log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            // Colour only for a person at a terminal, not for files and collectors.
-            .with_ansi(ansi)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .event_format(json::JsonLines)
-            .boxed(),
+    let installed = match &tracer {
+        // Without traces the filter is global, which keeps tracing's fast
+        // path: disabled callsites cost nothing.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(log_lines(settings.log.format, ansi))
+            .try_init(),
+        Some(provider) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(service))
+                .with_filter(traced());
+            tracing_subscriber::registry()
+                .with(log_lines(settings.log.format, ansi).with_filter(filter))
+                .with(otel)
+                .try_init()
+        }
     };
-    let otel = tracer
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|e| TelemetryError::Installed(e.to_string()))?;
+    installed.map_err(|e| TelemetryError::Installed(e.to_string()))?;
+    let _ = ON.set((tracer.is_some(), meter.is_some()));
     if tracer.is_some() || exports.metrics {
         tracing::info!(
             traces = tracer.is_some(),
@@ -210,6 +230,41 @@ fn resource(service: &'static str, var: &impl Fn(&str) -> Option<String>) -> Res
     }
 }
 
+/// The log-line layer: text (coloured only for a person at a terminal,
+/// not for files and collectors) or JSON lines.
+fn log_lines<S>(format: LogFormat, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .event_format(json::JsonLines)
+            .boxed(),
+    }
+}
+
+/// What goes into traces: Roadie's spans at info and above, everything
+/// else only from warn.
+fn traced() -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::WARN)
+        .with_targets(
+            [
+                "roadie_server",
+                "roadie_worker",
+                "roadie_store",
+                "roadie_telemetry",
+            ]
+            .map(|target| (target, LevelFilter::INFO)),
+        )
+}
+
 /// `RUST_LOG` if set, else `log.level`.
 fn filter(level: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
     let (setting, directives) = match rust_log {
@@ -236,8 +291,10 @@ impl Telemetry {
         self.tracer.is_some()
     }
 
-    /// Flushes and stops the exporters. The SDK blocks while it flushes, so
-    /// this runs on a blocking thread while the runtime drives the export.
+    /// Flushes and stops the exporters, for at most [`FLUSH_LIMIT`] (an
+    /// unreachable collector must not hold the exit past the grace period).
+    /// The SDK blocks while it flushes, so this runs on a blocking thread
+    /// while the runtime drives the export.
     pub async fn shutdown(self) {
         let Telemetry { tracer, meter, .. } = self;
         let flushed = tokio::task::spawn_blocking(move || {
@@ -252,8 +309,12 @@ impl Telemetry {
                 eprintln!("telemetry: metrics not flushed: {error}");
             }
         });
-        if let Err(error) = flushed.await {
-            eprintln!("telemetry: the flush failed: {error}");
+        match tokio::time::timeout(FLUSH_LIMIT, flushed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("telemetry: the flush failed: {error}"),
+            Err(_) => {
+                eprintln!("telemetry: the flush took over {FLUSH_LIMIT:?}; exiting without it")
+            }
         }
     }
 }

@@ -78,18 +78,46 @@ class Receiver(
     trace_service_pb2_grpc.TraceServiceServicer,
     metrics_service_pb2_grpc.MetricsServiceServicer,
 ):
-    """An OTLP/gRPC receiver that keeps everything it is sent; waiting on it
-    is woken by each export."""
+    """An OTLP receiver, over gRPC (``port``) and over HTTP/protobuf
+    (``http_port``, ``POST /v1/traces`` and ``/v1/metrics``), that keeps
+    everything it is sent; waiting on it is woken by each export."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.resource_spans: list[Any] = []
         self.resource_metrics: list[Any] = []
         self.changed = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self.server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self.server)
-        self.port = self.server.add_insecure_port(f"{HOST}:0")
+        self.port = self.server.add_insecure_port(f"{HOST}:{port}")
         self.server.start()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                kinds = {
+                    "/v1/traces": trace_service_pb2.ExportTraceServiceRequest,
+                    "/v1/metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+                }
+                kind = kinds.get(self.path)
+                if kind is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                answer = receiver.Export(kind.FromString(body), None).SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.http = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.http_port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
     def Export(self, request, context):  # noqa: N802 (gRPC's name)
         with self.changed:
@@ -271,7 +299,9 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
-def base_env(store_url: str, upstream: Upstream, receiver: Receiver | None) -> dict[str, str]:
+def base_env(
+    store_url: str, upstream: Upstream, receiver: Receiver | None, protocol: str = "grpc"
+) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "NO_COLOR": "1",
@@ -283,9 +313,10 @@ def base_env(store_url: str, upstream: Upstream, receiver: Receiver | None) -> d
         "ROADIE__LOG__FORMAT": "json",
     }
     if receiver is not None:
+        port = receiver.port if protocol == "grpc" else receiver.http_port
         env |= {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{receiver.port}",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
             "OTEL_BSP_SCHEDULE_DELAY": "200",
         }
@@ -390,11 +421,12 @@ def ancestors(span: Any, by_id: dict[bytes, Any]) -> list[Any]:
     return chain
 
 
-def test_one_trace_from_the_rpc_through_the_queue_to_the_provider(pb, tmp_path) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_one_trace_from_the_rpc_through_the_queue_to_the_provider(pb, tmp_path, protocol) -> None:
     receiver = Receiver()
     upstream = Upstream()
     port = free_port()
-    env = base_env(f"sqlite://{tmp_path}/roadie.db", upstream, receiver)
+    env = base_env(f"sqlite://{tmp_path}/roadie.db", upstream, receiver, protocol)
     server = Process("roadie-server", env | {"ROADIE__SERVER__LISTEN": f"{HOST}:{port}"}, tmp_path / "server.log")
     worker = Process("roadie-worker", env | {"ROADIE__WORKER__CONCURRENCY": "1"}, tmp_path / "worker.log")
     try:
