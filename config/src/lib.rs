@@ -294,6 +294,10 @@ pub struct StoreSettings {
     /// each checkpoint (`PRAGMA journal_size_limit`). Maintenance checkpoints
     /// and truncates it on start and every `maintenance.interval`.
     pub wal_size_limit: u64,
+    /// `auto`: every binary applies pending migrations at start; `off`:
+    /// only `roadie-server migrate` does (a Kubernetes Job, an init
+    /// container), and a binary facing a schema without them refuses to start.
+    pub migrate: Migrate,
 }
 
 /// The default policy: entries written without one.
@@ -334,8 +338,21 @@ impl StoreSettings {
             acquire_timeout: self.acquire_timeout,
             busy_timeout: self.busy_timeout,
             wal_size_limit: self.wal_size_limit,
+            migrate: self.migrate == Migrate::Auto,
         }
     }
+}
+
+/// `store.migrate`: who applies the schema's migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Migrate {
+    /// Every binary applies pending migrations when it starts.
+    #[default]
+    Auto,
+    /// Only `roadie-server migrate` does; a binary facing a schema without
+    /// them refuses to start.
+    Off,
 }
 
 /// `[limits]`.
@@ -537,6 +554,7 @@ impl Default for StoreSettings {
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
             wal_size_limit: roadie_store::WAL_SIZE_LIMIT,
+            migrate: Migrate::Auto,
         }
     }
 }

@@ -93,6 +93,7 @@ impl From<ApiError> for Status {
             }
             ApiError::Store(
                 error @ (StoreError::Config(_)
+                | StoreError::Schema(_)
                 | StoreError::Corrupt(_)
                 | StoreError::Database(_)
                 | StoreError::Migrate(_)),

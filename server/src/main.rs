@@ -12,11 +12,21 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// A TOML configuration file; `ROADIE__SECTION__KEY` variables override it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Apply the store's pending migrations and exit (for a Kubernetes Job
+    /// or an init container, with `store.migrate = "off"` on the servers
+    /// and workers).
+    Migrate,
 }
 
 #[tokio::main]
@@ -32,6 +42,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = roadie_telemetry::init("roadie-server", &settings)
         .unwrap_or_else(|error| config_exit(&error));
+    if let Some(Command::Migrate) = args.command {
+        let mut options = settings.store.options();
+        options.migrate = true;
+        let store = roadie_store::Store::connect(&options)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot migrate the store at {}",
+                    roadie_store::redact(&options.url)
+                )
+            })?;
+        tracing::info!(store = %roadie_store::redact(&options.url), "the store's schema is up to date");
+        store.close().await;
+        telemetry.shutdown().await;
+        return Ok(());
+    }
     let served = run(settings, &telemetry).await;
     // After the drain: the spans of the last calls go out too.
     telemetry.shutdown().await;

@@ -166,7 +166,7 @@ fn observe_pool(meter: &Meter, state: &Arc<AppState>) {
     roadie_telemetry::observe_pool(meter, move || {
         weak.upgrade().map(|state| {
             let pool = state.store.pool_usage();
-            (state.store.backend().name(), pool.open, pool.idle)
+            (state.store.backend().system_name(), pool.open, pool.idle)
         })
     });
 }
@@ -305,11 +305,21 @@ pub(crate) async fn probe(
     stop: CancellationToken,
 ) {
     let sample_every = state.settings.admin.sample_interval;
+    let acquire = meter()
+        .f64_histogram("db.client.connection.wait_time")
+        .with_description("Time the readiness probe (every second) waited for a pooled store connection: the pool's contention, sampled")
+        .with_unit("s")
+        .with_boundaries(vec![0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0])
+        .build();
+    let system = KeyValue::new("db.system.name", state.store.backend().system_name());
     let mut sampled: Option<tokio::time::Instant> = None;
     loop {
         let reachable = tokio::time::timeout(PROBE_EVERY * 3, state.store.ping()).await;
         match reachable {
-            Ok(Ok(())) => ready.set(true, "the store answers"),
+            Ok(Ok(waited)) => {
+                acquire.record(waited.as_secs_f64(), std::slice::from_ref(&system));
+                ready.set(true, "the store answers");
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "the store does not answer");
                 ready.set(false, "the store does not answer");

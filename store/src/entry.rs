@@ -238,7 +238,7 @@ impl Store {
     }
 
     /// Writes an entry unless its conditions say otherwise.
-    #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "entry_put"))]
+    #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         let mut tx = self.pool.begin().await?;
         let result = entry_put_in(&mut tx, put).await?;

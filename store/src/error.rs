@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The store URL or options are unusable.
     #[error("store configuration: {0}")]
     Config(String),
+    /// The database's schema is not the one this binary runs on.
+    #[error("store schema: {0}")]
+    Schema(String),
     /// Stored data that does not decode (a bug or a hand-edited row).
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -218,7 +218,7 @@ impl Store {
     /// Enqueues a job, or returns the unfinished job for the same URL. The
     /// flag says whether the job was shared. A shared job waiting at a lower
     /// priority moves up to the request's.
-    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_enqueue"))]
+    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
     pub async fn job_enqueue(&self, job: &JobNew) -> Result<(Job, bool), StoreError> {
         let tags =
             serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -284,7 +284,7 @@ impl Store {
     /// many as its budget allows now. The budget
     /// is spent in the transaction that claims, so no worker holds a claim
     /// it may not use yet. Paused providers are skipped.
-    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_claim"))]
+    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
     pub async fn job_claim_within(
         &self,
         worker: &str,
@@ -492,7 +492,7 @@ impl Store {
     /// each with its entry. One commit for many jobs: writers take the
     /// revision counter in turn, so a busy worker that finishes a batch at
     /// once waits its turn once, not once per job. Results in `finishes` order.
-    #[tracing::instrument(name = "db job_finish", skip_all, fields(otel.kind = "client", db.system.name = self.backend.name(), db.operation.name = "job_finish"))]
+    #[tracing::instrument(name = "db job_finish", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_finish"))]
     pub async fn job_finish_many_if_leased(
         &self,
         worker: &str,

@@ -92,6 +92,15 @@ impl Backend {
             Backend::Postgres => "postgres",
         }
     }
+
+    /// The name OpenTelemetry's database conventions give it
+    /// (`db.system.name`).
+    pub fn system_name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
 }
 
 /// How to open a [`Store`].
@@ -108,6 +117,9 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// SQLite: the size the WAL file is cut back to after a checkpoint.
     pub wal_size_limit: u64,
+    /// Apply pending migrations at connect; when false, a database whose
+    /// schema lacks one is refused (`roadie-server migrate` applies them).
+    pub migrate: bool,
 }
 
 impl StoreOptions {
@@ -119,6 +131,7 @@ impl StoreOptions {
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
             wal_size_limit: WAL_SIZE_LIMIT,
+            migrate: true,
         }
     }
 }
@@ -147,7 +160,8 @@ static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 
 impl Store {
     /// Opens the database, creating the SQLite file and its directory when
-    /// missing, and applies pending migrations.
+    /// missing, and applies pending migrations (unless `options.migrate` is
+    /// off). A schema newer than this binary knows is refused either way.
     pub async fn connect(options: &StoreOptions) -> Result<Store, StoreError> {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
@@ -219,7 +233,10 @@ impl Store {
             Backend::Sqlite => migration_lock(&url).await?,
             Backend::Postgres => None,
         };
-        migrator.run(&pool).await?;
+        check_schema(&pool, migrator, options.migrate).await?;
+        if options.migrate {
+            migrator.run(&pool).await?;
+        }
         let (committed, announced) = tokio::sync::watch::channel(0);
         if backend == Backend::Postgres {
             change::spawn_notifier(pool.clone(), announced);
@@ -250,10 +267,14 @@ impl Store {
         }
     }
 
-    /// Whether the database answers a trivial query now.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    /// Whether the database answers a trivial query now; the time it
+    /// waited for a pooled connection first.
+    pub async fn ping(&self) -> Result<std::time::Duration, StoreError> {
+        let asked = std::time::Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        let waited = asked.elapsed();
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        Ok(waited)
     }
 
     /// Checkpoints SQLite's write-ahead log into the database and truncates
@@ -314,6 +335,37 @@ fn sqlite_path(url: &str) -> Option<&str> {
     let rest = url.trim_start_matches("sqlite://");
     let path = rest.split_once('?').map_or(rest, |(path, _)| path);
     (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// Refuses a database that has a migration this binary does not know (a
+/// newer Roadie migrated it), and, when `migrate` is off, one that lacks a
+/// migration this binary needs.
+async fn check_schema(
+    pool: &AnyPool,
+    migrator: &sqlx::migrate::Migrator,
+    migrate: bool,
+) -> Result<(), StoreError> {
+    // A database never migrated has no table yet: everything is pending.
+    let applied: Vec<i64> = sqlx::query_scalar(sql::sql!("schema_versions"))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+    let newest_known = known.iter().copied().max().unwrap_or(0);
+    if let Some(newer) = applied.iter().filter(|v| !known.contains(v)).max() {
+        return Err(StoreError::Schema(format!(
+            "the database has migration {newer}, newer than this binary knows (up to \
+             {newest_known}): a newer Roadie migrated it; run that version, or restore a backup"
+        )));
+    }
+    let pending: Vec<i64> = known.into_iter().filter(|v| !applied.contains(v)).collect();
+    if !migrate && !pending.is_empty() {
+        return Err(StoreError::Schema(format!(
+            "the database lacks migrations {pending:?} and store.migrate is \"off\": run \
+             `roadie-server migrate` first"
+        )));
+    }
+    Ok(())
 }
 
 /// An exclusive lock on `<file>.migrate-lock` beside a SQLite file, held

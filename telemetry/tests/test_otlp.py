@@ -394,6 +394,7 @@ REQUIRED: list[tuple[str, dict[str, Any]]] = [
     ("roadie.watch.watchers", {}),
     ("roadie.watch.lag", {}),
     ("db.client.connection.count", {"db.client.connection.state": "idle", "db.system.name": "sqlite"}),
+    ("db.client.connection.wait_time", {"db.system.name": "sqlite"}),
     ("roadie.provider.paused", {"roadie.provider": "test"}),
     ("roadie.rate_limit.wait", {"roadie.provider": "test"}),
     ("roadie.job.duration", {"roadie.provider": "test", "roadie.job.outcome": "completed", "service.name": "roadie-worker"}),

@@ -17,7 +17,7 @@ pub(crate) fn observe_pool(store: &roadie_store::Store) {
     let store = store.clone();
     roadie_telemetry::observe_pool(&meter(), move || {
         let pool = store.pool_usage();
-        Some((store.backend().name(), pool.open, pool.idle))
+        Some((store.backend().system_name(), pool.open, pool.idle))
     });
 }
 

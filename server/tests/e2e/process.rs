@@ -55,6 +55,94 @@ fn bad_configuration_exits_naming_the_setting_before_binding() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("store.url"));
 }
 
+/// `roadie-server migrate` applies the schema and exits; with
+/// `store.migrate = "off"` a server starts on that database, and refuses one
+/// without the schema, saying how to apply it.
+#[tokio::test]
+async fn migrations_are_a_step_of_their_own_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/roadie.db", dir.path().display());
+    let refused = Command::new(BINARY)
+        .env("ROADIE__STORE__URL", &url)
+        .env("ROADIE__STORE__MIGRATE", "off")
+        .env(
+            "ROADIE__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .expect("run roadie-server");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("roadie-server migrate"), "{stderr}");
+
+    let migrated = Command::new(BINARY)
+        .arg("migrate")
+        .env("ROADIE__STORE__URL", &url)
+        .output()
+        .expect("run roadie-server migrate");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrated.stderr).contains("up to date"));
+
+    let port = free_port();
+    let mut server = tokio::process::Command::new(BINARY)
+        .env("ROADIE__STORE__URL", &url)
+        .env("ROADIE__STORE__MIGRATE", "off")
+        .env("ROADIE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roadie-server");
+    wait_until_serving(&format!("127.0.0.1:{port}")).await;
+    server.kill().await.expect("kill");
+}
+
+/// A database migrated by a newer Roadie is refused, with or without
+/// `store.migrate`, before anything is served.
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/roadie.db", dir.path().display());
+    let migrated = Command::new(BINARY)
+        .arg("migrate")
+        .env("ROADIE__STORE__URL", &url)
+        .output()
+        .expect("run roadie-server migrate");
+    assert!(migrated.status.success());
+    let mut conn = sqlx::sqlite::SqliteConnection::connect(&url)
+        .await
+        .expect("open the database");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from a newer Roadie', TRUE, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("record a newer migration");
+    conn.close().await.expect("close");
+    for migrate in ["auto", "off"] {
+        let refused = Command::new(BINARY)
+            .env("ROADIE__STORE__URL", &url)
+            .env("ROADIE__STORE__MIGRATE", migrate)
+            .env(
+                "ROADIE__SERVER__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .output()
+            .expect("run roadie-server");
+        assert!(!refused.status.success(), "store.migrate = {migrate}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("newer than this binary knows"),
+            "store.migrate = {migrate}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn print_config_never_shows_a_password() {
     let output = Command::new(BINARY)
