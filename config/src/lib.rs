@@ -298,6 +298,11 @@ pub struct StoreSettings {
     /// only `roadie-server migrate` does (a Kubernetes Job, an init
     /// container), and a binary facing a schema without them refuses to start.
     pub migrate: Migrate,
+    /// How long a server or worker keeps trying a store it cannot reach at
+    /// start (so compose and Kubernetes may start it before the database),
+    /// logging each attempt.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 /// The default policy: entries written without one.
@@ -339,6 +344,7 @@ impl StoreSettings {
             busy_timeout: self.busy_timeout,
             wal_size_limit: self.wal_size_limit,
             migrate: self.migrate == Migrate::Auto,
+            connect_timeout: self.connect_timeout,
         }
     }
 }
@@ -555,6 +561,7 @@ impl Default for StoreSettings {
             busy_timeout: Duration::from_secs(5),
             wal_size_limit: roadie_store::WAL_SIZE_LIMIT,
             migrate: Migrate::Auto,
+            connect_timeout: Duration::from_secs(60),
         }
     }
 }

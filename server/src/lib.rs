@@ -102,13 +102,19 @@ pub struct App {
 impl App {
     /// Opens (and migrates) the store and cleans expired entries.
     pub async fn open(settings: Settings) -> Result<App, ServerError> {
+        App::open_with(settings, Readiness::default()).await
+    }
+
+    /// [`App::open`], reporting readiness through `ready`.
+    async fn open_with(settings: Settings, ready: Readiness) -> Result<App, ServerError> {
         let options = settings.store.options();
-        let store = Store::connect(&options)
-            .await
-            .map_err(|source| ServerError::Store {
-                url: roadie_store::redact(&options.url),
-                source,
-            })?;
+        let store =
+            Store::connect_retrying(&options)
+                .await
+                .map_err(|source| ServerError::Store {
+                    url: roadie_store::redact(&options.url),
+                    source,
+                })?;
         let background = CancellationToken::new();
         let waiter = JobWaiter::start(&store, background.clone());
         let work = Arc::new(WorkSignal::default());
@@ -135,7 +141,7 @@ impl App {
             access: Default::default(),
             nudge: Default::default(),
             started_at: SystemTime::now(),
-            ready: Readiness::default(),
+            ready,
         });
         let app = App { state };
         let report = app
@@ -150,6 +156,69 @@ impl App {
             "start-up clean-up done"
         );
         Ok(app)
+    }
+
+    /// [`App::open`], while `listener` already answers: health checks get
+    /// NOT_SERVING (overall and per service) until the store is reached, so
+    /// a server started before its database is alive, just not ready. Gives
+    /// the listener back for [`App::serve`]. `ready` (not ready meanwhile)
+    /// becomes the app's readiness, for an admin port started before.
+    pub async fn open_on(
+        settings: Settings,
+        listener: TcpListener,
+        ready: Readiness,
+    ) -> Result<(App, TcpListener), ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, false).await;
+        let stop_accepting = CancellationToken::new();
+        let (connections, incoming) = tokio::sync::mpsc::channel(16);
+        let accepting = {
+            let stop = stop_accepting.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = stop.cancelled() => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, _)) => {
+                                if connections.send(Ok::<_, std::io::Error>(stream)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot accept a connection");
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            }
+                        },
+                    }
+                }
+                listener
+            })
+        };
+        let goaway = CancellationToken::new();
+        let health_only = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::ReceiverStream::new(incoming),
+                    goaway.clone().cancelled_owned(),
+                ),
+        );
+        let opened = App::open_with(settings, ready).await;
+        stop_accepting.cancel();
+        if opened.is_ok() {
+            // The store is reached and the full server takes the port now:
+            // a health Watch held on this one hears so before its GOAWAY.
+            set_health(&health, true).await;
+        }
+        let listener = accepting
+            .await
+            .map_err(|error| ServerError::Startup(StoreError::Config(error.to_string())))?;
+        // Its connections are told to go (GOAWAY: clients reconnect, to the
+        // full server); one still open after a second is not waited for.
+        goaway.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), health_only).await;
+        Ok((opened?, listener))
     }
 
     /// The store this server uses.

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Migrate) = args.command {
         let mut options = settings.store.options();
         options.migrate = true;
-        let store = roadie_store::Store::connect(&options)
+        let store = roadie_store::Store::connect_retrying(&options)
             .await
             .with_context(|| {
                 format!(
@@ -68,39 +68,33 @@ async fn main() -> anyhow::Result<()> {
 /// a signal, then drains.
 async fn run(settings: Settings, telemetry: &roadie_telemetry::Telemetry) -> anyhow::Result<()> {
     let listen = settings.server.listen;
-    let admin = settings.admin.listen;
-    let app = App::open(settings).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let ready = roadie_telemetry::admin::Readiness::default();
     let stop_admin = CancellationToken::new();
-    let admin = match admin {
+    let admin = match settings.admin.listen {
         Some(addr) => {
             let listener = roadie_telemetry::admin::bind(addr).await?;
             Some(roadie_telemetry::admin::serve(
                 listener,
                 telemetry,
-                app.readiness(),
+                ready.clone(),
                 stop_admin.clone(),
             ))
         }
         None => None,
     };
+    // Both ports are bound first: until the store is reached, health and
+    // /readyz say not ready.
+    let admin = admin.map(tokio::spawn);
+    let (app, listener) = App::open_on(settings, listener, ready).await?;
     let serve = app.serve(listener, shutdown_signal());
-    let served = match admin {
-        Some(admin) => {
-            let (served, ()) = tokio::join!(
-                async {
-                    let served = serve.await;
-                    stop_admin.cancel();
-                    served
-                },
-                admin
-            );
-            served
-        }
-        None => serve.await,
-    };
+    let served = serve.await;
+    stop_admin.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     served?;
     Ok(())
 }

@@ -120,6 +120,9 @@ pub struct StoreOptions {
     /// Apply pending migrations at connect; when false, a database whose
     /// schema lacks one is refused (`roadie-server migrate` applies them).
     pub migrate: bool,
+    /// How long [`Store::connect_retrying`] keeps trying a database that
+    /// cannot be reached, so processes may start before it.
+    pub connect_timeout: Duration,
 }
 
 impl StoreOptions {
@@ -132,6 +135,7 @@ impl StoreOptions {
             busy_timeout: Duration::from_secs(5),
             wal_size_limit: WAL_SIZE_LIMIT,
             migrate: true,
+            connect_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -159,6 +163,35 @@ static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/
 static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl Store {
+    /// [`Store::connect`], tried again with backoff (100 ms doubling to 5 s)
+    /// while the database cannot be reached, for at most
+    /// `options.connect_timeout`, logging each failed attempt. Anything but
+    /// an unreachable database (a bad URL, a schema it refuses) fails at once.
+    pub async fn connect_retrying(options: &StoreOptions) -> Result<Store, StoreError> {
+        let deadline = tokio::time::Instant::now() + options.connect_timeout;
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            match Store::connect(options).await {
+                Err(StoreError::Unavailable(error))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::warn!(
+                        store = %redact(&options.url),
+                        attempt,
+                        retry_in = ?pause,
+                        %error,
+                        "the store cannot be reached yet"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Opens the database, creating the SQLite file and its directory when
     /// missing, and applies pending migrations (unless `options.migrate` is
     /// off). A schema newer than this binary knows is refused either way.

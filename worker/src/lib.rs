@@ -84,7 +84,7 @@ pub async fn run(
         Err(error) => return Err(RunError::Client(error)),
     };
     let store_settings = &settings.store;
-    let store = Store::connect(&store_settings.options())
+    let store = Store::connect_retrying(&store_settings.options())
         .await
         .map_err(|source| RunError::Store {
             url: redact(&store_settings.url),

@@ -639,6 +639,63 @@ async fn finished_jobs_are_purged_after_their_retention(backend: Backend) {
     db.finish().await;
 }
 
+/// A worker started before its database retries the store, logging each
+/// attempt, and works once the database can be reached.
+#[tokio::test]
+async fn a_worker_started_before_its_store_waits_for_it() {
+    let _shared = TIMING.read().await;
+    let Some((db, store, upstream)) = setup(Backend::Postgres).await else {
+        return;
+    };
+    // The store's address answers nothing until the relay below starts.
+    let relay_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{relay_port}"));
+    assert_ne!(url, db.url, "the test database is on 127.0.0.1:5432");
+    let mut worker = WorkerProcess::spawn(
+        "late",
+        &db,
+        &upstream,
+        &[
+            ("ROADIE__STORE__URL", url.as_str()),
+            ("ROADIE__STORE__ACQUIRE_TIMEOUT", "200ms"),
+        ],
+    );
+    worker
+        .until_logged("the store cannot be reached yet", Duration::from_secs(20))
+        .await;
+    let relay = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, relay_port))
+        .await
+        .expect("bind the relay");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut postgres) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut postgres).await;
+                }
+            });
+        }
+    });
+    worker
+        .until_logged("roadie-worker started", Duration::from_secs(20))
+        .await;
+    enqueue(&store, &upstream, &["item/late".to_owned()]).await;
+    upstream
+        .until_arrived("the late worker's fetch", Duration::from_secs(10), |a| {
+            a.iter().any(|(path, _)| path == "/api/item/late")
+        })
+        .await;
+    worker.signal("TERM");
+    assert!(worker.exit_within(Duration::from_secs(10)).await.success());
+    store.close().await;
+    db.finish().await;
+}
+
 /// Bad configuration exits 2 with a message naming the setting, before the
 /// store is opened (the SQLite file's directory is never created).
 #[tokio::test]

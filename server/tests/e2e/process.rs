@@ -164,39 +164,128 @@ fn print_config_never_shows_a_password() {
 
 /// Waits until the server at `addr` says SERVING: its port is tried until
 /// it accepts (nothing else tells when a child process has bound it), then
-/// its health Watch stream says when the store is ready.
+/// its health Watch stream says when the store is ready; a stream that ends
+/// (the server switching from its start-up health service to the full one)
+/// is opened again.
 pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
     let limit = Duration::from_secs(30);
     let serving = async {
-        let channel = loop {
-            match Channel::from_shared(format!("http://{addr}"))
+        loop {
+            let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
                 .expect("uri")
                 .connect()
                 .await
-            {
-                Ok(channel) => break channel,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        let mut health = HealthClient::new(channel);
-        let request = HealthCheckRequest {
-            service: "roadie.v1.Cache".to_owned(),
-        };
-        let mut statuses = health
-            .watch(request)
-            .await
-            .expect("health watch")
-            .into_inner();
-        while let Some(status) = statuses.message().await.expect("health status") {
-            if status.status == ServingStatus::Serving as i32 {
-                return health;
+            else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let mut health = HealthClient::new(channel);
+            let request = HealthCheckRequest {
+                service: "roadie.v1.Cache".to_owned(),
+            };
+            let Ok(statuses) = health.watch(request).await else {
+                continue;
+            };
+            let mut statuses = statuses.into_inner();
+            while let Ok(Some(status)) = statuses.message().await {
+                if status.status == ServingStatus::Serving as i32 {
+                    return health;
+                }
             }
         }
-        panic!("the health stream ended before SERVING");
     };
     tokio::time::timeout(limit, serving)
         .await
         .unwrap_or_else(|_| panic!("roadie-server did not become healthy within {limit:?}"))
+}
+
+/// A server started before its database binds at once, answers health
+/// NOT_SERVING while it retries the store, and serves once the database
+/// can be reached.
+#[tokio::test]
+async fn a_server_started_before_its_store_waits_for_it() {
+    let Some(db) = roadie_store::testing::TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    // The store's address answers nothing until the relay below starts.
+    let relay_port = free_port();
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{relay_port}"));
+    assert_ne!(url, db.url, "the test database is on 127.0.0.1:5432");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(BINARY)
+        .env("ROADIE__STORE__URL", &url)
+        .env("ROADIE__STORE__CONNECT_TIMEOUT", "60s")
+        // Each attempt gives up quickly, so the retries (and their log
+        // lines) happen while the relay is down.
+        .env("ROADIE__STORE__ACQUIRE_TIMEOUT", "200ms")
+        .env("ROADIE__SERVER__LISTEN", &addr)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roadie-server");
+    // The server's log, line by line: the test waits on what it says.
+    let stderr = server.stderr.take().expect("stderr is piped");
+    let (said, mut log) = tokio::sync::watch::channel(String::new());
+    tokio::spawn(async move {
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+        while let Ok(Some(line)) = lines.next_line().await {
+            said.send_modify(|log| {
+                log.push_str(&line);
+                log.push('\n');
+            });
+        }
+    });
+    let channel = loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            break channel;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for service in ["", "roadie.v1.Cache"] {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health answers while the store is unreachable")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+
+    let retried = log.wait_for(|log| log.contains("the store cannot be reached yet"));
+    tokio::time::timeout(Duration::from_secs(20), retried)
+        .await
+        .expect("the server logs its attempts")
+        .expect("the log is read");
+    let relay = tokio::net::TcpListener::bind(("127.0.0.1", relay_port))
+        .await
+        .expect("bind the relay");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = relay.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut postgres) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut postgres).await;
+                }
+            });
+        }
+    });
+    wait_until_serving(&addr).await;
+    let client = roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
+        .await
+        .expect("connect");
+    client.put(crate::common::put("k", "v")).await.expect("put");
+
+    server.start_kill().expect("kill");
+    server.wait().await.expect("wait");
+    db.finish().await;
 }
 
 #[tokio::test]
