@@ -27,6 +27,13 @@ enum Command {
     /// or an init container, with `store.migrate = "off"` on the servers
     /// and workers).
     Migrate,
+    /// Write a consistent copy of a SQLite store to PATH (a new file) while
+    /// servers and workers keep using it; Postgres stores are backed up with
+    /// `pg_dump`.
+    Backup {
+        /// Where the copy goes; must not exist yet.
+        path: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +49,26 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = roadie_telemetry::init("roadie-server", &settings)
         .unwrap_or_else(|error| config_exit(&error));
+    if let Some(Command::Backup { path }) = &args.command {
+        let options = settings.store.options();
+        let store = roadie_store::Store::connect_retrying(&options)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the store at {}",
+                    roadie_store::redact(&options.url)
+                )
+            })?;
+        let revision = store.revision_current().await?;
+        store
+            .backup_to(path)
+            .await
+            .with_context(|| format!("cannot back up to {}", path.display()))?;
+        tracing::info!(path = %path.display(), revision_at_least = revision, "backup written");
+        store.close().await;
+        telemetry.shutdown().await;
+        return Ok(());
+    }
     if let Some(Command::Migrate) = args.command {
         let mut options = settings.store.options();
         options.migrate = true;

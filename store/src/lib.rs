@@ -310,6 +310,34 @@ impl Store {
         Ok(waited)
     }
 
+    /// SQLite: writes a consistent copy of the whole database to `path` (a
+    /// new file) while the store stays in use (`VACUUM INTO`: one read
+    /// transaction, so the copy is the database at one commit). Postgres
+    /// has its own tool for that, `pg_dump`; asking here is a configuration
+    /// error saying so.
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::Config(
+                "a Postgres store is backed up with pg_dump (see the README's Backup section)"
+                    .to_owned(),
+            ));
+        }
+        if path.exists() {
+            return Err(StoreError::Config(format!(
+                "{} exists already; a backup goes to a new file",
+                path.display()
+            )));
+        }
+        let target = path
+            .to_str()
+            .ok_or_else(|| StoreError::Config("the backup path is not UTF-8".to_owned()))?;
+        sqlx::query(sql::sql!("backup_into"))
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Checkpoints SQLite's write-ahead log into the database and truncates
     /// it (`wal_checkpoint(TRUNCATE)`), waiting up to the busy timeout for
     /// readers and writers. Without it the WAL grows under steady load and

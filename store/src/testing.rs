@@ -90,6 +90,43 @@ impl TestDb {
         })
     }
 
+    /// This Postgres database's URL through a loopback port where nothing
+    /// listens yet, and that port: the database as a process started before
+    /// it sees it. [`TestDb::relay`] makes the port lead to the database.
+    pub fn url_through_closed_port(&self) -> (String, u16) {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (before, after) = self
+            .url
+            .split_once('@')
+            .expect("a Postgres URL has user@host");
+        let (_, path) = after
+            .split_once('/')
+            .expect("a Postgres URL has a database");
+        (format!("{before}@127.0.0.1:{port}/{path}"), port)
+    }
+
+    /// Relays `port` on 127.0.0.1 to this database's server from now on.
+    pub async fn relay(&self, port: u16) {
+        let after = self.url.split_once('@').expect("user@host").1;
+        let server = after.split_once('/').expect("a database").0.to_owned();
+        let relay = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the relay");
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = relay.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut postgres) = tokio::net::TcpStream::connect(&server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut postgres).await;
+                    }
+                });
+            }
+        });
+    }
+
     /// The backend of this database.
     pub fn backend(&self) -> Backend {
         self.backend

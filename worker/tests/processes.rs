@@ -648,15 +648,7 @@ async fn a_worker_started_before_its_store_waits_for_it() {
         return;
     };
     // The store's address answers nothing until the relay below starts.
-    let relay_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let url = db
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{relay_port}"));
-    assert_ne!(url, db.url, "the test database is on 127.0.0.1:5432");
+    let (url, relay_port) = db.url_through_closed_port();
     let mut worker = WorkerProcess::spawn(
         "late",
         &db,
@@ -669,18 +661,7 @@ async fn a_worker_started_before_its_store_waits_for_it() {
     worker
         .until_logged("the store cannot be reached yet", Duration::from_secs(20))
         .await;
-    let relay = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, relay_port))
-        .await
-        .expect("bind the relay");
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = relay.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut postgres) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut postgres).await;
-                }
-            });
-        }
-    });
+    db.relay(relay_port).await;
     worker
         .until_logged("roadie-worker started", Duration::from_secs(20))
         .await;

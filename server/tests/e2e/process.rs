@@ -208,11 +208,7 @@ async fn a_server_started_before_its_store_waits_for_it() {
         return;
     };
     // The store's address answers nothing until the relay below starts.
-    let relay_port = free_port();
-    let url = db
-        .url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{relay_port}"));
-    assert_ne!(url, db.url, "the test database is on 127.0.0.1:5432");
+    let (url, relay_port) = db.url_through_closed_port();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = tokio::process::Command::new(BINARY)
@@ -265,18 +261,7 @@ async fn a_server_started_before_its_store_waits_for_it() {
         .await
         .expect("the server logs its attempts")
         .expect("the log is read");
-    let relay = tokio::net::TcpListener::bind(("127.0.0.1", relay_port))
-        .await
-        .expect("bind the relay");
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = relay.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut postgres) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut postgres).await;
-                }
-            });
-        }
-    });
+    db.relay(relay_port).await;
     wait_until_serving(&addr).await;
     let client = roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
         .await
@@ -398,4 +383,141 @@ async fn health_and_reflection_v1_and_v1alpha() {
         assert!(!files.file_descriptor_proto.is_empty());
     }
     server.stop().await;
+}
+
+/// A SQLite store backed up with `roadie-server backup` while a server
+/// writes to it: served again, the copy holds every entry written before the
+/// backup with its confidence, and the change log up to its revision; later
+/// writes are what it loses.
+#[tokio::test]
+async fn a_sqlite_backup_taken_online_restores_what_was_written_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/roadie.db", dir.path().display());
+    let server = crate::common::TestServer::start_at(&url, |_| {}).await;
+    let mut kept = crate::common::put("artist:1", "kept");
+    kept.confidence = 70;
+    let written = server.client.put(kept).await.expect("put");
+
+    let backup = dir.path().join("backup.db");
+    let run = |path: &std::path::Path| {
+        Command::new(BINARY)
+            .arg("backup")
+            .arg(path)
+            .env("ROADIE__STORE__URL", &url)
+            .output()
+            .expect("run roadie-server backup")
+    };
+    let done = run(&backup);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let again = run(&backup);
+    assert!(!again.status.success(), "a backup never overwrites a file");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    server
+        .client
+        .put(crate::common::put("artist:2", "lost"))
+        .await
+        .expect("put");
+    server.stop().await;
+
+    let restored =
+        crate::common::TestServer::start_at(&format!("sqlite://{}", backup.display()), |_| {})
+            .await;
+    let answer = restored
+        .client
+        .get(crate::common::get("artist:1"))
+        .await
+        .expect("get");
+    let entry = answer.entry.expect("the entry written before the backup");
+    assert_eq!((entry.value.as_ref(), entry.confidence), (&b"kept"[..], 70));
+    let missing = restored
+        .client
+        .get(crate::common::get("artist:2"))
+        .await
+        .expect("get");
+    assert!(missing.entry.is_none(), "written after the backup");
+    assert_eq!(
+        restored.store().revision_current().await.expect("revision"),
+        written.revision
+    );
+    let changes = restored
+        .store()
+        .change_list_since(0, 10)
+        .await
+        .expect("changes");
+    assert_eq!(
+        changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["artist:1"]
+    );
+    restored.stop().await;
+}
+
+/// A Postgres store is backed up with `pg_dump` and restored with
+/// `pg_restore` into a fresh database; `roadie-server backup` says so.
+#[tokio::test]
+async fn a_postgres_store_round_trips_through_pg_dump() {
+    let Some(db) = roadie_store::testing::TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let url = db.url.clone();
+    let server = crate::common::TestServer::start_at(&url, |_| {}).await;
+    let mut kept = crate::common::put("artist:1", "kept");
+    kept.confidence = 70;
+    let written = server.client.put(kept).await.expect("put");
+
+    let refused = Command::new(BINARY)
+        .args(["backup", "/tmp/never-written.db"])
+        .env("ROADIE__STORE__URL", &url)
+        .output()
+        .expect("run roadie-server backup");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pg_dump"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dump = dir.path().join("roadie.dump");
+    let dumped = Command::new("pg_dump")
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&dump)
+        .arg(&url)
+        .output()
+        .expect("pg_dump is installed (postgresql-client)");
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    server.stop().await;
+
+    let Some(fresh) = roadie_store::testing::TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let restored = Command::new("pg_restore")
+        .args(["--no-owner", "--dbname", &fresh.url])
+        .arg(&dump)
+        .output()
+        .expect("pg_restore is installed");
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let server = crate::common::TestServer::start_at(&fresh.url, |_| {}).await;
+    let answer = server
+        .client
+        .get(crate::common::get("artist:1"))
+        .await
+        .expect("get");
+    let entry = answer.entry.expect("the entry survives the dump");
+    assert_eq!((entry.value.as_ref(), entry.confidence), (&b"kept"[..], 70));
+    assert_eq!(
+        server.store().revision_current().await.expect("revision"),
+        written.revision
+    );
+    server.stop().await;
+    fresh.finish().await;
+    db.finish().await;
 }
