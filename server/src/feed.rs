@@ -80,8 +80,13 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// A feed whose tail starts after `revision`.
-    pub fn new(settings: &Settings, revision: u64) -> Feed {
+    /// A feed whose tail starts after `revision`, recording each change's
+    /// commit-to-tail time in `lag`.
+    pub fn new(
+        settings: &Settings,
+        revision: u64,
+        lag: opentelemetry::metrics::Histogram<f64>,
+    ) -> Feed {
         let (sender, _) = broadcast::channel(settings.watch.buffer);
         let hot = &settings.hot_tier;
         Feed {
@@ -100,7 +105,7 @@ impl Feed {
             max_per_client: settings.watch.max_per_client,
             buffer: settings.watch.buffer,
             bypassed: AtomicU64::new(0),
-            lag: crate::metrics::watch_lag(),
+            lag,
         }
     }
 

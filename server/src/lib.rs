@@ -123,7 +123,7 @@ impl App {
             .revision_current()
             .await
             .map_err(ServerError::Startup)?;
-        let feed = Arc::new(Feed::new(&settings, revision));
+        let feed = Arc::new(Feed::new(&settings, revision, metrics::watch_lag()));
         tokio::spawn(
             feed.clone()
                 .run(store.clone(), settings.clone(), background.clone()),
@@ -224,12 +224,6 @@ impl App {
     /// The store this server uses.
     pub fn store(&self) -> &Store {
         &self.state.store
-    }
-
-    /// Whether the server can answer now (the store answers and it is not
-    /// draining): what the health service and `/readyz` report.
-    pub fn readiness(&self) -> Readiness {
-        self.state.ready.clone()
     }
 
     /// The upkeep tasks, for running a pass on demand.

@@ -49,46 +49,49 @@ async fn main() -> anyhow::Result<()> {
     }
     let telemetry = roadie_telemetry::init("roadie-server", &settings)
         .unwrap_or_else(|error| config_exit(&error));
-    if let Some(Command::Backup { path }) = &args.command {
-        let options = settings.store.options();
-        let store = roadie_store::Store::connect_retrying(&options)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the store at {}",
-                    roadie_store::redact(&options.url)
-                )
-            })?;
-        let revision = store.revision_current().await?;
-        store
-            .backup_to(path)
-            .await
-            .with_context(|| format!("cannot back up to {}", path.display()))?;
-        tracing::info!(path = %path.display(), revision_at_least = revision, "backup written");
-        store.close().await;
-        telemetry.shutdown().await;
-        return Ok(());
-    }
-    if let Some(Command::Migrate) = args.command {
-        let mut options = settings.store.options();
-        options.migrate = true;
-        let store = roadie_store::Store::connect_retrying(&options)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot migrate the store at {}",
-                    roadie_store::redact(&options.url)
-                )
-            })?;
-        tracing::info!(store = %roadie_store::redact(&options.url), "the store's schema is up to date");
-        store.close().await;
-        telemetry.shutdown().await;
-        return Ok(());
-    }
-    let served = run(settings, &telemetry).await;
-    // After the drain: the spans of the last calls go out too.
+    let done = match &args.command {
+        Some(Command::Migrate) => migrate(&settings).await,
+        Some(Command::Backup { path }) => backup(&settings, path).await,
+        None => run(settings, &telemetry).await,
+    };
+    // After the drain (or the command): the last spans go out too.
     telemetry.shutdown().await;
-    served
+    done
+}
+
+/// `roadie-server migrate`.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let mut options = settings.store.options();
+    options.migrate = true;
+    let store = open_store(&options).await?;
+    tracing::info!(store = %roadie_store::redact(&options.url), "the store's schema is up to date");
+    store.close().await;
+    Ok(())
+}
+
+/// `roadie-server backup PATH`.
+async fn backup(settings: &Settings, path: &std::path::Path) -> anyhow::Result<()> {
+    let store = open_store(&settings.store.options()).await?;
+    let revision = store.revision_current().await?;
+    store
+        .backup_to(path)
+        .await
+        .with_context(|| format!("cannot back up to {}", path.display()))?;
+    tracing::info!(path = %path.display(), revision_at_least = revision, "backup written");
+    store.close().await;
+    Ok(())
+}
+
+/// Opens the store for a one-off command, retried while it is unreachable.
+async fn open_store(options: &roadie_store::StoreOptions) -> anyhow::Result<roadie_store::Store> {
+    roadie_store::Store::connect_retrying(options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the store at {}",
+                roadie_store::redact(&options.url)
+            )
+        })
 }
 
 /// Opens, binds (the gRPC port and the admin port if set) and serves until

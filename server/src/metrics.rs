@@ -20,7 +20,7 @@ use std::{
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{Histogram, Meter},
+    metrics::{AsyncInstrument, Histogram, Meter},
 };
 use roadie_store::{JobState, PolicyUsage, ProviderState, QueueDepth, now_ms};
 use roadie_telemetry::admin::Readiness;
@@ -70,65 +70,73 @@ pub(crate) struct Sample {
     at: i64,
 }
 
+/// A callback reading `state`, weakly: instruments never keep a stopped
+/// server alive.
+fn from_state<T>(
+    state: &Arc<AppState>,
+    read: impl Fn(&AppState, &dyn AsyncInstrument<T>) + Send + Sync + 'static,
+) -> impl Fn(&dyn AsyncInstrument<T>) + Send + Sync + 'static {
+    let state: Weak<AppState> = Arc::downgrade(state);
+    move |o| {
+        if let Some(state) = state.upgrade() {
+            read(&state, o);
+        }
+    }
+}
+
+/// A callback reading the store's figures at the last sample.
+fn from_sample<T>(
+    sample: &Arc<Mutex<Sample>>,
+    read: impl Fn(&Sample, &dyn AsyncInstrument<T>) + Send + Sync + 'static,
+) -> impl Fn(&dyn AsyncInstrument<T>) + Send + Sync + 'static {
+    let sample = sample.clone();
+    move |o| read(&sample.lock().unwrap_or_else(|e| e.into_inner()), o)
+}
+
 /// Registers the observable instruments, reading `state` (weakly: they
 /// never keep a stopped server alive) and `sample`.
 pub(crate) fn observe(state: &Arc<AppState>, sample: &Arc<Mutex<Sample>>) {
     let meter = meter();
-    let weak = Arc::downgrade(state);
-    let with_state = move |f: &dyn Fn(&AppState)| {
-        if let Some(state) = Weak::upgrade(&weak) {
-            f(&state);
-        }
-    };
-    let (s1, s2, s3, s4, s5) = (
-        with_state.clone(),
-        with_state.clone(),
-        with_state.clone(),
-        with_state.clone(),
-        with_state,
-    );
     meter
         .u64_observable_counter("roadie.cache.lookups")
         .with_description("Read answers by policy and result (hit, miss, stale, negative)")
         .with_unit("{lookup}")
-        .with_callback(move |o| {
-            s1(&|state| {
-                for (policy, c) in state.stats.snapshot() {
-                    for (result, n) in [
-                        ("hit", c.hits),
-                        ("miss", c.misses),
-                        ("stale", c.stale),
-                        ("negative", c.negative),
-                    ] {
-                        o.observe(
-                            n,
-                            &[
-                                KeyValue::new("roadie.policy", policy.clone()),
-                                KeyValue::new("roadie.result", result),
-                            ],
-                        );
-                    }
+        .with_callback(from_state(state, |state, o| {
+            for (policy, c) in state.stats.snapshot() {
+                for (result, n) in [
+                    ("hit", c.hits),
+                    ("miss", c.misses),
+                    ("stale", c.stale),
+                    ("negative", c.negative),
+                ] {
+                    o.observe(
+                        n,
+                        &[
+                            KeyValue::new("roadie.policy", policy.clone()),
+                            KeyValue::new("roadie.result", result),
+                        ],
+                    );
                 }
-            })
-        })
+            }
+        }))
         .build();
     meter
         .u64_observable_counter("roadie.cache.evictions")
         .with_description("Entries evicted to keep a policy within its budget")
         .with_unit("{entry}")
-        .with_callback(move |o| {
-            s2(&|state| {
-                for (policy, c) in state.stats.snapshot() {
-                    o.observe(c.evicted, &[KeyValue::new("roadie.policy", policy)]);
-                }
-            })
-        })
+        .with_callback(from_state(state, |state, o| {
+            for (policy, c) in state.stats.snapshot() {
+                o.observe(c.evicted, &[KeyValue::new("roadie.policy", policy)]);
+            }
+        }))
         .build();
     meter
         .u64_observable_counter("roadie.cache.expirations")
         .with_description("Expired entries cleaned up")
         .with_unit("{entry}")
-        .with_callback(move |o| s3(&|state| o.observe(state.stats.expired(), &[])))
+        .with_callback(from_state(state, |state, o| {
+            o.observe(state.stats.expired(), &[])
+        }))
         .build();
     meter
         .u64_observable_counter("roadie.hot_tier.reads")
@@ -136,25 +144,25 @@ pub(crate) fn observe(state: &Arc<AppState>, sample: &Arc<Mutex<Sample>>) {
             "Reads the hot tier answered (hit), filled (miss) or could not be trusted for (bypass)",
         )
         .with_unit("{read}")
-        .with_callback(move |o| {
-            s4(&|state| {
-                if let Some(hot) = state.feed.hot_stats() {
-                    for (result, n) in [
-                        ("hit", hot.hits),
-                        ("miss", hot.misses),
-                        ("bypass", hot.bypassed),
-                    ] {
-                        o.observe(n, &[KeyValue::new("roadie.result", result)]);
-                    }
+        .with_callback(from_state(state, |state, o| {
+            if let Some(hot) = state.feed.hot_stats() {
+                for (result, n) in [
+                    ("hit", hot.hits),
+                    ("miss", hot.misses),
+                    ("bypass", hot.bypassed),
+                ] {
+                    o.observe(n, &[KeyValue::new("roadie.result", result)]);
                 }
-            })
-        })
+            }
+        }))
         .build();
     meter
         .u64_observable_gauge("roadie.watch.watchers")
         .with_description("Watch streams open on this server")
         .with_unit("{stream}")
-        .with_callback(move |o| s5(&|state| o.observe(state.feed.watchers(), &[])))
+        .with_callback(from_state(state, |state, o| {
+            o.observe(state.feed.watchers(), &[])
+        }))
         .build();
     observe_pool(&meter, state);
     observe_sample(&meter, sample);
@@ -172,107 +180,80 @@ fn observe_pool(meter: &Meter, state: &Arc<AppState>) {
 }
 
 fn observe_sample(meter: &Meter, sample: &Arc<Mutex<Sample>>) {
-    let read = |sample: &Arc<Mutex<Sample>>| {
-        let sample = sample.clone();
-        move |f: &dyn Fn(&Sample)| {
-            let sample = sample.lock().unwrap_or_else(|e| e.into_inner());
-            f(&sample);
-        }
-    };
-    let (r1, r2, r3, r4, r5, r6) = (
-        read(sample),
-        read(sample),
-        read(sample),
-        read(sample),
-        read(sample),
-        read(sample),
-    );
     meter
         .u64_observable_gauge("roadie.queue.depth")
         .with_description("Unfinished jobs by provider and state (available, running)")
         .with_unit("{job}")
-        .with_callback(move |o| {
-            r1(&|s| {
-                for d in &s.depth {
-                    o.observe(
-                        d.jobs,
-                        &[
-                            KeyValue::new("roadie.provider", d.provider.clone()),
-                            KeyValue::new("roadie.job.state", d.state.as_str()),
-                        ],
-                    );
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for d in &s.depth {
+                o.observe(
+                    d.jobs,
+                    &[
+                        KeyValue::new("roadie.provider", d.provider.clone()),
+                        KeyValue::new("roadie.job.state", d.state.as_str()),
+                    ],
+                );
+            }
+        }))
         .build();
     meter
         .f64_observable_gauge("roadie.queue.oldest_age")
         .with_description("Age of the oldest available job, by provider")
         .with_unit("s")
-        .with_callback(move |o| {
-            r2(&|s| {
-                for d in s.depth.iter().filter(|d| d.state == JobState::Available) {
-                    let age = (s.at - d.oldest_created_at).max(0) as f64 / 1000.0;
-                    o.observe(age, &[KeyValue::new("roadie.provider", d.provider.clone())]);
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for d in s.depth.iter().filter(|d| d.state == JobState::Available) {
+                let age = (s.at - d.oldest_created_at).max(0) as f64 / 1000.0;
+                o.observe(age, &[KeyValue::new("roadie.provider", d.provider.clone())]);
+            }
+        }))
         .build();
     meter
         .u64_observable_gauge("roadie.provider.paused")
         .with_description("1 while a provider is paused by an upstream Retry-After")
-        .with_callback(move |o| {
-            r3(&|s| {
-                for p in &s.providers {
-                    o.observe(
-                        u64::from(p.paused_until > s.at),
-                        &[KeyValue::new("roadie.provider", p.provider.clone())],
-                    );
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for p in &s.providers {
+                o.observe(
+                    u64::from(p.paused_until > s.at),
+                    &[KeyValue::new("roadie.provider", p.provider.clone())],
+                );
+            }
+        }))
         .build();
     meter
         .f64_observable_counter("roadie.rate_limit.wait")
         .with_description("Time claimed jobs waited for their provider's rate limit, in total")
         .with_unit("s")
-        .with_callback(move |o| {
-            r4(&|s| {
-                for p in &s.providers {
-                    o.observe(
-                        p.waited_ms.max(0) as f64 / 1000.0,
-                        &[KeyValue::new("roadie.provider", p.provider.clone())],
-                    );
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for p in &s.providers {
+                o.observe(
+                    p.waited_ms.max(0) as f64 / 1000.0,
+                    &[KeyValue::new("roadie.provider", p.provider.clone())],
+                );
+            }
+        }))
         .build();
     meter
         .u64_observable_gauge("roadie.cache.entries")
         .with_description("Entries stored, by policy")
         .with_unit("{entry}")
-        .with_callback(move |o| {
-            r5(&|s| {
-                for u in &s.usage {
-                    o.observe(
-                        u.entries,
-                        &[KeyValue::new("roadie.policy", u.policy.clone())],
-                    );
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for u in &s.usage {
+                o.observe(
+                    u.entries,
+                    &[KeyValue::new("roadie.policy", u.policy.clone())],
+                );
+            }
+        }))
         .build();
     meter
         .u64_observable_gauge("roadie.cache.size")
         .with_description("Bytes stored, by policy (compare roadie.cache.budget)")
         .with_unit("By")
-        .with_callback(move |o| {
-            r6(&|s| {
-                for u in &s.usage {
-                    o.observe(u.bytes, &[KeyValue::new("roadie.policy", u.policy.clone())]);
-                }
-            })
-        })
+        .with_callback(from_sample(sample, |s, o| {
+            for u in &s.usage {
+                o.observe(u.bytes, &[KeyValue::new("roadie.policy", u.policy.clone())]);
+            }
+        }))
         .build();
 }
 
@@ -297,7 +278,8 @@ pub(crate) fn observe_budgets(settings: &roadie_config::Settings) {
 
 /// Asks the store every second whether it answers, and says so through
 /// `ready` (which the health service and `/readyz` follow); every
-/// `admin.sample_interval` samples its figures. Ends when `stop` fires.
+/// `admin.sample_interval`, while anything reads metrics, samples its
+/// figures. Ends when `stop` fires.
 pub(crate) async fn probe(
     state: Arc<AppState>,
     sample: Arc<Mutex<Sample>>,
@@ -327,7 +309,7 @@ pub(crate) async fn probe(
             Err(_) => ready.set(false, "the store did not answer within 3 s"),
         }
         let due = sampled.is_none_or(|at| at.elapsed() >= sample_every);
-        if due && ready.is_ready() {
+        if due && ready.is_ready() && roadie_telemetry::metrics_on() {
             sampled = Some(tokio::time::Instant::now());
             let store = &state.store;
             let taken = async {

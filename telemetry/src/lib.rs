@@ -279,18 +279,7 @@ fn filter(level: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryE
         })
 }
 
-/// Checks `log.level` the way [`init`] will read it, so a bad filter is a
-/// configuration error before anything starts.
-pub fn check_level(settings: &Settings) -> Result<(), TelemetryError> {
-    filter(&settings.log.level, std::env::var("RUST_LOG").ok()).map(|_| ())
-}
-
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn traces_exported(&self) -> bool {
-        self.tracer.is_some()
-    }
-
     /// Flushes and stops the exporters, for at most [`FLUSH_LIMIT`] (an
     /// unreachable collector must not hold the exit past the grace period).
     /// The SDK blocks while it flushes, so this runs on a blocking thread

@@ -139,12 +139,6 @@ impl Worker {
         self.rounds.subscribe()
     }
 
-    /// Whether this worker can claim now (claims succeed and it is not
-    /// stopping).
-    pub fn readiness(&self) -> Readiness {
-        self.ready.clone()
-    }
-
     /// Reports readiness through `ready` (the admin port's `/readyz`).
     pub fn with_readiness(mut self, ready: Readiness) -> Worker {
         self.ready = ready;
