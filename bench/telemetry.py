@@ -25,8 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "telemetry" / "tests"))
-from test_otlp import HOST, Receiver, free_port, health_watch, until_status  # noqa: E402
-from grpc_health.v1 import health_pb2  # noqa: E402
+from test_otlp import HOST, Receiver, free_port, until_serving  # noqa: E402
 
 RELEASE = REPO / "target" / "release"
 
@@ -49,7 +48,7 @@ def round_of(variant: str, binary: Path, receiver: Receiver, seconds: int, work:
         }
     server = subprocess.Popen([str(binary)], env=env, stderr=subprocess.DEVNULL)
     try:
-        until_status(health_watch(f"{HOST}:{port}", "roadie.v1.Cache"), health_pb2.HealthCheckResponse.SERVING)
+        until_serving(f"{HOST}:{port}", "roadie.v1.Cache")
         out = subprocess.run(
             [str(RELEASE / "roadie-bench"), "load", "--addr", f"{HOST}:{port}", "--scenario", "get-hit",
              "--duration", f"{seconds}s", "--json"],

@@ -168,7 +168,7 @@ impl App {
         listener: TcpListener,
         ready: Readiness,
     ) -> Result<(App, TcpListener), ServerError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (mut health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, false).await;
         let stop_accepting = CancellationToken::new();
         let (connections, incoming) = tokio::sync::mpsc::channel(16);
@@ -206,17 +206,17 @@ impl App {
         );
         let opened = App::open_with(settings, ready).await;
         stop_accepting.cancel();
-        if opened.is_ok() {
-            // The store is reached and the full server takes the port now:
-            // a health Watch held on this one hears so before its GOAWAY.
-            set_health(&health, true).await;
-        }
         let listener = accepting
             .await
             .map_err(|error| ServerError::Startup(StoreError::Config(error.to_string())))?;
         // Its connections are told to go (GOAWAY: clients reconnect, to the
-        // full server); one still open after a second is not waited for.
+        // full server), and its statuses are dropped, which ends every health
+        // Watch held on it, so no client waits on this server's NOT_SERVING
+        // or sends a call it cannot answer.
         goaway.cancel();
+        for service in ["", CACHE_SERVICE, JOBS_SERVICE] {
+            health.clear_service_status(service).await;
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), health_only).await;
         Ok((opened?, listener))
     }
@@ -370,6 +370,10 @@ impl App {
     }
 }
 
+/// The services' names in the health service.
+const CACHE_SERVICE: &str = <CacheServer<CacheService> as tonic::server::NamedService>::NAME;
+const JOBS_SERVICE: &str = <JobsServer<JobsService> as tonic::server::NamedService>::NAME;
+
 /// Sets the overall status (`""`) and each service's.
 async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
     let status = if serving {
@@ -377,19 +381,9 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     } else {
         ServingStatus::NotServing
     };
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <CacheServer<CacheService> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
-    health
-        .set_service_status(
-            <JobsServer<JobsService> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+    for service in ["", CACHE_SERVICE, JOBS_SERVICE] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Accepted connections (with TCP_NODELAY: without it a reply written as two

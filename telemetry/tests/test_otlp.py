@@ -331,6 +331,18 @@ def health_watch(addr: str, service: str) -> Iterator[int]:
         yield answer.status
 
 
+def until_serving(addr: str, service: str) -> None:
+    """Waits until the server says SERVING for `service`; a health stream
+    that ends (the server handing its port from its start-up health service
+    to the full one) is opened again."""
+    for _ in range(100):
+        with contextlib.suppress(grpc.RpcError):
+            for status in health_watch(addr, service):
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+    raise AssertionError(f"{addr} never said SERVING for {service!r}")
+
+
 def until_status(statuses: Iterator[int], want: int) -> None:
     for status in statuses:
         if status == want:
@@ -431,7 +443,7 @@ def test_one_trace_from_the_rpc_through_the_queue_to_the_provider(pb, tmp_path, 
     server = Process("roadie-server", env | {"ROADIE__SERVER__LISTEN": f"{HOST}:{port}"}, tmp_path / "server.log")
     worker = Process("roadie-worker", env | {"ROADIE__WORKER__CONCURRENCY": "1"}, tmp_path / "worker.log")
     try:
-        until_status(health_watch(f"{HOST}:{port}", "roadie.v1.Cache"), health_pb2.HealthCheckResponse.SERVING)
+        until_serving(f"{HOST}:{port}", "roadie.v1.Cache")
         trace_id = secrets.token_hex(16)
         caller_span = secrets.token_hex(8)
         channel = grpc.insecure_channel(f"{HOST}:{port}", options=CHANNEL_OPTIONS)
@@ -535,6 +547,7 @@ def test_health_and_readiness_follow_the_store(postgres_db, tmp_path) -> None:
     )
     worker = Process("roadie-worker", env | {"ROADIE__ADMIN__LISTEN": f"{HOST}:{worker_admin}"}, tmp_path / "worker.log")
     try:
+        until_serving(f"{HOST}:{port}", "")
         overall = health_watch(f"{HOST}:{port}", "")
         until_status(overall, health_pb2.HealthCheckResponse.SERVING)
         assert readyz(server_admin) == 200

@@ -36,12 +36,10 @@ from test_otlp import (
     Upstream,
     base_env,
     free_port,
-    health_watch,
     pb,  # noqa: F401 (the fixture)
-    until_status,
+    until_serving,
     wait_until,
 )
-from grpc_health.v1 import health_pb2
 
 OBSERVABILITY = REPO / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana" / "roadie.json"
@@ -112,7 +110,7 @@ def test_every_dashboard_query_and_alert_rule_has_series(pb, tmp_path: Path) -> 
         stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
     )
     try:
-        until_status(health_watch(f"{HOST}:{port}", "roadie.v1.Cache"), health_pb2.HealthCheckResponse.SERVING)
+        until_serving(f"{HOST}:{port}", "roadie.v1.Cache")
         channel = grpc.insecure_channel(f"{HOST}:{port}", options=CHANNEL_OPTIONS)
         cache = pb.cache_grpc.CacheStub(channel)
         answer = cache.Fetch(
