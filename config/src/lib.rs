@@ -107,7 +107,7 @@ pub struct AdminSettings {
     pub listen: Option<SocketAddr>,
     /// How often the server refreshes the metrics only the store knows
     /// (queue depth, the oldest available job, entries and bytes by policy,
-    /// paused providers, rate-limit waits).
+    /// paused providers, rate-limit waits), while anything reads metrics.
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
 }
