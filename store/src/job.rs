@@ -218,10 +218,26 @@ impl Store {
     /// Enqueues a job, or returns the unfinished job for the same URL. The
     /// flag says whether the job was shared. A shared job waiting at a lower
     /// priority moves up to the request's.
-    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
     pub async fn job_enqueue(&self, job: &JobNew) -> Result<(Job, bool), StoreError> {
+        self.job_enqueue_unless_written(job, None)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an unconditional enqueue was refused".to_owned()))
+    }
+
+    /// As [`Store::job_enqueue`], but a new job only while the entry at
+    /// `job.url` is still at revision `seen` (0: absent), as the caller read
+    /// it: `None` when the entry has been written since (read it again: a job
+    /// that finished in between may have answered the call already). An
+    /// unfinished job is shared whatever the entry.
+    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
+    pub async fn job_enqueue_unless_written(
+        &self,
+        job: &JobNew,
+        seen: Option<u64>,
+    ) -> Result<Option<(Job, bool)>, StoreError> {
         let tags =
             serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let seen = seen.map(to_i64);
         // The unfinished job found by a conflicting insert may finish before
         // it is read; then the key is free again and the insert is retried.
         for _ in 0..5 {
@@ -234,10 +250,11 @@ impl Store {
                 .bind(i64::from(job.max_attempts))
                 .bind(job.now)
                 .bind(job.traceparent.as_deref())
+                .bind(seen)
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(row) = inserted {
-                return Ok((job_from_row(&row)?, false));
+                return Ok(Some((job_from_row(&row)?, false)));
             }
             let existing = sqlx::query(sql!("job_unfinished_by_key"))
                 .bind(&job.url)
@@ -254,7 +271,20 @@ impl Store {
                         .await?;
                     shared.priority = job.priority;
                 }
-                return Ok((shared, true));
+                return Ok(Some((shared, true)));
+            }
+            if let Some(seen) = seen {
+                let meta = sqlx::query(sql!("entry_meta"))
+                    .bind(&job.url)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let at: i64 = meta
+                    .map(|m| m.try_get("revision"))
+                    .transpose()?
+                    .unwrap_or(0);
+                if at != seen {
+                    return Ok(None);
+                }
             }
         }
         Err(StoreError::Conflict(format!(

@@ -796,6 +796,61 @@ mod queue {
         assert_ne!(next.id, first.id);
     }
 
+    /// A caller that read a miss and enqueues after a job has written the
+    /// entry gets no second job: it is told to read the entry again.
+    pub async fn enqueue_refuses_once_the_entry_was_written(store: Store) {
+        let (first, _) = store
+            .job_enqueue_unless_written(&job("u/1", 1), Some(0))
+            .await
+            .expect("enqueue")
+            .expect("absent as read: enqueued");
+        let read_before = 0;
+        store
+            .job_claim("w", 10, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        let Finish::Recorded { put: Some(put) } = store
+            .job_finish_if_leased(
+                first.id,
+                "w",
+                &JobOutcome::Complete {
+                    entry: Some(super::put("u/1", "answer")),
+                },
+                T0,
+            )
+            .await
+            .expect("finish")
+        else {
+            panic!("the entry was not written");
+        };
+        let PutResult::Written { revision } = put else {
+            panic!("expected a write, got {put:?}");
+        };
+        assert_eq!(
+            store
+                .job_enqueue_unless_written(&job("u/1", 1), Some(read_before))
+                .await
+                .expect("enqueue"),
+            None,
+            "the entry moved since it was read"
+        );
+        let (again, shared) = store
+            .job_enqueue_unless_written(&job("u/1", 2), Some(revision))
+            .await
+            .expect("enqueue")
+            .expect("at the revision read: enqueued");
+        assert!(!shared);
+        assert_ne!(again.id, first.id);
+        // An unfinished job is shared whatever revision the caller read.
+        let (shared_job, shared) = store
+            .job_enqueue_unless_written(&job("u/1", 1), Some(read_before))
+            .await
+            .expect("enqueue")
+            .expect("shared");
+        assert!(shared);
+        assert_eq!(shared_job.id, again.id);
+    }
+
     pub async fn concurrent_enqueues_create_exactly_one_job(store: Store) {
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -1474,6 +1529,7 @@ mod jobs {
 
     conformance!(
         enqueue_shares_one_unfinished_job_per_url,
+        enqueue_refuses_once_the_entry_was_written,
         concurrent_enqueues_create_exactly_one_job,
         claims_lowest_priority_then_oldest,
         concurrent_claims_never_share_a_job,

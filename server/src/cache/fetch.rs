@@ -41,6 +41,8 @@ const FETCH_WAIT_LIMIT: Duration = Duration::from_secs(60);
 const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(250);
 /// Longest path or URL a Fetch may name.
 const MAX_PATH_BYTES: usize = 2048;
+/// Reads of the entry a Fetch makes before it enqueues whatever the entry.
+const ENQUEUE_ROUNDS: u32 = 3;
 
 /// The caller's deadline from the `grpc-timeout` header, if it sent one.
 fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
@@ -69,59 +71,78 @@ pub(super) async fn fetch(
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
     crate::rpc::record_key(&plan.url);
-    let now = now_ms();
-    let stored = service
-        .state
-        .store
-        .entry_get(&plan.url)
-        .await
-        .map_err(ApiError::from)?;
-    let status = lookup(stored.as_ref(), &plan.read, now);
-    match status {
-        pb::LookupStatus::Hit | pb::LookupStatus::Negative => {
-            let answer = service.respond(status, stored, &plan.read.miss_policy, now);
-            return Ok(Response::new(pb::FetchResponse {
-                status: answer.status,
-                entry: answer.entry,
-                job: None,
-                job_shared: false,
-            }));
+    // A job that finishes between this call's read and its enqueue has
+    // written the entry: the enqueue then refuses and the entry is read
+    // again, rather than fetched again (bounded: a key written that often
+    // gets an unconditional enqueue on the last round).
+    let mut round = 1;
+    let (job, shared, changes) = loop {
+        let now = now_ms();
+        let stored = service
+            .state
+            .store
+            .entry_get(&plan.url)
+            .await
+            .map_err(ApiError::from)?;
+        let status = lookup(stored.as_ref(), &plan.read, now);
+        let seen = stored.as_ref().map_or(0, |entry| entry.revision);
+        let seen = (round < ENQUEUE_ROUNDS).then_some(seen);
+        round += 1;
+        match status {
+            pb::LookupStatus::Hit | pb::LookupStatus::Negative => {
+                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+                return Ok(Response::new(pb::FetchResponse {
+                    status: answer.status,
+                    entry: answer.entry,
+                    job: None,
+                    job_shared: false,
+                }));
+            }
+            pb::LookupStatus::Stale => {
+                // Stale-while-revalidate: answer now, refresh in the background.
+                let Some((job, shared)) = service
+                    .enqueue(&plan, BACKGROUND_PRIORITY, traceparent.clone(), seen, now)
+                    .await?
+                else {
+                    continue;
+                };
+                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+                return Ok(Response::new(pb::FetchResponse {
+                    status: answer.status,
+                    entry: answer.entry,
+                    job: Some(job_to_proto(job)),
+                    job_shared: shared,
+                }));
+            }
+            _ => {}
         }
-        pb::LookupStatus::Stale => {
-            // Stale-while-revalidate: answer now, refresh in the background.
-            let (job, shared) = service
-                .enqueue(&plan, BACKGROUND_PRIORITY, traceparent, now)
-                .await?;
-            let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+        if plan.mode == pb::FetchMode::Background {
+            let Some((job, shared)) = service
+                .enqueue(&plan, plan.priority, traceparent.clone(), seen, now)
+                .await?
+            else {
+                continue;
+            };
+            service
+                .state
+                .stats
+                .record(&plan.read.miss_policy, Answer::Miss);
             return Ok(Response::new(pb::FetchResponse {
-                status: answer.status,
-                entry: answer.entry,
+                status: pb::LookupStatus::Miss.into(),
+                entry: None,
                 job: Some(job_to_proto(job)),
                 job_shared: shared,
             }));
         }
-        _ => {}
-    }
-    if plan.mode == pb::FetchMode::Background {
-        let (job, shared) = service
-            .enqueue(&plan, plan.priority, traceparent, now)
-            .await?;
-        service
-            .state
-            .stats
-            .record(&plan.read.miss_policy, Answer::Miss);
-        return Ok(Response::new(pb::FetchResponse {
-            status: pb::LookupStatus::Miss.into(),
-            entry: None,
-            job: Some(job_to_proto(job)),
-            job_shared: shared,
-        }));
-    }
-    // Subscribed first, so the worker's result cannot slip by unseen.
-    let (_, changes) = service.state.feed.subscribe();
-    let (job, shared) = service
-        .enqueue(&plan, WAIT_PRIORITY, traceparent, now)
-        .await?;
+        // Subscribed first, so the worker's result cannot slip by unseen.
+        let (_, changes) = service.state.feed.subscribe();
+        if let Some((job, shared)) = service
+            .enqueue(&plan, WAIT_PRIORITY, traceparent.clone(), seen, now)
+            .await?
+        {
+            break (job, shared, changes);
+        }
+    };
     // Answer before the caller's deadline runs out, never after it.
     let budget = match deadline {
         Some(deadline) => deadline.saturating_sub(deadline.div_f64(5.0).min(MAX_DEADLINE_MARGIN)),
@@ -237,13 +258,17 @@ impl CacheService {
         })
     }
 
+    /// Enqueues the plan's job, or shares the unfinished one; `None` when
+    /// the entry is no longer at revision `seen` (see
+    /// [`roadie_store::Store::job_enqueue_unless_written`]).
     async fn enqueue(
         &self,
         plan: &FetchPlan,
         priority: u32,
         traceparent: Option<String>,
+        seen: Option<u64>,
         now: i64,
-    ) -> Result<(Job, bool), ApiError> {
+    ) -> Result<Option<(Job, bool)>, ApiError> {
         // Checked only when a fetch is due: a cache hit costs no DNS lookup.
         if let Some(provider) = self.state.providers.get(&plan.provider) {
             check_address(&provider.policy, &plan.target)
@@ -260,10 +285,17 @@ impl CacheService {
             traceparent,
             now,
         };
-        let (job, shared) = self.state.store.job_enqueue(&job).await?;
+        let Some((job, shared)) = self
+            .state
+            .store
+            .job_enqueue_unless_written(&job, seen)
+            .await?
+        else {
+            return Ok(None);
+        };
         if !shared || job.priority == priority {
             self.state.work.nudge();
         }
-        Ok((job, shared))
+        Ok(Some((job, shared)))
     }
 }
