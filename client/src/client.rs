@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::ClientError;
 use crate::proto;
@@ -25,6 +27,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Client {
     cache: CacheClient<Channel>,
     jobs: JobsClient<Channel>,
+    health: HealthClient<Channel>,
     /// Deadline sent with every unary call (as `grpc-timeout`, so the server
     /// knows it too, which is what bounds a `Fetch` in WAIT mode). Not applied
     /// to `watch`, whose stream is meant to outlive any single deadline.
@@ -69,9 +72,10 @@ impl Client {
             cache: CacheClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            jobs: JobsClient::new(channel)
+            jobs: JobsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            health: HealthClient::new(channel),
             request_timeout: None,
         }
     }
@@ -208,6 +212,18 @@ impl Client {
     ) -> Result<proto::StatsResponse, ClientError> {
         let mut cache = self.cache.clone();
         Ok(cache.stats(self.request(request)).await?.into_inner())
+    }
+
+    /// grpc.health.v1.Health.Check: whether the server as a whole (`""`) or
+    /// one of its services (`"roadie.v1.Cache"`, `"roadie.v1.Jobs"`) is
+    /// serving. A name the server does not know fails with NOT_FOUND.
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, ClientError> {
+        let mut health = self.health.clone();
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let response = health.check(self.request(request)).await?.into_inner();
+        Ok(response.status())
     }
 
     /// Jobs.GetJob: one job by id.

@@ -5,6 +5,9 @@
 //! `worker.shutdown_grace` to finish, then the runner cancels them and hands
 //! their leases back. Exit codes: 0 after a stop, 2 for bad configuration
 //! (before anything is connected), 1 for anything else.
+//!
+//! `roadie-worker ready` asks a running worker's admin port whether it is
+//! ready (exit 0) or not (exit 1), for container health checks.
 
 use std::path::PathBuf;
 
@@ -21,8 +24,19 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// A TOML configuration file; `ROADIE__SECTION__KEY` variables override it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Asks the worker running with this configuration whether it is ready
+    /// (`GET /readyz` on `admin.listen`): exit 0 when it is, 1 when it says
+    /// not ready or does not answer. For container health checks.
+    Ready,
 }
 
 #[tokio::main]
@@ -30,6 +44,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(args.config.as_deref(), std::env::vars())
         .unwrap_or_else(|error| config_exit(&error));
+    if let Some(Command::Ready) = args.command {
+        std::process::exit(ready(&settings).await);
+    }
     let telemetry = roadie_telemetry::init("roadie-worker", &settings)
         .unwrap_or_else(|error| config_exit(&error));
     // Watch the signals before the first claim, so a stop is never missed.
@@ -65,6 +82,39 @@ async fn main() -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(RunError::Config(error)) => config_exit(&error),
         Err(error) => Err(error.into()),
+    }
+}
+
+/// `roadie-worker ready`: the exit code of asking the admin port.
+async fn ready(settings: &Settings) -> i32 {
+    let Some(mut addr) = settings.admin.listen else {
+        config_exit(&"admin.listen is not set, so this worker has no readiness endpoint to ask");
+    };
+    // A worker listening on every address answers on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/readyz");
+    let asked = async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let response = client.get(&url).send().await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    };
+    match asked.await {
+        Ok((status, body)) => {
+            println!("{}", body.trim_end());
+            if status.is_success() { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("roadie-worker: {url} does not answer: {error}");
+            1
+        }
     }
 }
 

@@ -649,6 +649,10 @@ async fn a_worker_started_before_its_store_waits_for_it() {
     };
     // The store's address answers nothing until the relay below starts.
     let (url, relay_port) = db.url_through_closed_port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
     let mut worker = WorkerProcess::spawn(
         "late",
         &db,
@@ -656,11 +660,15 @@ async fn a_worker_started_before_its_store_waits_for_it() {
         &[
             ("ROADIE__STORE__URL", url.as_str()),
             ("ROADIE__STORE__ACQUIRE_TIMEOUT", "200ms"),
+            ("ROADIE__ADMIN__LISTEN", admin.as_str()),
         ],
     );
     worker
         .until_logged("the store cannot be reached yet", Duration::from_secs(20))
         .await;
+    // What a container health check runs: not ready while the store is away.
+    let (code, said) = worker_ready(&admin).await;
+    assert_eq!(code, Some(1), "{said}");
     db.relay(relay_port).await;
     worker
         .until_logged("roadie-worker started", Duration::from_secs(20))
@@ -671,10 +679,31 @@ async fn a_worker_started_before_its_store_waits_for_it() {
             a.iter().any(|(path, _)| path == "/api/item/late")
         })
         .await;
+    // It fetched, so its claims succeed: ready.
+    let (code, said) = worker_ready(&admin).await;
+    assert_eq!(code, Some(0), "{said}");
     worker.signal("TERM");
     assert!(worker.exit_within(Duration::from_secs(10)).await.success());
     store.close().await;
     db.finish().await;
+}
+
+/// `roadie-worker ready` for the worker whose admin port is `admin`: its
+/// exit code, and what it printed.
+async fn worker_ready(admin: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roadie-worker"))
+        .arg("ready")
+        .env_clear()
+        .env("ROADIE__ADMIN__LISTEN", admin)
+        .output()
+        .await
+        .expect("run roadie-worker ready");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
 }
 
 /// Bad configuration exits 2 with a message naming the setting, before the

@@ -12,7 +12,8 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success; for get, a hit (fresh or stale); for watch, --count changes
      printed, Ctrl-C or a closed stdout
-  1  miss: get found nothing usable, random found no entry, delete found no key
+  1  miss: get found nothing usable, random found no entry, delete found no
+     key; health: the server says it is not serving
   2  error: bad usage, no connection, or an error from the server (for watch,
      one it cannot resume after, such as a compacted --from revision)
   3  get found a negative entry (a cached \"not found\")
@@ -78,6 +79,9 @@ pub enum Command {
     Event(EventArgs),
     /// Entries, bytes and answers by policy, and provider state.
     Stats,
+    /// Whether the server answers and says SERVING (gRPC health); exits 1
+    /// when it says NOT_SERVING. For container health checks.
+    Health(HealthArgs),
     /// Read through the cache, fetching from the provider on a miss.
     #[command(after_help = EXIT_CODES_HELP)]
     Fetch(super::fetch::FetchArgs),
@@ -415,4 +419,13 @@ mod tests {
         let error = parse(&["get"]).expect_err("missing key");
         assert_eq!(error.exit_code(), 2);
     }
+}
+
+/// `roadie health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The service to ask about ("roadie.v1.Cache", "roadie.v1.Jobs"); the
+    /// server as a whole by default.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub service: String,
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::error::ClientError;
 use crate::proto::{self, LookupStatus, PutOutcome, invalidate_request::Selector};
 use crate::{Client, connect};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 mod args;
 mod fetch;
@@ -28,7 +29,9 @@ mod jobs;
 mod output;
 mod watch;
 
-pub use args::{Cli, Command, DeleteArgs, EventArgs, GetArgs, InvalidateArgs, PutArgs, RandomArgs};
+pub use args::{
+    Cli, Command, DeleteArgs, EventArgs, GetArgs, HealthArgs, InvalidateArgs, PutArgs, RandomArgs,
+};
 pub use fetch::FetchArgs;
 pub use jobs::{JobsArgs, JobsCommand};
 use output::{EntryJson, LookupJson, RandomJson, StatsJson, ValueSink, write_json};
@@ -165,6 +168,7 @@ async fn execute(
         Command::Random(args) => random(&client, args, json, out).await?,
         Command::Event(args) => event(&client, args, json, out).await?,
         Command::Stats => stats(&client, json, out).await?,
+        Command::Health(args) => health(&client, args, json, out).await?,
         Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
         Command::Fetch(args) => fetch::run(&client, args, json, out).await?,
         // Flushed line by line already, and a reader that went away (`| head`)
@@ -516,6 +520,28 @@ async fn stats(client: &Client, json: bool, out: &mut dyn Write) -> Result<Exit,
         output::write_stats(out, &response)?;
     }
     Ok(Exit::Success)
+}
+
+async fn health(
+    client: &Client,
+    args: HealthArgs,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Exit, CliError> {
+    let status = client.health(&args.service).await?;
+    let name = status.as_str_name();
+    if json {
+        write_json(
+            out,
+            &serde_json::json!({ "service": args.service, "status": name }),
+        )?;
+    } else {
+        writeln!(out, "{name}")?;
+    }
+    Ok(match status {
+        ServingStatus::Serving => Exit::Success,
+        _ => Exit::Miss,
+    })
 }
 
 fn entries_word(count: u64) -> &'static str {

@@ -43,6 +43,30 @@ async fn exit_codes_and_output_scripts_rely_on(backend: Backend) {
     assert_eq!(exit, Exit::Success);
     assert!(out.contains("hello"), "{out}");
 
+    let (exit, out, _) = roadie(&server, &["health"], "").await;
+    assert_eq!((exit, out.as_str()), (Exit::Success, "SERVING\n"));
+    let (exit, out, _) = roadie(
+        &server,
+        &["--json", "health", "--service", "roadie.v1.Jobs"],
+        "",
+    )
+    .await;
+    assert_eq!(exit, Exit::Success);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).expect("one JSON object"),
+        serde_json::json!({"service": "roadie.v1.Jobs", "status": "SERVING"})
+    );
+    let (exit, _, err) = roadie(&server, &["health", "--service", "no.such.Service"], "").await;
+    assert_eq!(
+        exit,
+        Exit::Error,
+        "an unknown service is an error, not a verdict"
+    );
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+
     let (exit, out, _) = roadie(&server, &["--json", "get", "greeting"], "").await;
     assert_eq!(exit, Exit::Success);
     let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");

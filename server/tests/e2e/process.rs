@@ -199,6 +199,17 @@ pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
         .unwrap_or_else(|_| panic!("roadie-server did not become healthy within {limit:?}"))
 }
 
+/// `roadie health` against `addr`: the exit and what it printed.
+async fn roadie_health(addr: &str) -> (roadie_client::cli::Exit, String) {
+    use clap::Parser;
+    let url = format!("http://{addr}");
+    let cli = roadie_client::cli::Cli::try_parse_from(["roadie", "--server", &url, "health"])
+        .expect("valid command line");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = roadie_client::cli::run(cli, &mut &b""[..], &mut out, &mut err).await;
+    (exit, String::from_utf8_lossy(&out).into_owned())
+}
+
 /// A server started before its database binds at once, answers health
 /// NOT_SERVING while it retries the store, and serves once the database
 /// can be reached.
@@ -255,6 +266,11 @@ async fn a_server_started_before_its_store_waits_for_it() {
             .status;
         assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
     }
+    // What a container health check runs.
+    assert_eq!(
+        roadie_health(&addr).await,
+        (roadie_client::cli::Exit::Miss, "NOT_SERVING\n".to_owned())
+    );
 
     let retried = log.wait_for(|log| log.contains("the store cannot be reached yet"));
     tokio::time::timeout(Duration::from_secs(20), retried)
@@ -267,6 +283,10 @@ async fn a_server_started_before_its_store_waits_for_it() {
         .await
         .expect("connect");
     client.put(crate::common::put("k", "v")).await.expect("put");
+    assert_eq!(
+        roadie_health(&addr).await,
+        (roadie_client::cli::Exit::Success, "SERVING\n".to_owned())
+    );
 
     server.start_kill().expect("kill");
     server.wait().await.expect("wait");
