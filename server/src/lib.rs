@@ -168,8 +168,7 @@ impl App {
         listener: TcpListener,
         ready: Readiness,
     ) -> Result<(App, TcpListener), ServerError> {
-        let (mut health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, false).await;
+        let (mut health, health_service) = health_reporter().await;
         let stop_accepting = CancellationToken::new();
         let (connections, incoming) = tokio::sync::mpsc::channel(16);
         let accepting = {
@@ -214,7 +213,7 @@ impl App {
         // Watch held on it, so no client waits on this server's NOT_SERVING
         // or sends a call it cannot answer.
         goaway.cancel();
-        for service in ["", CACHE_SERVICE, JOBS_SERVICE] {
+        for service in ["", CACHE_SERVICE, JOBS_SERVICE, LIVENESS_SERVICE] {
             health.clear_service_status(service).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), health_only).await;
@@ -244,8 +243,7 @@ impl App {
 
         // Health follows readiness: NOT_SERVING until the store answers,
         // while it does not, and from the start of the drain.
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, false).await;
+        let (health, health_service) = health_reporter().await;
         let probing = CancellationToken::new();
         let sample = Arc::default();
         metrics::observe(&self.state, &sample);
@@ -373,6 +371,26 @@ impl App {
 /// The services' names in the health service.
 const CACHE_SERVICE: &str = <CacheServer<CacheService> as tonic::server::NamedService>::NAME;
 const JOBS_SERVICE: &str = <JobsServer<JobsService> as tonic::server::NamedService>::NAME;
+
+/// The health service's name for "this process answers": SERVING from the
+/// first moment the port answers to the last, whatever the store does, for
+/// liveness probes (a store outage makes the server unready, and restarting
+/// it would not bring the store back).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// A health service saying NOT_SERVING overall and per service, and
+/// SERVING for [`LIVENESS_SERVICE`].
+async fn health_reporter() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (health, service) = tonic_health::server::health_reporter();
+    set_health(&health, false).await;
+    health
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    (health, service)
+}
 
 /// Sets the overall status (`""`) and each service's.
 async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {

@@ -323,6 +323,13 @@ def base_env(
     return env
 
 
+def health_check(addr: str, service: str) -> int:
+    """One Health.Check, as a Kubernetes gRPC probe sends it."""
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
 def health_watch(addr: str, service: str) -> Iterator[int]:
     channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
     grpc.channel_ready_future(channel).result(timeout=WAIT)
@@ -555,6 +562,8 @@ def test_health_and_readiness_follow_the_store(postgres_db, tmp_path) -> None:
         relay.cut()
         until_status(overall, health_pb2.HealthCheckResponse.NOT_SERVING)
         assert readyz(server_admin) == 503
+        # Alive all the same: a liveness probe must not restart it for this.
+        assert health_check(f"{HOST}:{port}", "liveness") == health_pb2.HealthCheckResponse.SERVING
         # The worker is ready only while it can claim: its next claim fails.
         wait_until(lambda: readyz(worker_admin) == 503, "the worker's /readyz to fail")
 

@@ -199,12 +199,19 @@ pub(crate) async fn wait_until_serving(addr: &str) -> HealthClient<Channel> {
         .unwrap_or_else(|_| panic!("roadie-server did not become healthy within {limit:?}"))
 }
 
-/// `roadie health` against `addr`: the exit and what it printed.
-async fn roadie_health(addr: &str) -> (roadie_client::cli::Exit, String) {
+/// `roadie health --service SERVICE` against `addr`: the exit and what it printed.
+async fn roadie_health(addr: &str, service: &str) -> (roadie_client::cli::Exit, String) {
     use clap::Parser;
     let url = format!("http://{addr}");
-    let cli = roadie_client::cli::Cli::try_parse_from(["roadie", "--server", &url, "health"])
-        .expect("valid command line");
+    let cli = roadie_client::cli::Cli::try_parse_from([
+        "roadie",
+        "--server",
+        &url,
+        "health",
+        "--service",
+        service,
+    ])
+    .expect("valid command line");
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let exit = roadie_client::cli::run(cli, &mut &b""[..], &mut out, &mut err).await;
     (exit, String::from_utf8_lossy(&out).into_owned())
@@ -268,8 +275,13 @@ async fn a_server_started_before_its_store_waits_for_it() {
     }
     // What a container health check runs.
     assert_eq!(
-        roadie_health(&addr).await,
+        roadie_health(&addr, "").await,
         (roadie_client::cli::Exit::Miss, "NOT_SERVING\n".to_owned())
+    );
+    // Alive, though: what a liveness probe asks.
+    assert_eq!(
+        roadie_health(&addr, roadie_server::LIVENESS_SERVICE).await,
+        (roadie_client::cli::Exit::Success, "SERVING\n".to_owned())
     );
 
     let retried = log.wait_for(|log| log.contains("the store cannot be reached yet"));
@@ -283,10 +295,13 @@ async fn a_server_started_before_its_store_waits_for_it() {
         .await
         .expect("connect");
     client.put(crate::common::put("k", "v")).await.expect("put");
-    assert_eq!(
-        roadie_health(&addr).await,
-        (roadie_client::cli::Exit::Success, "SERVING\n".to_owned())
-    );
+    for service in ["", roadie_server::LIVENESS_SERVICE] {
+        assert_eq!(
+            roadie_health(&addr, service).await,
+            (roadie_client::cli::Exit::Success, "SERVING\n".to_owned()),
+            "{service:?}"
+        );
+    }
 
     server.start_kill().expect("kill");
     server.wait().await.expect("wait");
