@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use roadie_config::{ConfigError, Settings};
 use roadie_store::Rate;
 use url::{Host, Url};
@@ -167,7 +168,8 @@ pub enum Refusal {
     /// The host is, or resolves only to, an address the provider may not
     /// reach (private, loopback, link-local, …).
     #[error(
-        "{host} ({addr}) is a private, loopback or link-local address, and the provider does not allow those"
+        "{host} ({addr}) is {}, which the provider may not reach (providers.NAME.allow_private)",
+        range_name(*addr)
     )]
     PrivateAddress {
         /// The host from the URL.
@@ -346,44 +348,90 @@ pub fn check_literal_host(policy: &ProviderPolicy, url: &Url) -> Result<(), Refu
     Ok(())
 }
 
-/// Addresses no provider may reach unless it allows private addresses:
-/// loopback, private (RFC 1918), CGNAT, link-local, unique-local,
-/// unspecified, "this network", broadcast and multicast, in IPv4 and IPv6,
-/// including IPv4 addresses embedded in IPv6 (mapped `::ffff:a.b.c.d` and
-/// the deprecated compatible `::a.b.c.d`).
+/// Every range no provider may reach unless it allows private addresses,
+/// with what it is: one table, checked on every address a provider's host
+/// resolves to (the worker's resolver, so every redirect too) and on
+/// literal hosts. IPv4 addresses embedded in IPv6 (mapped `::ffff:a.b.c.d`
+/// and NAT64 `64:ff9b::a.b.c.d`) are checked as the IPv4 address they carry.
+const FORBIDDEN_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\""),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared address space (CGNAT)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, and broadcast"),
+    (
+        "::/96",
+        "unspecified, loopback and IPv4-compatible (deprecated)",
+    ),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("100::/64", "discard-only"),
+    ("2001::/32", "Teredo"),
+    ("2001:2::/48", "benchmarking"),
+    ("2001:10::/28", "ORCHID (deprecated)"),
+    ("2001:20::/28", "ORCHIDv2"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4"),
+    ("3fff::/20", "documentation"),
+    ("fc00::/7", "unique-local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+];
+
+/// [`FORBIDDEN_RANGES`], parsed once.
+static FORBIDDEN: std::sync::LazyLock<Vec<(IpNet, &'static str)>> =
+    std::sync::LazyLock::new(|| {
+        FORBIDDEN_RANGES
+            .iter()
+            .filter_map(|&(range, what)| Some((range.parse().ok()?, what)))
+            .collect()
+    });
+
+/// IPv6 prefixes whose last 32 bits are an IPv4 address that the network
+/// reaches: mapped (`::ffff:0:0/96`) and the well-known NAT64 prefix
+/// (`64:ff9b::/96`, public IPv4 as seen from an IPv6-only network).
+fn embedded_v4(addr: Ipv6Addr) -> Option<Ipv4Addr> {
+    let segments = addr.segments();
+    let mapped = segments[..5].iter().all(|&s| s == 0) && segments[5] == 0xffff;
+    let nat64 = segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    (mapped || nat64).then(|| Ipv4Addr::from_bits(addr.to_bits() as u32))
+}
+
+/// "in 10.0.0.0/8 (private)", for refusals.
+fn range_name(addr: IpAddr) -> String {
+    match forbidden_range(addr) {
+        Some((range, what)) => format!("in {range} ({what})"),
+        None => "a forbidden address".to_owned(),
+    }
+}
+
+/// The forbidden range `addr` falls in, and what that range is; `None` for
+/// an address a provider may reach.
+pub fn forbidden_range(addr: IpAddr) -> Option<(IpNet, &'static str)> {
+    let addr = match addr {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    FORBIDDEN
+        .iter()
+        .find(|(range, _)| range.contains(&addr))
+        .copied()
+}
+
+/// Whether no provider may reach `addr` unless it allows private addresses
+/// (see [`FORBIDDEN_RANGES`]).
 pub fn is_forbidden(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(v4) => is_forbidden_v4(v4),
-        IpAddr::V6(v6) => is_forbidden_v6(v6),
-    }
-}
-
-fn is_forbidden_v4(addr: Ipv4Addr) -> bool {
-    let [a, b, ..] = addr.octets();
-    addr.is_loopback()
-        || addr.is_private()
-        || addr.is_link_local()
-        || addr.is_broadcast()
-        || addr.is_multicast()
-        || a == 0 // 0.0.0.0/8, "this network", includes unspecified
-        || (a == 100 && (64..128).contains(&b)) // 100.64.0.0/10, CGNAT
-}
-
-fn is_forbidden_v6(addr: Ipv6Addr) -> bool {
-    let first = addr.segments()[0];
-    if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
-        return true;
-    }
-    if let Some(v4) = addr.to_ipv4_mapped() {
-        return is_forbidden_v4(v4);
-    }
-    // ::a.b.c.d (IPv4-compatible, deprecated): the first 96 bits are zero.
-    if addr.segments()[..6].iter().all(|&s| s == 0) {
-        return is_forbidden_v4(Ipv4Addr::from_bits(addr.to_bits() as u32));
-    }
-    (first & 0xffc0) == 0xfe80 // fe80::/10, link-local
-        || (first & 0xffc0) == 0xfec0 // fec0::/10, deprecated site-local
-        || (first & 0xfe00) == 0xfc00 // fc00::/7, unique-local
+    forbidden_range(addr).is_some()
 }
 
 /// A provider as both binaries use it: the rules of its URLs and addresses,
@@ -630,36 +678,80 @@ mod tests {
     }
 
     #[test]
-    fn forbidden_addresses() {
-        for addr in [
-            "127.0.0.1",
-            "127.255.0.9",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "100.127.255.255",
-            "0.0.0.0",
-            "0.1.2.3",
-            "255.255.255.255",
-            "224.0.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "febf::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "::ffff:169.254.169.254",
-            "::127.0.0.1",
-            "ff02::1",
-        ] {
+    fn the_range_table_parses_whole() {
+        assert_eq!(FORBIDDEN.len(), FORBIDDEN_RANGES.len());
+    }
+
+    /// One address inside every range of the table, and its IPv4-mapped
+    /// and NAT64 forms for the IPv4 ranges.
+    #[test]
+    fn every_forbidden_range_is_refused() {
+        let cases = [
+            ("0.1.2.3", "0.0.0.0/8"),
+            ("0.0.0.0", "0.0.0.0/8"),
+            ("10.1.2.3", "10.0.0.0/8"),
+            ("100.64.0.1", "100.64.0.0/10"),
+            ("100.127.255.255", "100.64.0.0/10"),
+            ("127.255.0.9", "127.0.0.0/8"),
+            ("169.254.169.254", "169.254.0.0/16"),
+            ("172.31.255.255", "172.16.0.0/12"),
+            ("192.0.0.170", "192.0.0.0/24"),
+            ("192.0.2.1", "192.0.2.0/24"),
+            ("192.88.99.1", "192.88.99.0/24"),
+            ("192.168.1.1", "192.168.0.0/16"),
+            ("198.18.0.1", "198.18.0.0/15"),
+            ("198.19.255.255", "198.18.0.0/15"),
+            ("198.51.100.7", "198.51.100.0/24"),
+            ("203.0.113.9", "203.0.113.0/24"),
+            ("224.0.0.1", "224.0.0.0/4"),
+            ("240.0.0.1", "240.0.0.0/4"),
+            ("255.255.255.255", "240.0.0.0/4"),
+            ("::", "::/96"),
+            ("::1", "::/96"),
+            ("::127.0.0.1", "::/96"),
+            ("::8.8.8.8", "::/96"),
+            ("64:ff9b:1::1", "64:ff9b:1::/48"),
+            ("100::1", "100::/64"),
+            ("2001::1", "2001::/32"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::/32"),
+            ("2001:2::1", "2001:2::/48"),
+            ("2001:10::1", "2001:10::/28"),
+            ("2001:20::1", "2001:20::/28"),
+            ("2001:db8::1", "2001:db8::/32"),
+            ("2002:c0a8:101::1", "2002::/16"),
+            ("2002:808:808::1", "2002::/16"),
+            ("3fff::1", "3fff::/20"),
+            ("fc00::1", "fc00::/7"),
+            ("fd12:3456::1", "fc00::/7"),
+            ("fe80::1", "fe80::/10"),
+            ("febf::1", "fe80::/10"),
+            ("fec0::1", "fec0::/10"),
+            ("ff02::1", "ff00::/8"),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for (addr, range) in cases {
             let ip: IpAddr = addr.parse().unwrap();
-            assert!(is_forbidden(ip), "{addr} allowed");
+            let found = forbidden_range(ip).map(|(net, _)| net.to_string());
+            assert_eq!(found.as_deref(), Some(range), "{addr}");
+            covered.insert(range);
+            if let IpAddr::V4(v4) = ip {
+                for embedded in [
+                    v4.to_ipv6_mapped(),
+                    Ipv6Addr::from_bits((0x0064_ff9b_u128 << 96) | u128::from(v4.to_bits())),
+                ] {
+                    let found =
+                        forbidden_range(IpAddr::V6(embedded)).map(|(net, _)| net.to_string());
+                    assert_eq!(
+                        found.as_deref(),
+                        Some(range),
+                        "{embedded} (carrying {addr})"
+                    );
+                }
+            }
         }
+        let table: std::collections::BTreeSet<&str> =
+            FORBIDDEN_RANGES.iter().map(|(range, _)| *range).collect();
+        assert_eq!(covered, table, "a range of the table has no case");
     }
 
     #[test]
@@ -673,13 +765,24 @@ mod tests {
             "100.128.0.1",
             "169.255.0.1",
             "11.0.0.1",
+            "192.0.1.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "223.255.255.255",
             "2001:4860:4860::8888",
             "2606:4700::1111",
-            "::ffff:8.8.8.8",
             "2a00:1450::1",
+            "2001:200::1",
+            // Public IPv4, mapped and through NAT64: reachable.
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
         ] {
             let ip: IpAddr = addr.parse().unwrap();
-            assert!(!is_forbidden(ip), "{addr} refused");
+            assert!(
+                !is_forbidden(ip),
+                "{addr} refused: {:?}",
+                forbidden_range(ip)
+            );
         }
     }
 
