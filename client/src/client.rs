@@ -37,7 +37,9 @@ pub struct Client {
 impl Client {
     /// Connects to `endpoint` ("http://host:port", or "host:port", which gets
     /// `http://` in front), failing with [`ClientError::Connect`] if the
-    /// server does not answer within `connect_timeout`.
+    /// server does not answer within `connect_timeout`. Any other scheme
+    /// (`https://`, `grpcs://`) is refused before connecting: TLS is not
+    /// supported yet, and a call meant for TLS is never sent in the clear.
     pub async fn connect(
         endpoint: impl Into<String>,
         connect_timeout: Duration,
@@ -47,6 +49,15 @@ impl Client {
             endpoint: endpoint.clone(),
             cause,
         };
+        // Only cleartext gRPC is spoken yet: an address asking for TLS is
+        // refused rather than connected to without it.
+        let scheme = endpoint.split("://").next().unwrap_or_default();
+        if !scheme.eq_ignore_ascii_case("http") {
+            return Err(connect_error(format!(
+                "{scheme}:// is not supported: this client speaks cleartext gRPC \
+                 (http://) only, and never sends a call meant for TLS in the clear"
+            )));
+        }
         let target = Endpoint::from_shared(endpoint.clone())
             .map_err(|error| connect_error(format!("invalid endpoint: {}", error_chain(&error))))?
             .connect_timeout(connect_timeout);

@@ -199,7 +199,31 @@ async fn jobs_commands(backend: Backend) {
     server.stop().await;
 }
 
-on_both_backends!(exit_codes_and_output_scripts_rely_on, jobs_commands);
+/// An address asking for TLS is refused, never connected to in the clear,
+/// even though a cleartext server answers there.
+async fn tls_addresses_are_never_downgraded(backend: Backend) {
+    let server = start!(backend);
+    for scheme in ["https", "grpcs", "HTTPS"] {
+        let url = format!("{scheme}://{}", server.addr);
+        let cli = Cli::try_parse_from(["roadie", "--server", url.as_str(), "get", "k"])
+            .expect("valid command line");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let exit = cli::run(cli, &mut &b""[..], &mut out, &mut err).await;
+        let err = String::from_utf8_lossy(&err);
+        assert_eq!(exit, Exit::Error, "{scheme}: {err}");
+        assert!(
+            err.contains(&format!("{scheme}:// is not supported")),
+            "{err}"
+        );
+    }
+    server.stop().await;
+}
+
+on_both_backends!(
+    exit_codes_and_output_scripts_rely_on,
+    jobs_commands,
+    tls_addresses_are_never_downgraded
+);
 
 #[tokio::test]
 async fn no_server_is_an_error_exit() {
