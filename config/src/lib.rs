@@ -450,6 +450,11 @@ pub struct Provider {
     /// Secret headers: header name → the NAME of an environment variable
     /// holding the value (API keys); values are never logged.
     pub secret_headers: BTreeMap<String, String>,
+    /// Secret query parameters: parameter name → the NAME of an environment
+    /// variable holding the value (Last.fm's `api_key`). Added by the worker
+    /// to the outgoing request only: never part of the cache key, the job,
+    /// a log line or a span; a client's own value for one is dropped.
+    pub secret_query: BTreeMap<String, String>,
     /// Largest response body accepted, in bytes; 0 means `limits.max_value_bytes`.
     pub max_body_bytes: usize,
 }
@@ -625,6 +630,7 @@ impl Default for Provider {
             allow_private: false,
             headers: BTreeMap::new(),
             secret_headers: BTreeMap::new(),
+            secret_query: BTreeMap::new(),
             max_body_bytes: 0,
         }
     }

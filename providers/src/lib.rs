@@ -98,6 +98,13 @@ pub struct ProviderPolicy {
     pub allow_private: bool,
     /// Largest body accepted; a larger one is a final failure of the job.
     pub max_body_bytes: usize,
+    /// Names of the secret query parameters (`providers.NAME.secret_query`):
+    /// [`resolve_url`] drops them from every URL, so no cache key, job or
+    /// log line carries one.
+    pub secret_query_names: Vec<String>,
+    /// Their values, where the request is built (the worker): added to the
+    /// outgoing URL only, by [`ProviderPolicy::request_url`].
+    pub secret_query: Vec<(String, Secret)>,
 }
 
 impl ProviderPolicy {
@@ -116,7 +123,22 @@ impl ProviderPolicy {
             headers: HeaderMap::new(),
             allow_private: false,
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            secret_query_names: Vec::new(),
+            secret_query: Vec::new(),
         }
+    }
+
+    /// The URL to put on the wire for `url` (one [`resolve_url`] gave):
+    /// `url` with the secret query parameters added. Never log it.
+    pub fn request_url(&self, url: &Url) -> Url {
+        let mut wire = url.clone();
+        if !self.secret_query.is_empty() {
+            let mut pairs = wire.query_pairs_mut();
+            for (name, value) in &self.secret_query {
+                pairs.append_pair(name, value.expose());
+            }
+        }
+        wire
     }
 
     /// Adds a header sent with every request; a [`HeaderSetting::Secret`]
@@ -259,6 +281,19 @@ pub fn resolve_url(policy: &ProviderPolicy, path_or_url: &str) -> Result<Url, Re
         )));
     }
     url.set_fragment(None);
+    if !policy.secret_query_names.is_empty() && url.query().is_some() {
+        // The worker adds these; a client's own value is dropped, so no key,
+        // job or log line carries it.
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(name, _)| !policy.secret_query_names.iter().any(|s| s == name))
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
+    }
     if url.query() == Some("") {
         url.set_query(None);
     }
@@ -467,6 +502,7 @@ pub fn from_settings(settings: &Settings) -> Result<BTreeMap<String, Provider>, 
         let mut policy = ProviderPolicy::new(name.clone(), base_url);
         policy.timeout = provider.timeout;
         policy.allow_private = provider.allow_private;
+        policy.secret_query_names = provider.secret_query.keys().cloned().collect();
         policy.max_body_bytes = match provider.max_body_bytes {
             0 => settings.limits.max_value_bytes,
             bytes => bytes,
@@ -675,6 +711,26 @@ mod tests {
             resolve(base, "http://0x7f.1:8080/api/x").unwrap(),
             "http://127.0.0.1:8080/api/x"
         );
+    }
+
+    #[test]
+    fn secret_query_parameters_are_only_on_the_wire() {
+        let mut p = policy("https://ws.audioscrobbler.com/2.0/");
+        p.secret_query_names = vec!["api_key".to_owned()];
+        p.secret_query = vec![("api_key".to_owned(), Secret::new("s3cr3t"))];
+        // A client's own value is dropped from the key; other parameters stay.
+        let key = resolve_url(&p, "?method=artist.getinfo&api_key=mine&artist=Cher").unwrap();
+        assert_eq!(
+            key.as_str(),
+            "https://ws.audioscrobbler.com/2.0/?method=artist.getinfo&artist=Cher"
+        );
+        let only = resolve_url(&p, "x?api_key=mine").unwrap();
+        assert_eq!(only.as_str(), "https://ws.audioscrobbler.com/2.0/x");
+        assert_eq!(
+            p.request_url(&key).as_str(),
+            "https://ws.audioscrobbler.com/2.0/?method=artist.getinfo&artist=Cher&api_key=s3cr3t"
+        );
+        assert!(!format!("{p:?}").contains("s3cr3t"));
     }
 
     #[test]

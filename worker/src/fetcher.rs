@@ -187,8 +187,9 @@ impl Fetcher {
             );
             let mut trace = HeaderMap::new();
             roadie_telemetry::propagation::inject(&span, &mut trace);
+            // `current` never carries a secret; only the wire URL does.
             let request = client
-                .get(current.clone())
+                .get(policy.request_url(&current))
                 .timeout(remaining)
                 .headers(policy.headers.clone())
                 .headers(conditional_headers(validators))
@@ -209,7 +210,8 @@ impl Fetcher {
             );
             let response = match answered {
                 Ok(response) => response,
-                Err(error) => return send_failed(policy, &error),
+                // Without the URL, which carries the secret parameters.
+                Err(error) => return send_failed(policy, &error.without_url()),
             };
             let status = response.status();
             debug!(status = status.as_u16(), url = %current, "upstream answered");

@@ -41,29 +41,41 @@ pub fn providers(
         }
         for (header, variable) in &provider.secret_headers {
             let at = setting(&format!("secret_headers.{header}"));
-            let value = match env(variable) {
-                Some(value) if !value.is_empty() => Secret::new(value),
-                Some(_) => {
-                    return Err(config_error(
-                        at,
-                        format!("environment variable {variable} is empty"),
-                    ));
-                }
-                None => {
-                    return Err(config_error(
-                        at,
-                        format!("environment variable {variable} is not set"),
-                    ));
-                }
-            };
+            let value = secret(&env, variable, &at)?;
             policy = policy
                 .with_header(header, HeaderSetting::Secret(value))
                 .map_err(|error| config_error(at, error.to_string()))?;
+        }
+        for (name, variable) in &provider.secret_query {
+            let at = setting(&format!("secret_query.{name}"));
+            policy
+                .secret_query
+                .push((name.clone(), secret(&env, variable, &at)?));
         }
         on.policy = policy;
         providers.insert(name, on);
     }
     Ok(providers)
+}
+
+/// The value of the environment variable `variable`, named by setting `at`:
+/// set and not empty, or a configuration error naming both (never the value).
+fn secret(
+    env: &impl Fn(&str) -> Option<String>,
+    variable: &str,
+    at: &str,
+) -> Result<Secret, ConfigError> {
+    match env(variable) {
+        Some(value) if !value.is_empty() => Ok(Secret::new(value)),
+        Some(_) => Err(config_error(
+            at.to_owned(),
+            format!("environment variable {variable} is empty"),
+        )),
+        None => Err(config_error(
+            at.to_owned(),
+            format!("environment variable {variable} is not set"),
+        )),
+    }
 }
 
 /// How the claim loop runs, from `[worker]` and `policies.failed_lookup.ttl`,

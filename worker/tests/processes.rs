@@ -43,6 +43,8 @@ struct Upstream {
 
 struct UpstreamState {
     hits: Mutex<HashMap<String, u32>>,
+    /// Every request's query string, in arrival order.
+    queries: Mutex<Vec<String>>,
     /// Every request's path and arrival time, in arrival order; a test
     /// waits on it for requests to arrive.
     arrivals: watch::Sender<Vec<(String, Instant)>>,
@@ -53,6 +55,7 @@ impl Upstream {
     async fn start() -> Upstream {
         let state = Arc::new(UpstreamState {
             hits: Mutex::new(HashMap::new()),
+            queries: Mutex::new(Vec::new()),
             arrivals: watch::Sender::new(Vec::new()),
             gate: watch::Sender::new(false),
         });
@@ -60,6 +63,11 @@ impl Upstream {
             .fallback(
                 |State(state): State<Arc<UpstreamState>>, uri: Uri| async move {
                     let path = uri.path().to_owned();
+                    state
+                        .queries
+                        .lock()
+                        .expect("queries")
+                        .push(uri.query().unwrap_or_default().to_owned());
                     state
                         .arrivals
                         .send_modify(|arrivals| arrivals.push((path.clone(), Instant::now())));
@@ -907,7 +915,77 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A secret query parameter (`providers.NAME.secret_query`) reaches the
+/// provider and no other channel: not the worker's log (at debug level), the
+/// job row, the entry's key or value, or the change log.
+async fn a_secret_query_parameter_reaches_only_the_provider(backend: Backend) {
+    let _shared = TIMING.read().await;
+    let Some((db, store, upstream)) = setup(backend).await else {
+        return;
+    };
+    const PLANTED: &str = "planted-s3cr3t-4f9c";
+    let mut worker = WorkerProcess::spawn(
+        "secret",
+        &db,
+        &upstream,
+        &[
+            (
+                "ROADIE__PROVIDERS__TEST__SECRET_QUERY__API_KEY",
+                "ROADIE_TEST_SECRET",
+            ),
+            ("ROADIE_TEST_SECRET", PLANTED),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let urls = enqueue(&store, &upstream, &["item/secret?format=json".to_owned()]).await;
+    upstream
+        .until_arrived("the fetch", Duration::from_secs(20), |a| {
+            a.iter().any(|(path, _)| path == "/api/item/secret")
+        })
+        .await;
+    let queries = upstream.state.queries.lock().expect("queries").clone();
+    assert_eq!(queries, [format!("format=json&api_key={PLANTED}")]);
+    let job = eventually("the job to complete", Duration::from_secs(20), async || {
+        let jobs = all_jobs(&store).await;
+        match jobs.as_slice() {
+            [job] if job.state == JobState::Completed => Ok(job.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let entry = store
+        .entry_get(&urls[0])
+        .await
+        .expect("read")
+        .expect("the fetched entry");
+    let changes = store.change_list_since(0, 1000).await.expect("changes");
+    worker.signal("TERM");
+    assert!(worker.exit_within(Duration::from_secs(10)).await.success());
+    for (channel, text) in [
+        ("the job row", format!("{job:?}")),
+        ("the entry", format!("{entry:?}")),
+        (
+            "the entry's value",
+            String::from_utf8_lossy(&entry.value).into_owned(),
+        ),
+        ("the change log", format!("{changes:?}")),
+        ("the worker's log", worker.log()),
+    ] {
+        assert!(
+            !text.contains(PLANTED),
+            "{channel} carries the secret: {text}"
+        );
+    }
+    assert!(
+        worker.log().contains("upstream answered"),
+        "the log is at debug level"
+    );
+    store.close().await;
+    db.finish().await;
+}
+
 on_both_backends!(
+    a_secret_query_parameter_reaches_only_the_provider,
     three_workers_share_500_jobs,
     a_killed_workers_jobs_are_taken_over_within_one_lease,
     sigterm_lets_running_jobs_finish_within_the_grace,
