@@ -274,6 +274,31 @@ pub struct ServerSettings {
     /// server drops them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Listen on a non-loopback address with nothing guarding the port
+    /// (Roadie has no TLS or tokens yet): whoever reaches it can read and
+    /// write everything. Off: such an address is refused at start.
+    pub insecure: bool,
+}
+
+impl ServerSettings {
+    /// The rule of an exposed port, for the server before it listens: a
+    /// non-loopback `listen` needs `insecure = true`, which says the operator
+    /// guards the network (a private network, a NetworkPolicy).
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.listen.ip().is_loopback() || self.insecure {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            "server.listen",
+            format!(
+                "{} is not a loopback address, and nothing guards the port (no TLS, no \
+                 tokens): anyone who reaches it can read and write every entry; set \
+                 server.insecure = true (ROADIE__SERVER__INSECURE=true) if only trusted \
+                 clients can reach it",
+                self.listen
+            ),
+        ))
+    }
 }
 
 /// `[store]`.
@@ -553,6 +578,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             shutdown_grace: Duration::from_secs(10),
+            insecure: false,
         }
     }
 }
@@ -1091,6 +1117,23 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn an_unguarded_public_listen_address_needs_insecure() {
+        let mut server = ServerSettings::default();
+        assert!(server.check_exposure().is_ok(), "loopback by default");
+        server.listen = "[::1]:50051".parse().expect("an address");
+        assert!(server.check_exposure().is_ok());
+        for public in ["0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051"] {
+            server.listen = public.parse().expect("an address");
+            server.insecure = false;
+            let error = server.check_exposure().expect_err("refused");
+            assert_eq!(error.setting, "server.listen");
+            assert!(error.message.contains("server.insecure = true"), "{error}");
+            server.insecure = true;
+            assert!(server.check_exposure().is_ok(), "{public} with insecure");
+        }
     }
 
     #[test]

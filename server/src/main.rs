@@ -52,7 +52,13 @@ async fn main() -> anyhow::Result<()> {
     let done = match &args.command {
         Some(Command::Migrate) => migrate(&settings).await,
         Some(Command::Backup { path }) => backup(&settings, path).await,
-        None => run(settings, &telemetry).await,
+        None => {
+            settings
+                .server
+                .check_exposure()
+                .unwrap_or_else(|error| config_exit(&error));
+            run(settings, &telemetry).await
+        }
     };
     // After the drain (or the command): the last spans go out too.
     telemetry.shutdown().await;

@@ -55,6 +55,41 @@ fn bad_configuration_exits_naming_the_setting_before_binding() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("store.url"));
 }
 
+/// A port nothing guards is not opened on a public address unless the
+/// operator says the network is trusted; with `server.insecure` it is.
+#[tokio::test]
+async fn an_unguarded_public_port_needs_server_insecure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/roadie.db", dir.path().display());
+    let port = free_port();
+    let refused = Command::new(BINARY)
+        .env("ROADIE__STORE__URL", &url)
+        .env("ROADIE__SERVER__LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .expect("run roadie-server");
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("server.insecure = true"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("roadie.db").exists(),
+        "refused before the store was opened"
+    );
+
+    let mut server = tokio::process::Command::new(BINARY)
+        .env("ROADIE__STORE__URL", &url)
+        .env("ROADIE__SERVER__LISTEN", format!("0.0.0.0:{port}"))
+        .env("ROADIE__SERVER__INSECURE", "true")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roadie-server");
+    wait_until_serving(&format!("127.0.0.1:{port}")).await;
+    server.start_kill().expect("kill");
+    server.wait().await.expect("wait");
+}
+
 /// `roadie-server migrate` applies the schema and exits; with
 /// `store.migrate = "off"` a server starts on that database, and refuses one
 /// without the schema, saying how to apply it.
