@@ -731,6 +731,84 @@ async fn postgres_commits_notify_their_revision() {
     db.finish().await;
 }
 
+/// Postgres over TLS, as `store.url` asks for it (libpq's `sslmode`, with
+/// `sslrootcert` as the CA; `verify-ca` checks the name as `verify-full`
+/// does): the pool's connections are encrypted, a CA that
+/// did not sign the server's certificate is refused at connect, and
+/// `sslmode=disable` is plaintext (so the check can tell the difference).
+#[tokio::test]
+async fn postgres_over_tls() {
+    use roadie_store::StoreOptions;
+    use sqlx::Connection;
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let plain = db.store().await;
+    // The server's own certificate is its CA when self-signed, as the
+    // machine's is; read where it is from the server.
+    let database = db
+        .url
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .to_owned();
+    let mut admin = sqlx::postgres::PgConnection::connect(&db.url)
+        .await
+        .expect("connect");
+    let cert: String = sqlx::query_scalar("SELECT current_setting('ssl_cert_file')")
+        .fetch_one(&mut admin)
+        .await
+        .expect("ssl_cert_file");
+    let encrypted = async |admin: &mut sqlx::postgres::PgConnection| -> Vec<bool> {
+        sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+        )
+        .bind(&database)
+        .fetch_all(admin)
+        .await
+        .expect("pg_stat_ssl")
+    };
+    plain.close().await;
+    for (mode, tls) in [
+        ("sslmode=disable".to_owned(), false),
+        ("sslmode=require".to_owned(), true),
+        (format!("sslmode=verify-full&sslrootcert={cert}"), true),
+    ] {
+        // verify-full checks the name too: the machine's certificate is
+        // for localhost.
+        let url = format!("{}?{mode}", db.url.replace("@127.0.0.1:", "@localhost:"));
+        let store = Store::connect(&StoreOptions::new(&url))
+            .await
+            .unwrap_or_else(|error| panic!("{mode}: {error}"));
+        written(store.entry_put(&put("k", "over tls")).await.expect("put"));
+        let ssl = encrypted(&mut admin).await;
+        assert!(
+            !ssl.is_empty() && ssl.iter().all(|ssl| *ssl == tls),
+            "{mode}: {ssl:?}"
+        );
+        store.close().await;
+    }
+
+    // A CA that did not sign the server's certificate: refused, not plaintext.
+    let other_ca = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(other_ca.path(), OTHER_CA).expect("write");
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url.replace("@127.0.0.1:", "@localhost:"),
+        other_ca.path().display()
+    );
+    match Store::connect(&StoreOptions::new(&url)).await {
+        Ok(_) => panic!("a CA that signed nothing was accepted"),
+        Err(error) => assert!(error.to_string().contains("certificate"), "{error}"),
+    }
+    admin.close().await.expect("close");
+    db.finish().await;
+}
+
+/// A self-signed CA certificate that signed nothing the test Postgres has.
+const OTHER_CA: &str = include_str!("other-ca.pem");
+
 mod queue {
     //! The job queue, on both backends.
 
