@@ -12,10 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TAG=${ROADIE_IMAGE:-localhost/roadie:check}
-PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+# shellcheck source=deploy/containers.sh
+source deploy/containers.sh
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-15}
-RUN=(--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)   # see verify-image.sh
 
 podman image exists "$TAG" || { echo "measure-rss: no image $TAG: run deploy/verify-image.sh first" >&2; exit 1; }
 cargo build --quiet --locked -p roadie-bench
@@ -33,7 +32,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 grpc=$(free_port)
 server_admin=$(free_port)
 worker_admin=$(free_port)

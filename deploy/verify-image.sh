@@ -22,12 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 
-TAG=${ROADIE_IMAGE:-localhost/roadie:check}
+# shellcheck source=deploy/containers.sh
+source deploy/containers.sh
 BASE=localhost/roadie-base
 RUST_BASE=$BASE/rust:$(rustc --version | awk '{print $2}')
 RUNTIME_BASE=$BASE/debian:bookworm-slim
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 work=target/image-base
 
 step() { printf '\n=== verify-image: %s (%ds) ===\n' "$*" "$((SECONDS - started))"; }
@@ -45,13 +45,6 @@ if ((${#missing[@]})); then
 fi
 command -v psql >/dev/null || fail "psql is missing: the Postgres check needs it"
 podman --version
-
-# How containers run on this machine: the OCI runtime cannot raise the
-# process and file limits past the host's hard limits (podman asks for
-# 1048576 open files), and crun 1.8 refuses this kernel's hybrid cgroup
-# layout while runc accepts it. Lower limits and runc change nothing the
-# checks rely on.
-RUN=(--runtime runc --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
 
 # A Debian root made by debootstrap, trimmed of what debian:bookworm-slim
 # also leaves out (documentation, manuals, locales, package lists).
@@ -101,7 +94,7 @@ podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep roadie-base
 
 step "podman build --isolation=chroot -f deploy/Containerfile"
 build_started=$SECONDS
-podman build --isolation=chroot --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+podman build --isolation=chroot "${LIMITS[@]}" \
   -f deploy/Containerfile \
   --build-arg RUST_IMAGE="$RUST_BASE" \
   --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" \
@@ -146,8 +139,6 @@ cleanup() {
 }
 upstream_dir=$(mktemp -d)
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # Waits up to 60 s for `podman exec CONTAINER COMMAND…` to succeed.
 until_ok() {

@@ -108,6 +108,10 @@ impl Upstream {
         self.state.hits.lock().expect("hits").clone()
     }
 
+    fn queries(&self) -> Vec<String> {
+        self.state.queries.lock().expect("queries").clone()
+    }
+
     /// Arrival times of the requests whose path starts with `prefix`.
     fn arrivals(&self, prefix: &str) -> Vec<Instant> {
         let arrivals = self.state.arrivals.borrow();
@@ -943,8 +947,10 @@ async fn a_secret_query_parameter_reaches_only_the_provider(backend: Backend) {
             a.iter().any(|(path, _)| path == "/api/item/secret")
         })
         .await;
-    let queries = upstream.state.queries.lock().expect("queries").clone();
-    assert_eq!(queries, [format!("format=json&api_key={PLANTED}")]);
+    assert_eq!(
+        upstream.queries(),
+        [format!("format=json&api_key={PLANTED}")]
+    );
     let job = eventually("the job to complete", Duration::from_secs(20), async || {
         let jobs = all_jobs(&store).await;
         match jobs.as_slice() {
