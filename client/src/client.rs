@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -32,35 +33,98 @@ pub struct Client {
     /// knows it too, which is what bounds a `Fetch` in WAIT mode). Not applied
     /// to `watch`, whose stream is meant to outlive any single deadline.
     request_timeout: Option<Duration>,
+    /// `authorization: Bearer …`, on every call.
+    token: Option<MetadataValue<Ascii>>,
+}
+
+/// How [`Client::connect_with`] reaches the server.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// How long the connection (TCP, TLS and HTTP/2) may take.
+    pub connect_timeout: Duration,
+    /// PEM CA certificates to trust for `https://` instead of the system's
+    /// roots.
+    pub ca: Option<Vec<u8>>,
+    /// A PEM certificate chain and its private key, presented to a server
+    /// that requires client certificates (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ConnectOptions {
+    /// System roots, no client certificate.
+    pub fn new(connect_timeout: Duration) -> ConnectOptions {
+        ConnectOptions {
+            connect_timeout,
+            ca: None,
+            identity: None,
+        }
+    }
+
+    fn tls_config(&self) -> ClientTlsConfig {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
+    }
 }
 
 impl Client {
     /// Connects to `endpoint` ("http://host:port", or "host:port", which gets
     /// `http://` in front), failing with [`ClientError::Connect`] if the
-    /// server does not answer within `connect_timeout`. Any other scheme
-    /// (`https://`, `grpcs://`) is refused before connecting: TLS is not
-    /// supported yet, and a call meant for TLS is never sent in the clear.
+    /// server does not answer within `connect_timeout`. `https://` uses TLS
+    /// with the system's roots; see [`Client::connect_with`] for a CA of
+    /// your own and client certificates.
     pub async fn connect(
         endpoint: impl Into<String>,
         connect_timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        Client::connect_with(endpoint, &ConnectOptions::new(connect_timeout)).await
+    }
+
+    /// Connects to `endpoint` with `options`. `http://` is cleartext (and
+    /// takes no certificates); `https://` is TLS, verified against
+    /// `options.ca` or else the system's roots, and never falls back to
+    /// cleartext. Any other scheme is refused before connecting.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: &ConnectOptions,
     ) -> Result<Client, ClientError> {
         let endpoint = normalize_endpoint(endpoint.into());
         let connect_error = |cause: String| ClientError::Connect {
             endpoint: endpoint.clone(),
             cause,
         };
-        // Only cleartext gRPC is spoken yet: an address asking for TLS is
-        // refused rather than connected to without it.
         let scheme = endpoint.split("://").next().unwrap_or_default();
-        if !scheme.eq_ignore_ascii_case("http") {
+        let tls = if scheme.eq_ignore_ascii_case("https") {
+            Some(options.tls_config())
+        } else if scheme.eq_ignore_ascii_case("http") {
+            if options.ca.is_some() || options.identity.is_some() {
+                return Err(connect_error(
+                    "a CA or client certificate is for https:// addresses; this one is \
+                     cleartext http://"
+                        .to_owned(),
+                ));
+            }
+            None
+        } else {
             return Err(connect_error(format!(
-                "{scheme}:// is not supported: this client speaks cleartext gRPC \
-                 (http://) only, and never sends a call meant for TLS in the clear"
+                "{scheme}:// is not supported: use http:// (cleartext) or https:// (TLS)"
             )));
-        }
-        let target = Endpoint::from_shared(endpoint.clone())
+        };
+        let connect_timeout = options.connect_timeout;
+        let mut target = Endpoint::from_shared(endpoint.clone())
             .map_err(|error| connect_error(format!("invalid endpoint: {}", error_chain(&error))))?
             .connect_timeout(connect_timeout);
+        if let Some(tls) = tls {
+            target = target
+                .tls_config(tls)
+                .map_err(|error| connect_error(format!("TLS: {}", error_chain(&error))))?;
+        }
         // `connect_timeout` only bounds the TCP connect; a peer that accepts
         // and then never speaks HTTP/2 would still hang without this.
         let channel = match tokio::time::timeout(connect_timeout, target.connect()).await {
@@ -88,7 +152,25 @@ impl Client {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             health: HealthClient::new(channel),
             request_timeout: None,
+            token: None,
         }
+    }
+
+    /// This client with a bearer token on every call (`authorization:
+    /// Bearer TOKEN`, sent as a never-indexed header). A token the header
+    /// cannot carry (not visible ASCII) is refused.
+    pub fn with_token(mut self, token: &str) -> Result<Client, ClientError> {
+        let valid = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+        let value = valid
+            .then(|| MetadataValue::try_from(format!("Bearer {token}")).ok())
+            .flatten()
+            .ok_or_else(|| {
+                ClientError::Token("a token is 1 or more visible ASCII characters".to_owned())
+            })?;
+        let mut value: MetadataValue<Ascii> = value;
+        value.set_sensitive(true);
+        self.token = Some(value);
+        Ok(self)
     }
 
     /// This client with a deadline on every unary call; an expired deadline
@@ -99,9 +181,19 @@ impl Client {
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = self.request_without_deadline(message);
         if let Some(timeout) = self.request_timeout {
             request.set_timeout(timeout);
+        }
+        request
+    }
+
+    fn request_without_deadline<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         request
     }
@@ -211,7 +303,7 @@ impl Client {
     ) -> Result<tonic::Streaming<proto::WatchResponse>, tonic::Status> {
         let mut cache = self.cache.clone();
         Ok(cache
-            .watch(tonic::Request::new(request))
+            .watch(self.request_without_deadline(request))
             .await?
             .into_inner())
     }

@@ -22,6 +22,10 @@ pub enum ClientError {
         /// a timeout has no underlying error to keep as a source.
         cause: String,
     },
+    /// The token given to [`Client::with_token`](crate::Client::with_token)
+    /// cannot be sent.
+    #[error("invalid token: {0}")]
+    Token(String),
     /// INVALID_ARGUMENT: the request broke a limit.
     #[error("{}", invalid_argument_text(.field.as_deref(), .message))]
     InvalidArgument {
@@ -67,9 +71,13 @@ pub enum ClientError {
     /// UNIMPLEMENTED: the server does not offer this RPC.
     #[error("unimplemented: {0}")]
     Unimplemented(String),
-    /// PERMISSION_DENIED.
+    /// PERMISSION_DENIED: the token's role does not cover the call (the
+    /// message names the role needed), or the server may not fetch the URL.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// UNAUTHENTICATED: the server wants a token and got none it knows.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// Any other status, kept whole (details and metadata included).
     #[error("server error ({:?}): {}", .0.code(), .0.message())]
     Other(Status),
@@ -80,7 +88,7 @@ impl ClientError {
     /// never reached the point of getting a status.
     pub fn code(&self) -> Option<Code> {
         match self {
-            ClientError::Connect { .. } => None,
+            ClientError::Connect { .. } | ClientError::Token(_) => None,
             ClientError::InvalidArgument { .. } => Some(Code::InvalidArgument),
             ClientError::NotFound(_) => Some(Code::NotFound),
             ClientError::FailedPrecondition(_) => Some(Code::FailedPrecondition),
@@ -90,6 +98,7 @@ impl ClientError {
             ClientError::DeadlineExceeded(_) => Some(Code::DeadlineExceeded),
             ClientError::Unimplemented(_) => Some(Code::Unimplemented),
             ClientError::PermissionDenied(_) => Some(Code::PermissionDenied),
+            ClientError::Unauthenticated(_) => Some(Code::Unauthenticated),
             ClientError::Other(status) => Some(status.code()),
         }
     }
@@ -122,6 +131,7 @@ impl From<Status> for ClientError {
             Code::Cancelled if is_local_timeout(&status) => ClientError::DeadlineExceeded(message),
             Code::Unimplemented => ClientError::Unimplemented(message),
             Code::PermissionDenied => ClientError::PermissionDenied(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
             _ => ClientError::Other(status),
         }
     }
@@ -202,6 +212,7 @@ mod tests {
             (Code::DeadlineExceeded, "DeadlineExceeded"),
             (Code::Unimplemented, "Unimplemented"),
             (Code::PermissionDenied, "PermissionDenied"),
+            (Code::Unauthenticated, "Unauthenticated"),
         ];
         for (code, variant) in cases {
             let error = ClientError::from(Status::new(code, "why"));
@@ -214,6 +225,7 @@ mod tests {
                 ClientError::DeadlineExceeded(m) => ("DeadlineExceeded", m),
                 ClientError::Unimplemented(m) => ("Unimplemented", m),
                 ClientError::PermissionDenied(m) => ("PermissionDenied", m),
+                ClientError::Unauthenticated(m) => ("Unauthenticated", m),
                 other => panic!("{code:?} became {other:?}"),
             };
             assert_eq!(name, variant, "{code:?}");
@@ -230,7 +242,6 @@ mod tests {
             Code::AlreadyExists,
             Code::Aborted,
             Code::DataLoss,
-            Code::Unauthenticated,
             Code::Cancelled,
         ] {
             let error = ClientError::from(Status::new(code, "boom"));

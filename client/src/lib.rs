@@ -43,7 +43,7 @@ mod client;
 mod error;
 pub mod watch;
 
-pub use client::{Client, MAX_MESSAGE_BYTES};
+pub use client::{Client, ConnectOptions, MAX_MESSAGE_BYTES};
 pub use error::ClientError;
 pub use watch::{Watch, WatchEvent};
 

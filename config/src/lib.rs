@@ -15,6 +15,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
+mod server;
+
+pub use auth::{AuthSettings, Role, TokenSettings};
+pub use server::{Reflection, ServerSettings, TlsSettings, TransportSettings};
+
 /// A configuration error, naming the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {setting}: {message}")]
@@ -64,6 +70,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[admin]`: the operator's HTTP port (metrics, liveness, readiness).
     pub admin: AdminSettings,
+    /// `[auth]`: who may call what.
+    pub auth: AuthSettings,
 }
 
 /// `[log]`.
@@ -264,43 +272,6 @@ impl Default for JobSettings {
     }
 }
 
-/// `[server]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSettings {
-    /// Address to listen on; port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// How long in-flight calls may run after SIGTERM/SIGINT before the
-    /// server drops them.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// Listen on a non-loopback address with nothing guarding the port
-    /// (Roadie has no TLS or tokens yet): whoever reaches it can read and
-    /// write everything. Off: such an address is refused at start.
-    pub insecure: bool,
-}
-
-impl ServerSettings {
-    /// The rule of an exposed port, for the server before it listens: a
-    /// non-loopback `listen` needs `insecure = true`, which says the operator
-    /// guards the network (a private network, a NetworkPolicy).
-    pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if self.listen.ip().is_loopback() || self.insecure {
-            return Ok(());
-        }
-        Err(ConfigError::new(
-            "server.listen",
-            format!(
-                "{} is not a loopback address, and nothing guards the port (no TLS, no \
-                 tokens): anyone who reaches it can read and write every entry; set \
-                 server.insecure = true (ROADIE__SERVER__INSECURE=true) if only trusted \
-                 clients can reach it",
-                self.listen
-            ),
-        ))
-    }
-}
-
 /// `[store]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -349,6 +320,12 @@ pub fn expires_at(now: i64, ttl: Duration) -> Option<i64> {
 }
 
 impl Settings {
+    /// The server's rule for a port beyond loopback (see
+    /// [`ServerSettings::check_exposure`]), with the tokens as one guard.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        self.server.check_exposure(!self.auth.tokens.is_empty())
+    }
+
     /// The settings as they may be shown (`--print-config`, logs): the store
     /// URL's password replaced. Secret header values never live here (only
     /// the names of the variables that hold them).
@@ -569,16 +546,7 @@ impl Default for Settings {
             hot_tier: HotTierSettings::default(),
             log: LogSettings::default(),
             admin: AdminSettings::default(),
-        }
-    }
-}
-
-impl Default for ServerSettings {
-    fn default() -> ServerSettings {
-        ServerSettings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            shutdown_grace: Duration::from_secs(10),
-            insecure: false,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -898,6 +866,8 @@ impl Settings {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.auth.validate()?;
         if roadie_store::Backend::from_url(&self.store.url).is_none() {
             return Err(ConfigError::new(
                 "store.url",
@@ -1117,23 +1087,6 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
-    }
-
-    #[test]
-    fn an_unguarded_public_listen_address_needs_insecure() {
-        let mut server = ServerSettings::default();
-        assert!(server.check_exposure().is_ok(), "loopback by default");
-        server.listen = "[::1]:50051".parse().expect("an address");
-        assert!(server.check_exposure().is_ok());
-        for public in ["0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051"] {
-            server.listen = public.parse().expect("an address");
-            server.insecure = false;
-            let error = server.check_exposure().expect_err("refused");
-            assert_eq!(error.setting, "server.listen");
-            assert!(error.message.contains("server.insecure = true"), "{error}");
-            server.insecure = true;
-            assert!(server.check_exposure().is_ok(), "{public} with insecure");
-        }
     }
 
     #[test]

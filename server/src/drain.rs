@@ -61,6 +61,11 @@ impl Drain {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Accepted connections not yet released.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     /// Resolves once every accepted connection has been released, its
     /// lingering close over: a process that exits before then resets the
     /// sockets it still holds.
@@ -295,17 +300,5 @@ impl tokio::io::AsyncWrite for Lingering {
 
     fn is_write_vectored(&self) -> bool {
         self.0.as_ref().is_some_and(|(s, _)| s.is_write_vectored())
-    }
-}
-
-impl tonic::transport::server::Connected for Lingering {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        let stream = self.0.as_ref().map(|(s, _)| s);
-        tonic::transport::server::TcpConnectInfo {
-            local_addr: stream.and_then(|s| s.local_addr().ok()),
-            remote_addr: stream.and_then(|s| s.peer_addr().ok()),
-        }
     }
 }

@@ -16,14 +16,18 @@
 //!   `waiter`: waiting Fetches.
 //! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
 //!   checkpoint, flushing the reads `access` noted.
-//! - `drain`: the shutdown drain.
+//! - `drain`: the shutdown drain; `transport`: accepting connections
+//!   within the transport limits; `tls`: the certificate, reloaded;
+//!   `auth`: tokens and roles.
 //! - `rpc`: every call's span and duration; `metrics`: the instruments and
 //!   the store probe behind readiness.
 //! - [`App`]: opens the store and serves until a shutdown future resolves.
 
 pub(crate) mod access;
+pub(crate) mod auth;
 pub(crate) mod cache;
 pub(crate) mod convert;
+pub use auth::token_digest;
 pub use roadie_config as config;
 pub(crate) mod drain;
 pub(crate) mod error;
@@ -37,6 +41,8 @@ pub(crate) mod metrics;
 pub(crate) mod rpc;
 pub(crate) mod state;
 pub(crate) mod stats;
+pub(crate) mod tls;
+pub(crate) mod transport;
 pub(crate) mod validate;
 pub(crate) mod waiter;
 pub(crate) mod watch;
@@ -51,14 +57,17 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
+    auth::{AuthLayer, Tokens},
     cache::CacheService,
-    config::Settings,
+    config::{Reflection, Settings},
     drain::{Drain, DrainLayer},
     feed::Feed,
     jobs::JobsService,
     maintenance::Maintenance,
     state::AppState,
     stats::Stats,
+    tls::Tls,
+    transport::CallLimitsLayer,
     waiter::{JobWaiter, WorkSignal},
 };
 
@@ -82,6 +91,9 @@ pub enum ServerError {
     /// this at load; settings built in code may skip it).
     #[error("{0}")]
     Config(roadie_config::ConfigError),
+    /// `server.tls`'s files or `auth.tokens`' files are unusable.
+    #[error("{0}")]
+    Guard(String),
     /// The start-up maintenance pass failed.
     #[error("start-up clean-up failed: {0}")]
     Startup(StoreError),
@@ -97,16 +109,26 @@ pub enum ServerError {
 #[derive(Debug, Clone)]
 pub struct App {
     state: Arc<AppState>,
+    tls: Option<Arc<Tls>>,
+    tokens: Arc<Tokens>,
 }
 
 impl App {
     /// Opens (and migrates) the store and cleans expired entries.
     pub async fn open(settings: Settings) -> Result<App, ServerError> {
-        App::open_with(settings, Readiness::default()).await
+        let tls = Tls::load(&settings.server.tls).map_err(ServerError::Guard)?;
+        App::open_with(settings, Readiness::default(), tls).await
     }
 
-    /// [`App::open`], reporting readiness through `ready`.
-    async fn open_with(settings: Settings, ready: Readiness) -> Result<App, ServerError> {
+    /// [`App::open`], reporting readiness through `ready`, with the TLS
+    /// files already read.
+    async fn open_with(
+        settings: Settings,
+        ready: Readiness,
+        tls: Option<Arc<Tls>>,
+    ) -> Result<App, ServerError> {
+        let tokens =
+            Tokens::load(&settings.auth, settings.server.reflection).map_err(ServerError::Guard)?;
         let options = settings.store.options();
         let store =
             Store::connect_retrying(&options)
@@ -143,7 +165,11 @@ impl App {
             started_at: SystemTime::now(),
             ready,
         });
-        let app = App { state };
+        let app = App {
+            state,
+            tls,
+            tokens: Arc::new(tokens),
+        };
         let report = app
             .maintenance()
             .run_once()
@@ -168,46 +194,32 @@ impl App {
         listener: TcpListener,
         ready: Readiness,
     ) -> Result<(App, TcpListener), ServerError> {
+        let tls = Tls::load(&settings.server.tls).map_err(ServerError::Guard)?;
+        let limits = transport::Limits::new(&settings.server.transport);
         let (mut health, health_service) = health_reporter().await;
         let stop_accepting = CancellationToken::new();
-        let (connections, incoming) = tokio::sync::mpsc::channel(16);
-        let accepting = {
-            let stop = stop_accepting.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => break,
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => {
-                                if connections.send(Ok::<_, std::io::Error>(stream)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "cannot accept a connection");
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            }
-                        },
-                    }
-                }
-                listener
-            })
-        };
+        let (give_back, listener_back) = tokio::sync::oneshot::channel();
+        let incoming = transport::incoming(
+            listener,
+            stop_accepting.clone(),
+            Arc::new(Drain::default()),
+            tls.clone(),
+            limits,
+            Some(give_back),
+        );
         let goaway = CancellationToken::new();
         let health_only = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::ReceiverStream::new(incoming),
-                    goaway.clone().cancelled_owned(),
-                ),
+                .serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned()),
         );
-        let opened = App::open_with(settings, ready).await;
+        let opened = App::open_with(settings, ready, tls).await;
         stop_accepting.cancel();
-        let listener = accepting
-            .await
-            .map_err(|error| ServerError::Startup(StoreError::Config(error.to_string())))?;
+        let listener = listener_back.await.map_err(|_| {
+            ServerError::Startup(StoreError::Config(
+                "the listener was lost while the store opened".to_owned(),
+            ))
+        })?;
         // Its connections are told to go (GOAWAY: clients reconnect, to the
         // full server), and its statuses are dropped, which ends every health
         // Watch held on it, so no client waits on this server's NOT_SERVING
@@ -223,6 +235,12 @@ impl App {
     /// The store this server uses.
     pub fn store(&self) -> &Store {
         &self.state.store
+    }
+
+    /// The TLS reloads applied since start, ticking after each (a changed
+    /// file or SIGHUP); `None` without TLS.
+    pub fn tls_reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.tls.as_ref().map(|tls| tls.reloads())
     }
 
     /// The upkeep tasks, for running a pass on demand.
@@ -269,14 +287,16 @@ impl App {
                 }
             })
         };
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        let reflection_v1 = reflection.build_v1()?;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-        let reflection_v1alpha = reflection.build_v1alpha()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(roadie_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflecting = settings.server.reflection != Reflection::Off;
+        let reflection_v1 = reflecting.then(|| reflection().build_v1()).transpose()?;
+        let reflection_v1alpha = reflecting
+            .then(|| reflection().build_v1alpha())
+            .transpose()?;
 
         let cache = CacheServer::new(CacheService::new(self.state.clone()))
             .max_decoding_message_size(message_limit)
@@ -285,27 +305,50 @@ impl App {
 
         let cancel = self.state.background.clone();
         let maintenance = tokio::spawn(self.maintenance().run(cancel.clone()));
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().run(cancel.clone()));
+        }
 
         let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, backend = self.state.store.backend().name(), "roadie-server listening");
+        tracing::info!(
+            addr = ?local,
+            backend = self.state.store.backend().name(),
+            tls = self.tls.is_some(),
+            client_certificates = settings.server.tls.client_ca.is_some(),
+            tokens = self.tokens.enabled(),
+            "roadie-server listening"
+        );
 
         let drain = Arc::new(Drain::default());
         // The listener closes when the drain starts; the connections are told
         // to go (GOAWAY) only once it is over.
         let closing = CancellationToken::new();
         let goaway = CancellationToken::new();
-        let incoming = accept(listener, closing.clone(), drain.clone());
+        let transport = &settings.server.transport;
+        let limits = transport::Limits::new(transport);
+        let incoming = transport::incoming(
+            listener,
+            closing.clone(),
+            drain.clone(),
+            self.tls.clone(),
+            limits.clone(),
+            None,
+        );
         let serve = tonic::transport::Server::builder()
+            .max_concurrent_streams(transport.max_concurrent_streams)
+            .http2_max_header_list_size(transport.max_header_bytes)
             // One span per call (continuing the caller's trace) and its
             // duration; without telemetry, only the transport's span.
             .trace_fn(rpc::log_span)
+            .layer(CallLimitsLayer(limits))
             .layer(tower::util::option_layer(
                 rpc::measured().then(rpc::CallLayer::new),
             ))
             .layer(DrainLayer(drain.clone()))
+            .layer(AuthLayer(self.tokens.clone()))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(cache)
             .add_service(jobs)
             .serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned());
@@ -402,49 +445,4 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     for service in ["", CACHE_SERVICE, JOBS_SERVICE] {
         health.set_service_status(service, status).await;
     }
-}
-
-/// Accepted connections (with TCP_NODELAY: without it a reply written as two
-/// segments waits for the client's delayed ACK, about 40 ms a call once calls
-/// pipeline) until `closing` fires, when the listener is dropped and the port
-/// closes. The stream itself stays open, so the transport does not take the
-/// end of accepting for the start of its own shutdown.
-fn accept(
-    listener: TcpListener,
-    closing: CancellationToken,
-    drain: Arc<Drain>,
-) -> impl futures::Stream<Item = std::io::Result<drain::Lingering>> {
-    let (connections, incoming) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = closing.cancelled() => break,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(%error, "cannot set TCP_NODELAY");
-                    }
-                    if connections
-                        .send(Ok(drain::Lingering::new(stream, &drain)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    // Out of file descriptors, most likely: back off a little
-                    // instead of spinning.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-        drop(listener);
-        // Keep the stream open until the transport stops reading it.
-        connections.closed().await;
-    });
-    tokio_stream::wrappers::ReceiverStream::new(incoming)
 }

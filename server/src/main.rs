@@ -34,11 +34,24 @@ enum Command {
         /// Where the copy goes; must not exist yet.
         path: PathBuf,
     },
+    /// Read a token on stdin and print its SHA-256 digest, the
+    /// `token_sha256` of an `[[auth.tokens]]` entry.
+    HashToken,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::HashToken) = args.command {
+        let mut token = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+            .context("cannot read the token on stdin")?;
+        if token.trim().is_empty() {
+            config_exit(&"hash-token: no token on stdin");
+        }
+        println!("{}", roadie_server::token_digest(&token));
+        return Ok(());
+    }
     let settings = match Settings::load(args.config.as_deref(), std::env::vars()) {
         Ok(settings) => settings,
         Err(error) => config_exit(&error),
@@ -52,9 +65,9 @@ async fn main() -> anyhow::Result<()> {
     let done = match &args.command {
         Some(Command::Migrate) => migrate(&settings).await,
         Some(Command::Backup { path }) => backup(&settings, path).await,
+        Some(Command::HashToken) => Ok(()),
         None => {
             settings
-                .server
                 .check_exposure()
                 .unwrap_or_else(|error| config_exit(&error));
             run(settings, &telemetry).await

@@ -20,7 +20,7 @@ use std::{
 
 use opentelemetry::{
     KeyValue, global,
-    metrics::{AsyncInstrument, Histogram, Meter},
+    metrics::{AsyncInstrument, Counter, Histogram, Meter},
 };
 use roadie_store::{JobState, PolicyUsage, ProviderState, QueueDepth, now_ms};
 use roadie_telemetry::admin::Readiness;
@@ -58,6 +58,26 @@ pub(crate) fn watch_lag() -> Histogram<f64> {
         .with_boundaries(vec![
             1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
         ])
+        .build()
+}
+
+/// `roadie.auth.decisions`: calls allowed and refused by the token check,
+/// by `outcome` (allowed, unauthenticated, permission_denied) and `role`
+/// (the role needed).
+pub(crate) fn auth_decisions() -> Counter<u64> {
+    meter()
+        .u64_counter("roadie.auth.decisions")
+        .with_description("Calls allowed or refused by the token check")
+        .build()
+}
+
+/// `roadie.transport.closed`: connections and calls the transport limits
+/// ended, by `reason` (connection_limit, handshake, idle, request_stalled,
+/// request_bytes).
+pub(crate) fn transport_closed() -> Counter<u64> {
+    meter()
+        .u64_counter("roadie.transport.closed")
+        .with_description("Connections and calls ended by the server's transport limits")
         .build()
 }
 

@@ -49,6 +49,24 @@ pub struct Cli {
     )]
     pub timeout: Duration,
 
+    /// PEM CA certificates to trust for an https:// server, instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", env = "ROADIE_CA", global = true, help_heading = GLOBAL)]
+    pub ca: Option<PathBuf>,
+
+    /// PEM client certificate chain, for a server that requires one (mTLS).
+    #[arg(long, value_name = "FILE", env = "ROADIE_CLIENT_CERT", requires = "client_key", global = true, help_heading = GLOBAL)]
+    pub client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "ROADIE_CLIENT_KEY", requires = "client_cert", global = true, help_heading = GLOBAL)]
+    pub client_key: Option<PathBuf>,
+
+    /// Bearer token sent with every call; prefer the environment variable,
+    /// which other users of the machine cannot read from the process list.
+    #[arg(long, value_name = "TOKEN", env = "ROADIE_TOKEN", hide_env_values = true, global = true, help_heading = GLOBAL)]
+    pub token: Option<String>,
+
     /// Machine output: one JSON object per result on stdout.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::error::ClientError;
 use crate::proto::{self, LookupStatus, PutOutcome, invalidate_request::Selector};
-use crate::{Client, connect};
+use crate::{Client, ConnectOptions};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 mod args;
@@ -154,9 +154,23 @@ async fn execute(
         Command::Put(put) => Some(read_value(put, stdin)?),
         _ => None,
     };
-    let client = connect(cli.server, cli.timeout)
+    let mut options = ConnectOptions::new(cli.timeout);
+    let read_file = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| CliError::Read {
+            what: path.display().to_string(),
+            source,
+        })
+    };
+    options.ca = cli.ca.as_deref().map(read_file).transpose()?;
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        options.identity = Some((read_file(cert)?, read_file(key)?));
+    }
+    let mut client = Client::connect_with(cli.server, &options)
         .await?
         .with_request_timeout(cli.timeout);
+    if let Some(token) = &cli.token {
+        client = client.with_token(token.trim())?;
+    }
     let exit = match cli.command {
         Command::Get(args) => get(&client, args, json, out).await?,
         Command::Put(args) => {

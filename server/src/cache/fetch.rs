@@ -10,7 +10,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::{CacheService, ReadOptions, lookup};
+use roadie_config::Role;
+
 use crate::{
+    auth::Access,
     convert::job_to_proto,
     error::ApiError,
     stats::Answer,
@@ -68,6 +71,13 @@ pub(super) async fn fetch(
     let deadline = grpc_timeout(request.metadata());
     // The job continues this call's trace (the worker's span is its child).
     let traceparent = roadie_telemetry::propagation::traceparent(&tracing::Span::current());
+    // A read token gets what is cached; fetching more takes write.
+    let access = request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .unwrap_or(Access::Open);
+    let may_enqueue = access.has(Role::Write);
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
     crate::rpc::record_key(&plan.url);
@@ -98,6 +108,15 @@ pub(super) async fn fetch(
                     job_shared: false,
                 }));
             }
+            pb::LookupStatus::Stale if !may_enqueue => {
+                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
+                return Ok(Response::new(pb::FetchResponse {
+                    status: answer.status,
+                    entry: answer.entry,
+                    job: None,
+                    job_shared: false,
+                }));
+            }
             pb::LookupStatus::Stale => {
                 // Stale-while-revalidate: answer now, refresh in the background.
                 let Some((job, shared)) = service
@@ -116,6 +135,10 @@ pub(super) async fn fetch(
             }
             _ => {}
         }
+        access.require(
+            Role::Write,
+            "a Fetch of an entry that is not cached (it enqueues a job)",
+        )?;
         if plan.mode == pb::FetchMode::Background {
             let Some((job, shared)) = service
                 .enqueue(&plan, plan.priority, traceparent.clone(), seen, now)

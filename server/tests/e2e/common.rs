@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use roadie_client::Client;
+use roadie_client::{Client, ConnectOptions};
 use roadie_server::{App, ServerError, config::Settings};
 use roadie_store::{Backend, Store, testing::TestDb};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -35,6 +35,34 @@ impl TestServer {
 
     /// Starts another server on the database at `url`, owned elsewhere.
     pub async fn start_at(url: &str, tweak: impl FnOnce(&mut Settings)) -> TestServer {
+        TestServer::start_guarded(
+            url,
+            tweak,
+            "http",
+            &ConnectOptions::new(Duration::from_secs(5)),
+        )
+        .await
+    }
+
+    /// Starts a server over a fresh database of `backend` whose client
+    /// connects with `scheme` ("https" for a server with TLS) and `options`.
+    pub async fn start_tls(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Settings),
+        options: &ConnectOptions,
+    ) -> Option<TestServer> {
+        let db = TestDb::new(backend).await?;
+        let mut server = TestServer::start_guarded(&db.url, tweak, "https", options).await;
+        server.db = Some(db);
+        Some(server)
+    }
+
+    async fn start_guarded(
+        url: &str,
+        tweak: impl FnOnce(&mut Settings),
+        scheme: &str,
+        options: &ConnectOptions,
+    ) -> TestServer {
         let mut settings = Settings::default();
         settings.store.url = url.to_owned();
         settings.server.shutdown_grace = Duration::from_secs(5);
@@ -49,7 +77,7 @@ impl TestServer {
         let handle = tokio::spawn(app.clone().serve(listener, async {
             let _ = stopped.await;
         }));
-        let client = roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
+        let client = Client::connect_with(format!("{scheme}://{addr}"), options)
             .await
             .expect("connect to the test server");
         TestServer {

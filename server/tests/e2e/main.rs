@@ -13,6 +13,8 @@ mod faults;
 mod fetch;
 mod hot_tier;
 mod jobs;
+mod pki;
 mod process;
+mod security;
 mod watch;
 mod watch_client;
