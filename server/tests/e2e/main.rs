@@ -5,6 +5,7 @@
 
 mod common;
 
+mod abuse;
 mod bad_input;
 mod cache;
 mod changes;
