@@ -389,6 +389,8 @@ def pb(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(
         cache=importlib.import_module("roadie.v1.cache_pb2"),
         cache_grpc=importlib.import_module("roadie.v1.cache_pb2_grpc"),
+        jobs=importlib.import_module("roadie.v1.jobs_pb2"),
+        jobs_grpc=importlib.import_module("roadie.v1.jobs_pb2_grpc"),
     )
 
 

@@ -18,15 +18,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::process::{BINARY, free_port, wait_until_serving};
 
 /// A server process with the given settings (environment variables).
-struct Server {
+pub(crate) struct Server {
     child: tokio::process::Child,
-    addr: String,
+    pub(crate) addr: String,
     _dir: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
-    async fn start(settings: &[(&str, &str)]) -> Server {
+    pub(crate) async fn start(settings: &[(&str, &str)]) -> Server {
         Server::start_with(settings, None).await
     }
 
@@ -117,7 +117,7 @@ impl Server {
     }
 
     /// The server still answers: health SERVING and a Put/Get round trip.
-    async fn assert_healthy(&self) {
+    pub(crate) async fn assert_healthy(&self) {
         let client = self.client().await;
         let status = client.health("").await.expect("health");
         assert_eq!(status, ServingStatus::Serving);
@@ -137,7 +137,7 @@ impl Server {
             .any(|l| l.contains(text))
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.pid().to_string();
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -156,7 +156,7 @@ impl Server {
 }
 
 /// An HTTP/2 connection speaking raw gRPC frames.
-async fn h2_connect(addr: &str) -> h2::client::SendRequest<Bytes> {
+pub(crate) async fn h2_connect(addr: &str) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {
@@ -165,7 +165,7 @@ async fn h2_connect(addr: &str) -> h2::client::SendRequest<Bytes> {
     send
 }
 
-fn grpc_request(addr: &str, path: &str, extra: &[(&str, String)]) -> http::Request<()> {
+pub(crate) fn grpc_request(addr: &str, path: &str, extra: &[(&str, String)]) -> http::Request<()> {
     let mut request = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}{path}"))

@@ -12,6 +12,7 @@ mod changes;
 mod cli;
 mod faults;
 mod fetch;
+mod fuzz;
 mod hot_tier;
 mod jobs;
 mod pki;

@@ -475,3 +475,116 @@ async fn reflection_follows_its_setting() {
         server.stop().await;
     }
 }
+
+/// The binary reloads its certificate on SIGHUP (the files are checked
+/// rarely here, so only the signal can explain the reload), keeps serving,
+/// and says so in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("Roadie test CA");
+    let leaf = ca.server();
+    let cert = write(dir.path(), "server.pem", &leaf.cert);
+    let key = write(dir.path(), "server.key", &leaf.key);
+    let port = crate::process::free_port();
+    let mut server = tokio::process::Command::new(crate::process::BINARY)
+        .env(
+            "ROADIE__STORE__URL",
+            format!("sqlite://{}/roadie.db", dir.path().display()),
+        )
+        .env("ROADIE__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ROADIE__SERVER__TLS__CERT", &cert)
+        .env("ROADIE__SERVER__TLS__KEY", &key)
+        .env("ROADIE__SERVER__TLS__RELOAD_INTERVAL", "1h")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roadie-server");
+    let mut lines = tokio::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+    let mut until_logged = async |text: &str| {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("stderr") {
+                if line.contains(text) {
+                    return;
+                }
+            }
+            panic!("the server ended before logging {text:?}");
+        })
+        .await
+        .expect("logged in time");
+    };
+    until_logged("roadie-server listening").await;
+    let url = format!("https://127.0.0.1:{port}");
+    let before = Client::connect_with(url.clone(), &trusting(&ca))
+        .await
+        .expect("the first certificate");
+    before.health("").await.expect("health");
+
+    let next = Ca::new("the next CA");
+    let leaf = next.server();
+    write(dir.path(), "server.key", &leaf.key);
+    write(dir.path(), "server.pem", &leaf.cert);
+    let pid = server.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    until_logged("TLS certificate and keys reloaded").await;
+    let after = Client::connect_with(url.clone(), &trusting(&next))
+        .await
+        .expect("the new certificate after SIGHUP");
+    after.health("").await.expect("health");
+    before
+        .health("")
+        .await
+        .expect("the open connection is kept");
+
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("stops")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
+
+/// A public listen address is accepted once tokens guard the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_a_public_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::process::free_port();
+    let config = write(
+        dir.path(),
+        "roadie.toml",
+        &format!(
+            "[server]\nlisten = \"0.0.0.0:{port}\"\n\n[store]\nurl = \"sqlite://{}/roadie.db\"\n\n\
+             [[auth.tokens]]\nname = \"app\"\nrole = \"read\"\ntoken_sha256 = \"{}\"\n",
+            dir.path().display(),
+            roadie_server::token_digest(READER)
+        ),
+    );
+    let mut server = tokio::process::Command::new(crate::process::BINARY)
+        .arg("--config")
+        .arg(&config)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn roadie-server");
+    let addr = format!("127.0.0.1:{port}");
+    crate::process::wait_until_serving(&addr).await;
+    let client = Client::connect(format!("http://{addr}"), TIMEOUT)
+        .await
+        .expect("connect");
+    let error = client.get(get("k")).await.expect_err("a token is needed");
+    assert_eq!(error.code(), Some(Code::Unauthenticated));
+    let reader = client.with_token(READER).expect("token");
+    reader.get(get("k")).await.expect("the reader may read");
+    server.start_kill().expect("kill");
+    server.wait().await.expect("wait");
+}
