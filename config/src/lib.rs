@@ -457,6 +457,11 @@ pub struct Provider {
     /// to the outgoing request only: never part of the cache key, the job,
     /// a log line or a span; a client's own value for one is dropped.
     pub secret_query: BTreeMap<String, String>,
+    /// Secret path segments: NAME → the NAME of an environment variable
+    /// holding the value, for APIs that take a key in the path. `base_url`
+    /// holds `{NAME}` as a whole segment, which stays in every cache key and
+    /// job; the worker puts the value there in the outgoing request only.
+    pub secret_path: BTreeMap<String, String>,
     /// Largest response body accepted, in bytes; 0 means `limits.max_value_bytes`.
     pub max_body_bytes: usize,
 }
@@ -625,6 +630,7 @@ impl Default for Provider {
             headers: BTreeMap::new(),
             secret_headers: BTreeMap::new(),
             secret_query: BTreeMap::new(),
+            secret_path: BTreeMap::new(),
             max_body_bytes: 0,
         }
     }
@@ -931,8 +937,21 @@ impl Settings {
         }
         for (name, provider) in &self.providers {
             let setting = |field: &str| format!("providers.{name}.{field}");
-            if let Err(message) = provider.base() {
-                return Err(ConfigError::new(setting("base_url"), message));
+            let base = provider
+                .base()
+                .map_err(|message| ConfigError::new(setting("base_url"), message))?;
+            for segment in provider.secret_path.keys() {
+                let placeholder = format!("%7B{segment}%7D");
+                let held = base.as_ref().is_some_and(|base| {
+                    base.path_segments()
+                        .is_some_and(|mut segments| segments.any(|s| s == placeholder))
+                });
+                if !held {
+                    return Err(ConfigError::new(
+                        setting(&format!("secret_path.{segment}")),
+                        format!("base_url has no {{{segment}}} path segment to fill"),
+                    ));
+                }
             }
             if !(provider.rate_per_second.is_finite() && provider.rate_per_second > 0.0) {
                 return Err(ConfigError::new(

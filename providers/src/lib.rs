@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use roadie_config::{ConfigError, Settings};
 use roadie_store::Rate;
 use url::{Host, Url};
@@ -105,6 +106,44 @@ pub struct ProviderPolicy {
     /// Their values, where the request is built (the worker): added to the
     /// outgoing URL only, by [`ProviderPolicy::request_url`].
     pub secret_query: Vec<(String, Secret)>,
+    /// Secret path segments (`providers.NAME.secret_path`): the base URL
+    /// holds `{NAME}` as a whole segment, which stays in every cache key and
+    /// job; [`ProviderPolicy::request_url`] puts the value there on the wire
+    /// only. Filled where the request is built (the worker).
+    pub secret_path: Vec<SecretSegment>,
+}
+
+/// What a path segment escapes (the URL standard's path-segment set).
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%');
+
+/// One secret path segment: where it is in the base URL's path, its
+/// placeholder's name, and its value.
+#[derive(Debug, Clone)]
+pub struct SecretSegment {
+    /// Index of the segment in the base URL's path.
+    pub index: usize,
+    /// NAME of the `{NAME}` placeholder.
+    pub name: String,
+    /// The value put on the wire.
+    pub value: Secret,
+}
+
+/// The index of the `{name}` segment in `base`'s path, if it has one.
+pub fn placeholder_index(base: &Url, name: &str) -> Option<usize> {
+    let placeholder = format!("%7B{name}%7D");
+    base.path_segments()?
+        .position(|segment| segment == placeholder || segment == format!("{{{name}}}"))
 }
 
 impl ProviderPolicy {
@@ -125,6 +164,7 @@ impl ProviderPolicy {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             secret_query_names: Vec::new(),
             secret_query: Vec::new(),
+            secret_path: Vec::new(),
         }
     }
 
@@ -132,6 +172,26 @@ impl ProviderPolicy {
     /// `url` with the secret query parameters added. Never log it.
     pub fn request_url(&self, url: &Url) -> Url {
         let mut wire = url.clone();
+        if !self.secret_path.is_empty() {
+            let path: Vec<String> = wire
+                .path()
+                .split('/')
+                .enumerate()
+                .map(|(at, segment)| {
+                    // `at` counts the empty piece before the leading '/'.
+                    let index = at.wrapping_sub(1);
+                    match self.secret_path.iter().find(|secret| {
+                        secret.index == index && segment == format!("%7B{}%7D", secret.name)
+                    }) {
+                        Some(secret) => {
+                            utf8_percent_encode(secret.value.expose(), SEGMENT).to_string()
+                        }
+                        None => segment.to_owned(),
+                    }
+                })
+                .collect();
+            wire.set_path(&path.join("/"));
+        }
         if !self.secret_query.is_empty() {
             let mut pairs = wire.query_pairs_mut();
             for (name, value) in &self.secret_query {
@@ -139,6 +199,43 @@ impl ProviderPolicy {
             }
         }
         wire
+    }
+
+    /// `url` (an answer's Location, say) with every secret the provider
+    /// knows put back as its placeholder (path segments) or dropped (query
+    /// parameters), fit for a log line, a job's error or a cache key.
+    pub fn conceal(&self, url: &Url) -> Url {
+        let mut shown = url.clone();
+        if !self.secret_path.is_empty() {
+            let path: Vec<String> = shown
+                .path()
+                .split('/')
+                .map(|segment| {
+                    let decoded = percent_decode_str(segment).decode_utf8_lossy();
+                    match self
+                        .secret_path
+                        .iter()
+                        .find(|secret| secret.value.expose() == decoded)
+                    {
+                        Some(secret) => format!("%7B{}%7D", secret.name),
+                        None => segment.to_owned(),
+                    }
+                })
+                .collect();
+            shown.set_path(&path.join("/"));
+        }
+        if shown.query().is_some() && !self.secret_query_names.is_empty() {
+            let kept: Vec<(String, String)> = shown
+                .query_pairs()
+                .filter(|(name, _)| !self.secret_query_names.iter().any(|s| s == name))
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect();
+            shown.set_query(None);
+            if !kept.is_empty() {
+                shown.query_pairs_mut().extend_pairs(kept);
+            }
+        }
+        shown
     }
 
     /// Adds a header sent with every request; a [`HeaderSetting::Secret`]
@@ -730,6 +827,35 @@ mod tests {
             p.request_url(&key).as_str(),
             "https://ws.audioscrobbler.com/2.0/?method=artist.getinfo&artist=Cher&api_key=s3cr3t"
         );
+        assert!(!format!("{p:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn secret_path_segments_are_only_on_the_wire() {
+        let base = Url::parse("https://api.example/v1/{key}/").expect("base");
+        assert_eq!(placeholder_index(&base, "key"), Some(1));
+        assert_eq!(placeholder_index(&base, "other"), None);
+        let mut p = ProviderPolicy::new("p", base);
+        p.secret_path = vec![SecretSegment {
+            index: 1,
+            name: "key".to_owned(),
+            value: Secret::new("s3cr3t"),
+        }];
+        let key = resolve_url(&p, "artist/1?fmt=json").expect("resolved");
+        assert_eq!(
+            key.as_str(),
+            "https://api.example/v1/%7Bkey%7D/artist/1?fmt=json"
+        );
+        let wire = p.request_url(&key);
+        assert_eq!(
+            wire.as_str(),
+            "https://api.example/v1/s3cr3t/artist/1?fmt=json"
+        );
+        // A client's own `{key}` segment further down is not filled in.
+        let deeper = resolve_url(&p, "x/%7Bkey%7D").expect("resolved");
+        assert!(!p.request_url(&deeper).as_str().ends_with("s3cr3t"));
+        // An echo of the wire URL (a redirect) is concealed again.
+        assert_eq!(p.conceal(&wire).as_str(), key.as_str());
         assert!(!format!("{p:?}").contains("s3cr3t"));
     }
 

@@ -177,7 +177,8 @@ def attribute(attributes: Any, key: str) -> Any:
 
 class Upstream:
     """A loopback HTTP upstream recording each request's path and headers;
-    paths under /api/gated/ are answered once the gate opens."""
+    paths under /api/gated/ are answered once the gate opens, paths with an
+    /echo/ segment by a redirect out of /api/ that repeats the request."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -191,6 +192,14 @@ class Upstream:
                     outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path.startswith("/api/gated/"):
                     outer.gate.wait(timeout=WAIT)
+                if "/echo/" in self.path:
+                    # A redirect out of the provider echoing the request
+                    # (its secrets included) in the Location.
+                    self.send_response(302)
+                    self.send_header("location", f"/outside{self.path}")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 body = b'{"name":"ok"}'
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -223,6 +223,8 @@ impl Fetcher {
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| current.join(v).ok())
+                // An echo of a secret (the wire URL) is concealed at once.
+                .map(|location| policy.conceal(&location))
             else {
                 return Ok(Outcome::Final {
                     status: Some(status.as_u16()),

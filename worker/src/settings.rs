@@ -52,6 +52,17 @@ pub fn providers(
                 .secret_query
                 .push((name.clone(), secret(&env, variable, &at)?));
         }
+        for (segment, variable) in &provider.secret_path {
+            let at = setting(&format!("secret_path.{segment}"));
+            let index = roadie_providers::placeholder_index(&policy.base_url, segment).ok_or_else(
+                || config_error(at.clone(), format!("base_url has no {{{segment}}} segment")),
+            )?;
+            policy.secret_path.push(roadie_providers::SecretSegment {
+                index,
+                name: segment.clone(),
+                value: secret(&env, variable, &at)?,
+            });
+        }
         on.policy = policy;
         providers.insert(name, on);
     }
