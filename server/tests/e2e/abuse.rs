@@ -240,20 +240,31 @@ async fn malformed_requests_are_refused_at_once() {
 /// `max_buffered_request_bytes` (streams beyond it fail RESOURCE_EXHAUSTED
 /// at once), the stalled ones fail DEADLINE_EXCEEDED after
 /// `request_stall_timeout`, and the peak resident memory stays within the
-/// budget plus a fixed margin.
+/// budget plus a fixed margin. `ROADIE_ABUSE_MESSAGE_MIB` and
+/// `ROADIE_ABUSE_BUDGET_MIB` (default 1 and 32) replay the report's case
+/// on the default budget (8 and 256).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_are_bounded_and_timed_out() {
-    const BUDGET_MIB: f64 = 32.0;
+    let mib = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let (message_mib, budget_mib) = (
+        mib("ROADIE_ABUSE_MESSAGE_MIB", 1),
+        mib("ROADIE_ABUSE_BUDGET_MIB", 32),
+    );
     let server = Server::start(&[
         (
             "ROADIE__SERVER__TRANSPORT__MAX_BUFFERED_REQUEST_BYTES",
-            &(32 * 1024 * 1024).to_string(),
+            &(budget_mib * 1024 * 1024).to_string(),
         ),
         ("ROADIE__SERVER__TRANSPORT__REQUEST_STALL_TIMEOUT", "2s"),
     ])
     .await;
     let before = server.memory("VmRSS");
-    let message = 1024 * 1024;
+    let message = message_mib * 1024 * 1024;
     let mut answers = Vec::new();
     let mut bodies = Vec::new();
     for _ in 0..4 {
@@ -283,7 +294,7 @@ async fn stalled_request_bodies_are_bounded_and_timed_out() {
     drop(bodies);
     let peak = server.memory("VmHWM");
     eprintln!(
-        "stalled bodies: 200 streams of 1 MiB - 1 byte; answers {codes:?}; resident before {before:.1} MiB, peak {peak:.1} MiB"
+        "stalled bodies: 200 streams of {message_mib} MiB - 1 byte, budget {budget_mib} MiB; answers {codes:?}; resident before {before:.1} MiB, peak {peak:.1} MiB"
     );
     let stalled = codes
         .get(&Some(tonic::Code::DeadlineExceeded as i32))
@@ -300,7 +311,7 @@ async fn stalled_request_bodies_are_bounded_and_timed_out() {
     );
     assert_eq!(stalled + exhausted, 200, "{codes:?}");
     assert!(
-        peak < before + BUDGET_MIB * 2.0 + 64.0,
+        peak < before + budget_mib as f64 * 2.0 + 64.0,
         "peak {peak:.1} MiB from {before:.1} MiB"
     );
     server.assert_healthy().await;
