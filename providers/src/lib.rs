@@ -224,17 +224,7 @@ impl ProviderPolicy {
                 .collect();
             shown.set_path(&path.join("/"));
         }
-        if shown.query().is_some() && !self.secret_query_names.is_empty() {
-            let kept: Vec<(String, String)> = shown
-                .query_pairs()
-                .filter(|(name, _)| !self.secret_query_names.iter().any(|s| s == name))
-                .map(|(name, value)| (name.into_owned(), value.into_owned()))
-                .collect();
-            shown.set_query(None);
-            if !kept.is_empty() {
-                shown.query_pairs_mut().extend_pairs(kept);
-            }
-        }
+        drop_secret_query(&mut shown, &self.secret_query_names);
         shown
     }
 
@@ -378,19 +368,9 @@ pub fn resolve_url(policy: &ProviderPolicy, path_or_url: &str) -> Result<Url, Re
         )));
     }
     url.set_fragment(None);
-    if !policy.secret_query_names.is_empty() && url.query().is_some() {
-        // The worker adds these; a client's own value is dropped, so no key,
-        // job or log line carries it.
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(name, _)| !policy.secret_query_names.iter().any(|s| s == name))
-            .map(|(name, value)| (name.into_owned(), value.into_owned()))
-            .collect();
-        url.set_query(None);
-        if !kept.is_empty() {
-            url.query_pairs_mut().extend_pairs(kept);
-        }
-    }
+    // The worker adds these; a client's own value is dropped, so no key,
+    // job or log line carries it.
+    drop_secret_query(&mut url, &policy.secret_query_names);
     if url.query() == Some("") {
         url.set_query(None);
     }
@@ -451,6 +431,22 @@ fn base_directory(base: &Url) -> Result<Url, Refusal> {
 /// routing would read as a `..` or `.` segment. The URL parser already
 /// resolves `%2e%2e` on its own; it keeps encoded slashes, and must (a title
 /// like `AC%2FDC` is legitimate).
+/// Drops the query parameters named in `names` from `url`.
+fn drop_secret_query(url: &mut Url, names: &[String]) {
+    if names.is_empty() || url.query().is_none() {
+        return;
+    }
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(name, _)| !names.iter().any(|s| s == name))
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
+}
+
 fn hides_dot_segment(segment: &str) -> bool {
     let decoded = segment
         .to_ascii_lowercase()

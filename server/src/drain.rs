@@ -172,7 +172,7 @@ where
         async move {
             let response = response.await?;
             Ok(response.map(|body| {
-                Body::new(Counted {
+                Body::new(Holding {
                     body,
                     _guard: guard,
                 })
@@ -182,13 +182,13 @@ where
     }
 }
 
-/// A response body that keeps its call counted until it is dropped.
-struct Counted {
-    body: Body,
-    _guard: InFlight,
+/// A response body holding a guard (a call's count) until it is dropped.
+pub(crate) struct Holding<G> {
+    pub(crate) body: Body,
+    pub(crate) _guard: G,
 }
 
-impl http_body::Body for Counted {
+impl<G: Unpin + Send + 'static> http_body::Body for Holding<G> {
     type Data = bytes::Bytes;
     type Error = Status;
 

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, body::Body, transport::server::TcpConnectInfo};
 
 use crate::{
-    drain::{Drain, Lingering},
+    drain::{Drain, Holding, Lingering},
     tls::Tls,
 };
 
@@ -438,7 +438,7 @@ where
         let response = self.inner.call(http::Request::from_parts(parts, body));
         async move {
             let response = response.await?;
-            Ok(response.map(|body| Body::new(Held { body, _call: call })))
+            Ok(response.map(|body| Body::new(Holding { body, _guard: call })))
         }
         .boxed()
     }
@@ -515,32 +515,6 @@ impl http_body::Body for Guarded {
 
     fn is_end_stream(&self) -> bool {
         self.done || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// A response body that keeps its call counted on the connection.
-struct Held {
-    body: Body,
-    _call: Option<Call>,
-}
-
-impl http_body::Body for Held {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -98,17 +98,11 @@ pub(super) async fn fetch(
         let seen = stored.as_ref().map_or(0, |entry| entry.revision);
         let seen = (round < ENQUEUE_ROUNDS).then_some(seen);
         round += 1;
+        // A stale entry for a caller who may not refresh it is answered as is.
+        let answer_as_is = matches!(status, pb::LookupStatus::Hit | pb::LookupStatus::Negative)
+            || (status == pb::LookupStatus::Stale && !may_enqueue);
         match status {
-            pb::LookupStatus::Hit | pb::LookupStatus::Negative => {
-                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
-                return Ok(Response::new(pb::FetchResponse {
-                    status: answer.status,
-                    entry: answer.entry,
-                    job: None,
-                    job_shared: false,
-                }));
-            }
-            pb::LookupStatus::Stale if !may_enqueue => {
+            _ if answer_as_is => {
                 let answer = service.respond(status, stored, &plan.read.miss_policy, now);
                 return Ok(Response::new(pb::FetchResponse {
                     status: answer.status,
