@@ -144,6 +144,9 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The deadline each request carries (`grpc-timeout`).
+const DEADLINE: &str = "1S";
+
 /// One change to a message's bytes.
 #[derive(Debug, Clone)]
 enum Mutation {
@@ -207,7 +210,9 @@ async fn send(
     message: &[u8],
 ) -> Option<Answer> {
     let mut ready = sender.clone().ready().await.ok()?;
-    let request = grpc_request(addr, path, &[]);
+    // A deadline, as every real client sends: a Fetch that waits for a
+    // worker (there is none here) answers within it.
+    let request = grpc_request(addr, path, &[("grpc-timeout", DEADLINE.to_owned())]);
     let (response, mut body) = ready.send_request(request, false).ok()?;
     let mut frame = Vec::with_capacity(message.len() + 5);
     frame.push(0);
