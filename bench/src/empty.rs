@@ -110,6 +110,13 @@ impl Cache for EmptyCache {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         unimplemented()
     }
+
+    async fn list_entries(
+        &self,
+        _: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves [`EmptyCache`] on `listen` until the process ends.

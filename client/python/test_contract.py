@@ -407,6 +407,43 @@ def test_invalidate_by_key_prefix_counts_what_it_deleted(cache, pb, prefix):
     assert again.count == 0
 
 
+def test_list_entries_pages_in_key_order_and_names_the_revision(cache, pb, prefix):
+    keys = [prefix + f"image/{i:02}" for i in range(5)] + [prefix + "image/é"]
+    for key in reversed(keys):
+        put(cache, pb, key, value=b"\x89PNG", tags=["artist:listed"])
+    put(cache, pb, prefix + "imagez")  # shares the prefix but the slash
+
+    listed, token, revisions = [], "", set()
+    while True:
+        page = cache.ListEntries(
+            pb.cache.ListEntriesRequest(
+                key_prefix=prefix + "image/", page_size=4, page_token=token, without_values=True
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+        assert len(page.entries) <= 4
+        listed.extend(page.entries)
+        revisions.add(page.revision)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [e.key for e in listed] == keys, "bytewise key order, every page followed"
+    assert all(e.value == b"" and list(e.tags) == ["artist:listed"] for e in listed)
+    assert len(revisions) == 1 and revisions.pop() >= max(e.revision for e in listed)
+
+    with_values = cache.ListEntries(
+        pb.cache.ListEntriesRequest(key_prefix=prefix + "image/", page_size=1), timeout=RPC_TIMEOUT
+    )
+    assert with_values.entries[0].value == b"\x89PNG"
+
+    with pytest.raises(grpc.RpcError) as caught:
+        cache.ListEntries(pb.cache.ListEntriesRequest(page_size=1001), timeout=RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_size" in caught.value.details()
+    assert "1000" in caught.value.details()
+    assert has_bad_request_detail(caught.value)
+
+
 def test_overlong_key_is_invalid_argument_naming_key_and_limit(cache, pb):
     with pytest.raises(grpc.RpcError) as caught:
         get(cache, pb, "k" * (MAX_KEY_BYTES + 1))

@@ -246,6 +246,19 @@ impl Client {
         Ok(cache.get_random(self.request(request)).await?.into_inner())
     }
 
+    /// Cache.ListEntries: one page of the entries matching a selector, in
+    /// key order; pass `next_page_token` back for the next.
+    pub async fn list_entries(
+        &self,
+        request: proto::ListEntriesRequest,
+    ) -> Result<proto::ListEntriesResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache
+            .list_entries(self.request(request))
+            .await?
+            .into_inner())
+    }
+
     /// Cache.Fetch: reads an entry, fetching it through the job queue when it
     /// is missing or stale. In WAIT mode the request deadline bounds the wait.
     pub async fn fetch(

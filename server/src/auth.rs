@@ -81,7 +81,7 @@ fn needed(path: &str, reflection: Reflection) -> Need {
             }
         }
         "roadie.v1.Cache" => match method {
-            "Get" | "BatchGet" | "GetRandom" | "Fetch" | "Watch" | "Stats" => {
+            "Get" | "BatchGet" | "GetRandom" | "ListEntries" | "Fetch" | "Watch" | "Stats" => {
                 Need::Role(Role::Read)
             }
             "Put" | "Delete" | "Invalidate" | "PublishEvent" => Need::Role(Role::Write),
@@ -314,6 +314,7 @@ mod tests {
             ("/roadie.v1.Cache/Get", read),
             ("/roadie.v1.Cache/BatchGet", read),
             ("/roadie.v1.Cache/GetRandom", read),
+            ("/roadie.v1.Cache/ListEntries", read),
             ("/roadie.v1.Cache/Fetch", read),
             ("/roadie.v1.Cache/Watch", read),
             ("/roadie.v1.Cache/Stats", read),

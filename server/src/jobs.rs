@@ -6,16 +6,18 @@ use roadie_proto::v1::{self as pb, jobs_server::Jobs};
 use roadie_store::{Job, JobState, StoreError, now_ms};
 use tonic::{Request, Response, Status};
 
-use crate::{convert::job_to_proto, error::ApiError, state::AppState, validate::FieldError};
+use crate::{
+    convert::job_to_proto,
+    error::ApiError,
+    state::AppState,
+    validate::{self, FieldError},
+};
 
 /// The Jobs service.
 #[derive(Debug, Clone)]
 pub struct JobsService {
     state: Arc<AppState>,
 }
-
-const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1000;
 
 impl JobsService {
     /// The service over `state`.
@@ -60,17 +62,7 @@ impl Jobs for JobsService {
                 .into());
             }
         };
-        let page_size = match req.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n > MAX_PAGE_SIZE => {
-                return Err(ApiError::from(FieldError::new(
-                    "page_size",
-                    format!("is {n}, the limit is {MAX_PAGE_SIZE}"),
-                ))
-                .into());
-            }
-            n => n,
-        };
+        let page_size = validate::page_size("page_size", req.page_size).map_err(ApiError::from)?;
         let before = if req.page_token.is_empty() {
             u64::MAX
         } else {

@@ -107,6 +107,23 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Items per page of a listing when the request names none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Most items per page of a listing.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// A listing's page size: 0 means the default, above the limit is refused.
+pub fn page_size(field: &str, size: u32) -> Result<u32, FieldError> {
+    match size {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n > MAX_PAGE_SIZE => Err(FieldError::new(
+            field,
+            format!("is {n}, the limit is {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(n),
+    }
+}
+
 /// Text that may be empty (an optional field), else as [`text`].
 pub fn optional_text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.is_empty() {

@@ -175,6 +175,32 @@ pub enum Selector {
     },
 }
 
+/// An entry's state at a moment, as a listing filters on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Not negative, not expired.
+    Fresh,
+    /// Not negative, expired.
+    Stale,
+    /// A cached "not found" or "failed", expired or not.
+    Negative,
+}
+
+/// Which entries a listing takes; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Keys starting with this.
+    pub key_prefix: String,
+    /// Entries carrying this tag.
+    pub tag: String,
+    /// Entries under this policy.
+    pub policy: String,
+    /// Entries fetched by this provider.
+    pub provider: String,
+    /// Entries in this state.
+    pub freshness: Option<Freshness>,
+}
+
 /// Entries and bytes stored under one policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyUsage {
@@ -235,6 +261,39 @@ impl Store {
             }
         }
         Ok(entries)
+    }
+
+    /// Up to `limit` entries matching `filter` with keys after `after`, in
+    /// bytewise key order (both backends), judged fresh or stale at `now`;
+    /// values left empty unless `with_values`.
+    pub async fn entry_list(
+        &self,
+        filter: &EntryFilter,
+        after: &str,
+        limit: u32,
+        with_values: bool,
+        now: i64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let freshness = match filter.freshness {
+            None => 0_i64,
+            Some(Freshness::Fresh) => 1,
+            Some(Freshness::Stale) => 2,
+            Some(Freshness::Negative) => 3,
+        };
+        let rows = sqlx::query(sql!(self.backend, "entry_list"))
+            .bind(after)
+            .bind(filter.key_prefix.as_str())
+            .bind(prefix_end(&filter.key_prefix).unwrap_or_default())
+            .bind(filter.tag.as_str())
+            .bind(filter.policy.as_str())
+            .bind(filter.provider.as_str())
+            .bind(freshness)
+            .bind(now)
+            .bind(i64::from(with_values))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     /// Writes an entry unless its conditions say otherwise.
@@ -614,6 +673,23 @@ fn confidence_from(value: i64) -> u8 {
     u8::try_from(value.clamp(0, 100)).unwrap_or(0)
 }
 
+/// The least string above every string starting with `prefix`, bytewise;
+/// `None` when there is none (no prefix, or one of only `char::MAX`).
+/// UTF-8 keeps code-point order and no character's encoding is a prefix of
+/// another's, so raising the last character that can be raised bounds the
+/// range.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     let metadata: String = row.try_get("metadata")?;
     let provider: Option<String> = row.try_get("provider")?;
@@ -647,4 +723,26 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
         revision: from_i64(row.try_get("revision")?),
         provenance,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_range_ends_above_every_key_that_starts_with_it() {
+        assert_eq!(prefix_end(""), None);
+        assert_eq!(prefix_end("artist:").as_deref(), Some("artist;"));
+        // The last character raised across an encoding's length change.
+        assert_eq!(prefix_end("a\u{7f}").as_deref(), Some("a\u{80}"));
+        // Surrogates are no characters: skipped.
+        assert_eq!(prefix_end("\u{d7ff}").as_deref(), Some("\u{e000}"));
+        // char::MAX cannot be raised: the character before it is.
+        assert_eq!(prefix_end("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{10ffff}"), None);
+        for (prefix, key) in [("a\u{7f}", "a\u{7f}\u{10ffff}zz"), ("é", "é\u{10ffff}")] {
+            let end = prefix_end(prefix).expect("an end");
+            assert!(key.as_bytes() < end.as_bytes(), "{key:?} < {end:?}");
+        }
+    }
 }

@@ -46,7 +46,8 @@ use sqlx::{
 
 pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
 pub use entry::{
-    Access, DeleteResult, Entry, EntryPut, Eviction, PolicyUsage, Provenance, PutResult, Selector,
+    Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,
+    Provenance, PutResult, Selector,
 };
 pub use error::StoreError;
 pub use job::{

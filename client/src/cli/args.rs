@@ -90,6 +90,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Delete every entry matching one selector.
     Invalidate(InvalidateArgs),
+    /// List the entries matching a selector, in key order.
+    Ls(super::list::ListArgs),
     /// Read a random fresh entry carrying a tag.
     #[command(after_help = EXIT_CODES_HELP)]
     Random(RandomArgs),

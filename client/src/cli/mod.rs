@@ -26,6 +26,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 mod args;
 mod fetch;
 mod jobs;
+mod list;
 mod output;
 mod watch;
 
@@ -180,6 +181,7 @@ async fn execute(
         Command::Delete(args) => delete(&client, args, json, out).await?,
         Command::Invalidate(args) => invalidate(&client, args, json, out).await?,
         Command::Random(args) => random(&client, args, json, out).await?,
+        Command::Ls(args) => list::run(&client, args, json, out).await?,
         Command::Event(args) => event(&client, args, json, out).await?,
         Command::Stats => stats(&client, json, out).await?,
         Command::Health(args) => health(&client, args, json, out).await?,

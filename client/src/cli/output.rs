@@ -20,6 +20,8 @@ pub enum ValueSink<'a> {
     Inline,
     /// Written to this file.
     File(&'a str),
+    /// Not asked for (a listing without values).
+    Omitted,
 }
 
 /// Writes one JSON object and a newline.
@@ -39,7 +41,8 @@ pub fn lookup_label(status: LookupStatus) -> &'static str {
     }
 }
 
-fn entry_status_label(status: EntryStatus) -> &'static str {
+/// The lowercase name of an entry status.
+pub fn entry_status_label(status: EntryStatus) -> &'static str {
     match status {
         EntryStatus::Unspecified => "unspecified",
         EntryStatus::Fresh => "fresh",
@@ -116,7 +119,9 @@ pub struct EntryJson {
     value_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     value_file: Option<String>,
-    value_bytes: usize,
+    /// Absent when the value was not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_bytes: Option<usize>,
     media_type: String,
     policy: String,
     tags: Vec<String>,
@@ -145,6 +150,7 @@ impl EntryJson {
     pub fn new(entry: &proto::Entry, sink: ValueSink<'_>) -> EntryJson {
         let (value, value_base64, value_file) = match sink {
             ValueSink::File(path) => (None, None, Some(path.to_owned())),
+            ValueSink::Omitted => (None, None, None),
             ValueSink::Inline => match std::str::from_utf8(&entry.value) {
                 Ok(text) => (Some(text.to_owned()), None, None),
                 Err(_) => (
@@ -159,7 +165,7 @@ impl EntryJson {
             value,
             value_base64,
             value_file,
-            value_bytes: entry.value.len(),
+            value_bytes: (!matches!(sink, ValueSink::Omitted)).then_some(entry.value.len()),
             media_type: entry.media_type.clone(),
             policy: entry.policy.clone(),
             tags: entry.tags.clone(),
@@ -242,6 +248,7 @@ pub fn write_entry(
     let len = entry.value.len();
     match sink {
         ValueSink::File(path) => writeln!(out, "<{len} bytes written to {path}>"),
+        ValueSink::Omitted => Ok(()),
         ValueSink::Inline if len == 0 => writeln!(out, "<empty>"),
         ValueSink::Inline => match std::str::from_utf8(&entry.value) {
             Ok(text) => {

@@ -1,7 +1,7 @@
 //! `roadie.v1.Cache`: every RPC validates its request, talks to the store,
 //! and maps failures through [`ApiError`]. The trait implementation here
 //! hands each call to its room: `reads` (Get, BatchGet, GetRandom),
-//! `writes` (Put, Delete, Invalidate), `fetch` (Fetch: plan, enqueue,
+//! `list` (ListEntries), `writes` (Put, Delete, Invalidate), `fetch` (Fetch: plan, enqueue,
 //! wait), `publish` (PublishEvent), `stats` (Stats); Watch goes to
 //! [`crate::watch`]. What several share (read options, the hot tier's
 //! read-through, answers) stays in this file.
@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod fetch;
+mod list;
 mod publish;
 mod reads;
 mod stats;
@@ -92,6 +93,18 @@ impl CacheService {
                 validate::quoted(&policy),
                 known.join(", ")
             ),
+        )
+        .into())
+    }
+
+    /// An optional provider filter: empty, or a configured provider.
+    fn known_provider(&self, field: &str, provider: &str) -> Result<(), ApiError> {
+        if provider.is_empty() || self.state.settings.providers.contains_key(provider) {
+            return Ok(());
+        }
+        Err(FieldError::new(
+            field,
+            format!("unknown provider {}", validate::quoted(provider)),
         )
         .into())
     }
@@ -326,5 +339,12 @@ impl Cache for CacheService {
         request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         stats::stats(self, request).await
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        list::list_entries(self, request).await
     }
 }

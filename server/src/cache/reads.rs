@@ -75,13 +75,7 @@ pub(super) async fn get_random(
     if !req.policy.is_empty() {
         service.configured_policy("policy", req.policy.clone())?;
     }
-    if !req.provider.is_empty() && !service.state.settings.providers.contains_key(&req.provider) {
-        return Err(ApiError::from(FieldError::new(
-            "provider",
-            format!("unknown provider {}", validate::quoted(&req.provider)),
-        ))
-        .into());
-    }
+    service.known_provider("provider", &req.provider)?;
     let now = now_ms();
     let entry = service
         .state

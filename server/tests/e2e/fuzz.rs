@@ -120,6 +120,20 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("/roadie.v1.Cache/Stats", Vec::new()),
         (
+            "/roadie.v1.Cache/ListEntries",
+            proto::ListEntriesRequest {
+                key_prefix: "artist:".to_owned(),
+                tag: "artist:daft punk".to_owned(),
+                policy: "generic".to_owned(),
+                status: proto::EntryStatus::Fresh.into(),
+                page_size: 10,
+                page_token: "3.61".to_owned(),
+                without_values: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
             "/roadie.v1.Jobs/GetJob",
             proto::GetJobRequest { id: 7 }.encode_to_vec(),
         ),

@@ -15,6 +15,7 @@ mod fetch;
 mod fuzz;
 mod hot_tier;
 mod jobs;
+mod listing;
 mod pki;
 mod process;
 mod security;

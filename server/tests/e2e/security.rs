@@ -234,6 +234,7 @@ async fn call(client: &Client, rpc: &str) -> Result<(), ClientError> {
             })
             .await
             .map(drop),
+        "ListEntries" => client.list_entries(Default::default()).await.map(drop),
         "Stats" => client.stats(Default::default()).await.map(drop),
         "Watch" => client
             .watch_once(proto::WatchRequest::default())
@@ -312,6 +313,7 @@ async fn each_role_is_allowed_and_refused_on_every_rpc(backend: Backend) {
         ("Get", Role::Read),
         ("BatchGet", Role::Read),
         ("GetRandom", Role::Read),
+        ("ListEntries", Role::Read),
         ("Stats", Role::Read),
         ("Watch", Role::Read),
         ("Fetch cached", Role::Read),
