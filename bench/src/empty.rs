@@ -117,6 +117,13 @@ impl Cache for EmptyCache {
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         unimplemented()
     }
+
+    async fn batch_fetch(
+        &self,
+        _: Request<pb::BatchFetchRequest>,
+    ) -> Result<Response<pb::BatchFetchResponse>, Status> {
+        unimplemented()
+    }
 }
 
 /// Serves [`EmptyCache`] on `listen` until the process ends.

@@ -269,6 +269,16 @@ impl Client {
         Ok(cache.fetch(self.request(request)).await?.into_inner())
     }
 
+    /// Cache.BatchFetch: background fetches of many paths in one call, each
+    /// item answered (or refused) on its own, in request order.
+    pub async fn batch_fetch(
+        &self,
+        request: proto::BatchFetchRequest,
+    ) -> Result<proto::BatchFetchResponse, ClientError> {
+        let mut cache = self.cache.clone();
+        Ok(cache.batch_fetch(self.request(request)).await?.into_inner())
+    }
+
     /// Cache.PublishEvent: a library event, turned into invalidations.
     pub async fn publish_event(
         &self,

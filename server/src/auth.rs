@@ -84,7 +84,9 @@ fn needed(path: &str, reflection: Reflection) -> Need {
             "Get" | "BatchGet" | "GetRandom" | "ListEntries" | "Fetch" | "Watch" | "Stats" => {
                 Need::Role(Role::Read)
             }
-            "Put" | "Delete" | "Invalidate" | "PublishEvent" => Need::Role(Role::Write),
+            "Put" | "Delete" | "Invalidate" | "PublishEvent" | "BatchFetch" => {
+                Need::Role(Role::Write)
+            }
             _ => Need::Role(Role::Admin),
         },
         _ => Need::Role(Role::Admin),
@@ -322,6 +324,7 @@ mod tests {
             ("/roadie.v1.Cache/Delete", write),
             ("/roadie.v1.Cache/Invalidate", write),
             ("/roadie.v1.Cache/PublishEvent", write),
+            ("/roadie.v1.Cache/BatchFetch", write),
             ("/roadie.v1.Cache/Unknown", admin),
             ("/roadie.v1.Jobs/GetJob", admin),
             ("/roadie.v1.Jobs/ListJobs", admin),

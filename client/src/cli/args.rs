@@ -18,7 +18,8 @@ Exit codes:
      one it cannot resume after, such as a compacted --from revision)
   3  get found a negative entry (a cached \"not found\")
   4  not written: put kept a higher-confidence entry or its --if-revision did
-     not match; delete's --if-revision did not match";
+     not match; delete's --if-revision did not match
+  5  warm: an item was refused, a job failed, or Ctrl-C stopped the follow";
 
 /// Help heading of the flags every subcommand takes.
 const GLOBAL: &str = "Global options";
@@ -105,6 +106,10 @@ pub enum Command {
     /// Read through the cache, fetching from the provider on a miss.
     #[command(after_help = EXIT_CODES_HELP)]
     Fetch(super::fetch::FetchArgs),
+    /// Queue background fetches of every item of a file, then follow them
+    /// to the end with a progress bar (exit 5 when any was refused or
+    /// failed).
+    Warm(super::warm::WarmArgs),
     /// Inspect and steer the fetch-job queue.
     Jobs(super::jobs::JobsArgs),
     /// Print changes as they happen, one line each, resuming across

@@ -28,6 +28,7 @@ mod fetch;
 mod jobs;
 mod list;
 mod output;
+mod warm;
 mod watch;
 
 pub use args::{
@@ -51,6 +52,9 @@ pub enum Exit {
     Negative,
     /// 4: a conditional write or delete did not happen.
     NotWritten,
+    /// 5: warm: an item was refused, a job failed, or the follow stopped
+    /// before the end.
+    Incomplete,
 }
 
 impl Exit {
@@ -62,6 +66,7 @@ impl Exit {
             Exit::Error => 2,
             Exit::Negative => 3,
             Exit::NotWritten => 4,
+            Exit::Incomplete => 5,
         }
     }
 }
@@ -93,6 +98,25 @@ pub enum CliError {
         path: String,
         /// The IO error.
         source: io::Error,
+    },
+    /// A line of an input file is neither form it may take.
+    #[error("line {line}: {reason}")]
+    Input {
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `warm` cannot follow the jobs it queued.
+    #[error(
+        "the jobs are queued, but following them needs the admin role ({provider}: {reason}); \
+         use --no-wait, or a token with the admin role"
+    )]
+    Follow {
+        /// A provider whose jobs could not be read.
+        provider: String,
+        /// The server's refusal.
+        reason: String,
     },
     /// An argument clap accepted but the request cannot carry.
     #[error("invalid {flag}: {reason}")]
@@ -187,6 +211,7 @@ async fn execute(
         Command::Health(args) => health(&client, args, json, out).await?,
         Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
         Command::Fetch(args) => fetch::run(&client, args, json, out).await?,
+        Command::Warm(args) => warm::run(&client, args, stdin, json, out, err).await?,
         // Flushed line by line already, and a reader that went away (`| head`)
         // is how a watch may end: a final flush would only fail on it.
         Command::Watch(args) => return watch::run(&client, args, json, out, err).await,

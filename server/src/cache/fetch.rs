@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use roadie_proto::v1 as pb;
 use roadie_providers::{check_address, resolve_url};
 use roadie_store::{Job, JobNew, now_ms};
@@ -30,6 +31,20 @@ struct FetchPlan {
     priority: u32,
     tags: Vec<String>,
     read: ReadOptions,
+}
+
+/// Where [`CacheService::settle`] leaves a Fetch. One lives for a moment
+/// per call, so both variants stay unboxed.
+#[allow(clippy::large_enum_variant)]
+enum Settled {
+    /// Answered: from the cache, or with the job queued in the background.
+    Answered(pb::FetchResponse),
+    /// WAIT mode: the job to wait for, and the feed that will tell.
+    Waiting {
+        job: Job,
+        shared: bool,
+        changes: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::fanout::Live>>,
+    },
 }
 
 /// Jobs a caller waits for.
@@ -77,88 +92,16 @@ pub(super) async fn fetch(
         .get::<Access>()
         .cloned()
         .unwrap_or(Access::Open);
-    let may_enqueue = access.has(Role::Write);
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
     crate::rpc::record_key(&plan.url);
-    // A job that finishes between this call's read and its enqueue has
-    // written the entry: the enqueue then refuses and the entry is read
-    // again, rather than fetched again (bounded: a key written that often
-    // gets an unconditional enqueue on the last round).
-    let mut round = 1;
-    let (job, shared, changes) = loop {
-        let now = now_ms();
-        let stored = service
-            .state
-            .store
-            .entry_get(&plan.url)
-            .await
-            .map_err(ApiError::from)?;
-        let status = lookup(stored.as_ref(), &plan.read, now);
-        let seen = stored.as_ref().map_or(0, |entry| entry.revision);
-        let seen = (round < ENQUEUE_ROUNDS).then_some(seen);
-        round += 1;
-        // A stale entry for a caller who may not refresh it is answered as is.
-        let answer_as_is = matches!(status, pb::LookupStatus::Hit | pb::LookupStatus::Negative)
-            || (status == pb::LookupStatus::Stale && !may_enqueue);
-        match status {
-            _ if answer_as_is => {
-                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
-                return Ok(Response::new(pb::FetchResponse {
-                    status: answer.status,
-                    entry: answer.entry,
-                    job: None,
-                    job_shared: false,
-                }));
-            }
-            pb::LookupStatus::Stale => {
-                // Stale-while-revalidate: answer now, refresh in the background.
-                let Some((job, shared)) = service
-                    .enqueue(&plan, BACKGROUND_PRIORITY, traceparent.clone(), seen, now)
-                    .await?
-                else {
-                    continue;
-                };
-                let answer = service.respond(status, stored, &plan.read.miss_policy, now);
-                return Ok(Response::new(pb::FetchResponse {
-                    status: answer.status,
-                    entry: answer.entry,
-                    job: Some(job_to_proto(job)),
-                    job_shared: shared,
-                }));
-            }
-            _ => {}
-        }
-        access.require(
-            Role::Write,
-            "a Fetch of an entry that is not cached (it enqueues a job)",
-        )?;
-        if plan.mode == pb::FetchMode::Background {
-            let Some((job, shared)) = service
-                .enqueue(&plan, plan.priority, traceparent.clone(), seen, now)
-                .await?
-            else {
-                continue;
-            };
-            service
-                .state
-                .stats
-                .record(&plan.read.miss_policy, Answer::Miss);
-            return Ok(Response::new(pb::FetchResponse {
-                status: pb::LookupStatus::Miss.into(),
-                entry: None,
-                job: Some(job_to_proto(job)),
-                job_shared: shared,
-            }));
-        }
-        // Subscribed first, so the worker's result cannot slip by unseen.
-        let (_, changes) = service.state.feed.subscribe();
-        if let Some((job, shared)) = service
-            .enqueue(&plan, WAIT_PRIORITY, traceparent.clone(), seen, now)
-            .await?
-        {
-            break (job, shared, changes);
-        }
+    let (job, shared, changes) = match service.settle(&plan, &access, traceparent).await? {
+        Settled::Answered(answer) => return Ok(Response::new(answer)),
+        Settled::Waiting {
+            job,
+            shared,
+            changes,
+        } => (job, shared, changes),
     };
     // Answer before the caller's deadline runs out, never after it.
     let budget = match deadline {
@@ -210,7 +153,189 @@ pub(super) async fn fetch(
     }))
 }
 
+/// Items of one BatchFetch settled at a time: enough to overlap the store's
+/// round trips (and address checks) without one call taking every pooled
+/// connection.
+const BATCH_FETCH_CONCURRENCY: usize = 8;
+
+pub(super) async fn batch_fetch(
+    service: &CacheService,
+    request: Request<pb::BatchFetchRequest>,
+) -> Result<Response<pb::BatchFetchResponse>, Status> {
+    let traceparent = roadie_telemetry::propagation::traceparent(&tracing::Span::current());
+    let access = request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .unwrap_or(Access::Open);
+    let req = request.into_inner();
+    let max = service.state.settings.limits.max_batch_keys;
+    if req.items.is_empty() || req.items.len() > max {
+        return Err(ApiError::from(FieldError::new(
+            "items",
+            format!("has {} items, allowed 1 to {max}", req.items.len()),
+        ))
+        .into());
+    }
+    let results = futures::stream::iter(req.items)
+        .map(|item| {
+            let request = pb::FetchRequest {
+                provider: item.provider,
+                path: item.path,
+                mode: pb::FetchMode::Background.into(),
+                priority: if item.priority == 0 {
+                    req.priority
+                } else {
+                    item.priority
+                },
+                policy: item.policy,
+                tags: item.tags,
+                max_stale: None,
+            };
+            let (access, traceparent) = (&access, traceparent.clone());
+            async move {
+                let settled = match service.fetch_plan(request).await {
+                    Ok(plan) => service.settle(&plan, access, traceparent).await,
+                    Err(error) => Err(error),
+                };
+                match settled {
+                    Ok(Settled::Answered(answer)) => Ok(pb::BatchFetchResult {
+                        status: answer.status,
+                        job: answer.job,
+                        job_shared: answer.job_shared,
+                        error: None,
+                    }),
+                    Ok(Settled::Waiting { .. }) => Err(ApiError::Unimplemented(
+                        "a batch fetches in the background only",
+                    )),
+                    Err(error) => match item_error(error) {
+                        Ok(error) => Ok(pb::BatchFetchResult {
+                            error: Some(error),
+                            ..Default::default()
+                        }),
+                        // The store or the server failed, not the item: the
+                        // call fails (items already queued stay queued, and a
+                        // retry shares their jobs).
+                        Err(error) => Err(error),
+                    },
+                }
+            }
+        })
+        .buffered(BATCH_FETCH_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(Response::new(pb::BatchFetchResponse { results }))
+}
+
+/// A refusal of the item itself, as its own status; `Err` for a failure
+/// that is not the item's (the store, a shutdown).
+fn item_error(error: ApiError) -> Result<pb::ItemError, ApiError> {
+    let field = match &error {
+        ApiError::Field(field) => field.field.clone(),
+        ApiError::PermissionDenied(_) | ApiError::NotFound(_) | ApiError::FailedPrecondition(_) => {
+            String::new()
+        }
+        _ => return Err(error),
+    };
+    let status = Status::from(error);
+    Ok(pb::ItemError {
+        code: status.code() as i32,
+        field,
+        message: status.message().to_owned(),
+    })
+}
+
 impl CacheService {
+    /// Answers `plan` from the cache, or enqueues its job: in BACKGROUND
+    /// mode (and for a stale entry, refreshed behind the answer) the answer
+    /// is the job; in WAIT mode the job to wait for, with the feed
+    /// subscribed before the enqueue.
+    async fn settle(
+        &self,
+        plan: &FetchPlan,
+        access: &Access,
+        traceparent: Option<String>,
+    ) -> Result<Settled, ApiError> {
+        let may_enqueue = access.has(Role::Write);
+        // A job that finishes between this call's read and its enqueue has
+        // written the entry: the enqueue then refuses and the entry is read
+        // again, rather than fetched again (bounded: a key written that often
+        // gets an unconditional enqueue on the last round).
+        let mut round = 1;
+        loop {
+            let now = now_ms();
+            let stored = self.state.store.entry_get(&plan.url).await?;
+            let status = lookup(stored.as_ref(), &plan.read, now);
+            let seen = stored.as_ref().map_or(0, |entry| entry.revision);
+            let seen = (round < ENQUEUE_ROUNDS).then_some(seen);
+            round += 1;
+            // A stale entry for a caller who may not refresh it is answered as is.
+            let answer_as_is = matches!(status, pb::LookupStatus::Hit | pb::LookupStatus::Negative)
+                || (status == pb::LookupStatus::Stale && !may_enqueue);
+            match status {
+                _ if answer_as_is => {
+                    let answer = self.respond(status, stored, &plan.read.miss_policy, now);
+                    return Ok(Settled::Answered(pb::FetchResponse {
+                        status: answer.status,
+                        entry: answer.entry,
+                        job: None,
+                        job_shared: false,
+                    }));
+                }
+                pb::LookupStatus::Stale => {
+                    // Stale-while-revalidate: answer now, refresh in the background.
+                    let Some((job, shared)) = self
+                        .enqueue(plan, BACKGROUND_PRIORITY, traceparent.clone(), seen, now)
+                        .await?
+                    else {
+                        continue;
+                    };
+                    let answer = self.respond(status, stored, &plan.read.miss_policy, now);
+                    return Ok(Settled::Answered(pb::FetchResponse {
+                        status: answer.status,
+                        entry: answer.entry,
+                        job: Some(job_to_proto(job)),
+                        job_shared: shared,
+                    }));
+                }
+                _ => {}
+            }
+            access.require(
+                Role::Write,
+                "a Fetch of an entry that is not cached (it enqueues a job)",
+            )?;
+            if plan.mode == pb::FetchMode::Background {
+                let Some((job, shared)) = self
+                    .enqueue(plan, plan.priority, traceparent.clone(), seen, now)
+                    .await?
+                else {
+                    continue;
+                };
+                self.state
+                    .stats
+                    .record(&plan.read.miss_policy, Answer::Miss);
+                return Ok(Settled::Answered(pb::FetchResponse {
+                    status: pb::LookupStatus::Miss.into(),
+                    entry: None,
+                    job: Some(job_to_proto(job)),
+                    job_shared: shared,
+                }));
+            }
+            // Subscribed first, so the worker's result cannot slip by unseen.
+            let (_, changes) = self.state.feed.subscribe();
+            if let Some((job, shared)) = self
+                .enqueue(plan, WAIT_PRIORITY, traceparent.clone(), seen, now)
+                .await?
+            {
+                return Ok(Settled::Waiting {
+                    job,
+                    shared,
+                    changes,
+                });
+            }
+        }
+    }
+
     async fn fetch_plan(&self, req: pb::FetchRequest) -> Result<FetchPlan, ApiError> {
         let mode = match pb::FetchMode::try_from(req.mode) {
             Ok(pb::FetchMode::Unspecified | pb::FetchMode::Wait) => pb::FetchMode::Wait,

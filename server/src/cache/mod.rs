@@ -1,9 +1,9 @@
 //! `roadie.v1.Cache`: every RPC validates its request, talks to the store,
 //! and maps failures through [`ApiError`]. The trait implementation here
 //! hands each call to its room: `reads` (Get, BatchGet, GetRandom),
-//! `list` (ListEntries), `writes` (Put, Delete, Invalidate), `fetch` (Fetch: plan, enqueue,
-//! wait), `publish` (PublishEvent), `stats` (Stats); Watch goes to
-//! [`crate::watch`]. What several share (read options, the hot tier's
+//! `list` (ListEntries), `writes` (Put, Delete, Invalidate), `fetch`
+//! (Fetch and BatchFetch: plan, enqueue, wait), `publish` (PublishEvent),
+//! `stats` (Stats); Watch goes to [`crate::watch`]. What several share (read options, the hot tier's
 //! read-through, answers) stays in this file.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};
@@ -311,6 +311,13 @@ impl Cache for CacheService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         fetch::fetch(self, request).await
+    }
+
+    async fn batch_fetch(
+        &self,
+        request: Request<pb::BatchFetchRequest>,
+    ) -> Result<Response<pb::BatchFetchResponse>, Status> {
+        fetch::batch_fetch(self, request).await
     }
 
     async fn publish_event(

@@ -38,6 +38,11 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
+    /// Requests of every path.
+    pub(crate) fn total(&self) -> u32 {
+        self.total.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn count(&self, path: &str) -> u32 {
         self.seen
             .lock()

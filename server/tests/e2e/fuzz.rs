@@ -96,6 +96,27 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         (
+            "/roadie.v1.Cache/BatchFetch",
+            proto::BatchFetchRequest {
+                items: vec![
+                    proto::BatchFetchItem {
+                        provider: "musicbrainz".to_owned(),
+                        path: "artist/056e4f3e?fmt=json".to_owned(),
+                        policy: "api_metadata".to_owned(),
+                        tags: vec!["artist:daft punk".to_owned()],
+                        priority: 4,
+                    },
+                    proto::BatchFetchItem {
+                        provider: "coverartarchive".to_owned(),
+                        path: "release/76df3287".to_owned(),
+                        ..Default::default()
+                    },
+                ],
+                priority: 3,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "/roadie.v1.Cache/PublishEvent",
             proto::PublishEventRequest {
                 kind: proto::LibraryEventKind::TrackModified.into(),

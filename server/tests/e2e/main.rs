@@ -19,5 +19,6 @@ mod listing;
 mod pki;
 mod process;
 mod security;
+mod warm;
 mod watch;
 mod watch_client;

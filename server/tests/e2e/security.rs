@@ -241,6 +241,17 @@ async fn call(client: &Client, rpc: &str) -> Result<(), ClientError> {
             .await
             .map(drop),
         "Fetch cached" => client.fetch(fetch("cached")).await.map(drop),
+        "BatchFetch" => client
+            .batch_fetch(proto::BatchFetchRequest {
+                items: vec![proto::BatchFetchItem {
+                    provider: "test".to_owned(),
+                    path: "batched".to_owned(),
+                    ..Default::default()
+                }],
+                priority: 0,
+            })
+            .await
+            .map(drop),
         "Fetch uncached" => client.fetch(fetch("new")).await.map(drop),
         "Put" => client.put(put("written", "v")).await.map(drop),
         "Delete" => client
@@ -322,6 +333,7 @@ async fn each_role_is_allowed_and_refused_on_every_rpc(backend: Backend) {
         ("Delete", Role::Write),
         ("Invalidate", Role::Write),
         ("PublishEvent", Role::Write),
+        ("BatchFetch", Role::Write),
         ("GetJob", Role::Admin),
         ("ListJobs", Role::Admin),
         ("CancelJob", Role::Admin),
