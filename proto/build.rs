@@ -7,7 +7,11 @@ const CLAP_VALUE_ENUM: &str = r#"#[cfg_attr(feature = "clap", derive(clap::Value
 const CLAP_SKIP: &str = r#"#[cfg_attr(feature = "clap", value(skip))]"#;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["roadie/v1/cache.proto", "roadie/v1/jobs.proto"];
+    let files = [
+        "roadie/v1/cache.proto",
+        "roadie/v1/jobs.proto",
+        "roadie/v1/snapshots.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

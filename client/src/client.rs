@@ -12,12 +12,39 @@ use crate::error::ClientError;
 use crate::proto;
 use crate::proto::cache_client::CacheClient;
 use crate::proto::jobs_client::JobsClient;
+use crate::proto::snapshots_client::SnapshotsClient;
 use crate::watch::{Watch, watch_error};
 
 /// Largest message the client sends or accepts. The server stores values up
 /// to 8 MiB by default, and one BatchGet answer can carry many of them; tonic's
 /// own 4 MiB decoding limit would reject both.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Tracks per message of a snapshot write or merge.
+pub const SNAPSHOT_CHUNK_TRACKS: usize = 1000;
+
+/// The messages of a snapshot stream: the header with the first chunk of
+/// tracks, then the other chunks (always at least one message).
+fn snapshot_messages<T>(
+    header: proto::SnapshotHeader,
+    tracks: Vec<proto::Track>,
+    message: impl Fn(Option<proto::SnapshotHeader>, Vec<proto::Track>) -> T,
+) -> Vec<T> {
+    let mut header = Some(header);
+    let mut messages = Vec::new();
+    let mut tracks = tracks.into_iter().peekable();
+    while header.is_some() || tracks.peek().is_some() {
+        let chunk: Vec<proto::Track> = tracks.by_ref().take(SNAPSHOT_CHUNK_TRACKS).collect();
+        messages.push(message(header.take(), chunk));
+    }
+    messages
+}
+
+fn missing_info() -> ClientError {
+    ClientError::from(tonic::Status::internal(
+        "the answer carried no snapshot info",
+    ))
+}
 
 /// A handle on one Roadie server: the Cache and Jobs services over one
 /// channel.
@@ -28,6 +55,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Client {
     cache: CacheClient<Channel>,
     jobs: JobsClient<Channel>,
+    snapshots: SnapshotsClient<Channel>,
     health: HealthClient<Channel>,
     /// Deadline sent with every unary call (as `grpc-timeout`, so the server
     /// knows it too, which is what bounds a `Fetch` in WAIT mode). Not applied
@@ -148,6 +176,9 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             jobs: JobsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            snapshots: SnapshotsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             health: HealthClient::new(channel),
@@ -338,6 +369,106 @@ impl Client {
     ) -> Result<proto::StatsResponse, ClientError> {
         let mut cache = self.cache.clone();
         Ok(cache.stats(self.request(request)).await?.into_inner())
+    }
+
+    /// Snapshots.PutSnapshot: writes a snapshot whole, the header and then
+    /// `tracks` in messages of [`SNAPSHOT_CHUNK_TRACKS`]. Without a deadline:
+    /// a large library takes as long as it takes.
+    pub async fn put_snapshot(
+        &self,
+        header: proto::SnapshotHeader,
+        tracks: Vec<proto::Track>,
+    ) -> Result<proto::SnapshotInfo, ClientError> {
+        let messages = snapshot_messages(header, tracks, |header, tracks| {
+            proto::PutSnapshotRequest { header, tracks }
+        });
+        let mut snapshots = self.snapshots.clone();
+        let response = snapshots
+            .put_snapshot(self.request_without_deadline(futures::stream::iter(messages)))
+            .await?
+            .into_inner();
+        response.info.ok_or_else(missing_info)
+    }
+
+    /// Snapshots.MergeSnapshot: applies a delta on the server (updates
+    /// replaced in place or appended, `removed_ids` dropped), in one
+    /// revision. Without a deadline, as [`Client::put_snapshot`].
+    pub async fn merge_snapshot(
+        &self,
+        header: proto::SnapshotHeader,
+        updates: Vec<proto::Track>,
+        removed_ids: Vec<String>,
+    ) -> Result<proto::SnapshotInfo, ClientError> {
+        let mut messages = snapshot_messages(header, updates, |header, updates| {
+            proto::MergeSnapshotRequest {
+                header,
+                updates,
+                removed_ids: Vec::new(),
+            }
+        });
+        for ids in removed_ids.chunks(SNAPSHOT_CHUNK_TRACKS) {
+            messages.push(proto::MergeSnapshotRequest {
+                header: None,
+                updates: Vec::new(),
+                removed_ids: ids.to_vec(),
+            });
+        }
+        let mut snapshots = self.snapshots.clone();
+        let response = snapshots
+            .merge_snapshot(self.request_without_deadline(futures::stream::iter(messages)))
+            .await?
+            .into_inner();
+        response.info.ok_or_else(missing_info)
+    }
+
+    /// Snapshots.GetSnapshot: the info and every track, in order (none
+    /// when `only_if_valid` and it is not valid). Without a deadline.
+    pub async fn get_snapshot(
+        &self,
+        request: proto::GetSnapshotRequest,
+    ) -> Result<(proto::SnapshotInfo, Vec<proto::Track>), ClientError> {
+        let mut snapshots = self.snapshots.clone();
+        let mut stream = snapshots
+            .get_snapshot(self.request_without_deadline(request))
+            .await?
+            .into_inner();
+        let info = stream
+            .message()
+            .await?
+            .and_then(|first| first.info)
+            .ok_or_else(missing_info)?;
+        let mut tracks = Vec::new();
+        while let Some(message) = stream.message().await? {
+            tracks.extend(message.tracks);
+        }
+        Ok((info, tracks))
+    }
+
+    /// Snapshots.GetSnapshotInfo: a snapshot's info and validity, without
+    /// its tracks.
+    pub async fn get_snapshot_info(
+        &self,
+        request: proto::GetSnapshotInfoRequest,
+    ) -> Result<proto::SnapshotInfo, ClientError> {
+        let mut snapshots = self.snapshots.clone();
+        let response = snapshots
+            .get_snapshot_info(self.request(request))
+            .await?
+            .into_inner();
+        response.info.ok_or_else(missing_info)
+    }
+
+    /// Snapshots.DeleteSnapshot: the revision of the deletion.
+    pub async fn delete_snapshot(&self, name: &str) -> Result<u64, ClientError> {
+        let mut snapshots = self.snapshots.clone();
+        let request = proto::DeleteSnapshotRequest {
+            name: name.to_owned(),
+        };
+        Ok(snapshots
+            .delete_snapshot(self.request(request))
+            .await?
+            .into_inner()
+            .revision)
     }
 
     /// grpc.health.v1.Health.Check: whether the server as a whole (`""`) or

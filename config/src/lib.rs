@@ -72,6 +72,27 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// `[auth]`: who may call what.
     pub auth: AuthSettings,
+    /// `[snapshots]`: library snapshots.
+    pub snapshots: SnapshotSettings,
+}
+
+/// `[snapshots]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    /// How long a snapshot stays valid once the library has changed since
+    /// it was taken (while the library has not changed it stays valid at any
+    /// age). A reader may name its own.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> SnapshotSettings {
+        SnapshotSettings {
+            max_age: Duration::from_secs(DAY),
+        }
+    }
 }
 
 /// `[log]`.
@@ -552,6 +573,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             admin: AdminSettings::default(),
             auth: AuthSettings::default(),
+            snapshots: SnapshotSettings::default(),
         }
     }
 }

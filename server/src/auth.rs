@@ -89,6 +89,11 @@ fn needed(path: &str, reflection: Reflection) -> Need {
             }
             _ => Need::Role(Role::Admin),
         },
+        "roadie.v1.Snapshots" => match method {
+            "GetSnapshot" | "GetSnapshotInfo" => Need::Role(Role::Read),
+            "PutSnapshot" | "MergeSnapshot" | "DeleteSnapshot" => Need::Role(Role::Write),
+            _ => Need::Role(Role::Admin),
+        },
         _ => Need::Role(Role::Admin),
     }
 }
@@ -325,6 +330,12 @@ mod tests {
             ("/roadie.v1.Cache/Invalidate", write),
             ("/roadie.v1.Cache/PublishEvent", write),
             ("/roadie.v1.Cache/BatchFetch", write),
+            ("/roadie.v1.Snapshots/GetSnapshot", read),
+            ("/roadie.v1.Snapshots/GetSnapshotInfo", read),
+            ("/roadie.v1.Snapshots/PutSnapshot", write),
+            ("/roadie.v1.Snapshots/MergeSnapshot", write),
+            ("/roadie.v1.Snapshots/DeleteSnapshot", write),
+            ("/roadie.v1.Snapshots/Unknown", admin),
             ("/roadie.v1.Cache/Unknown", admin),
             ("/roadie.v1.Jobs/GetJob", admin),
             ("/roadie.v1.Jobs/ListJobs", admin),

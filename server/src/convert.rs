@@ -85,6 +85,7 @@ pub fn change_kind_to_proto(kind: ChangeKind) -> pb::ChangeKind {
         ChangeKind::Evict => pb::ChangeKind::Evict,
         ChangeKind::Fetch => pb::ChangeKind::Fetch,
         ChangeKind::Negative => pb::ChangeKind::Negative,
+        ChangeKind::Snapshot => pb::ChangeKind::Snapshot,
     }
 }
 
@@ -99,6 +100,7 @@ pub fn change_kind_from_proto(kind: pb::ChangeKind) -> Option<ChangeKind> {
         pb::ChangeKind::Evict => ChangeKind::Evict,
         pb::ChangeKind::Fetch => ChangeKind::Fetch,
         pb::ChangeKind::Negative => ChangeKind::Negative,
+        pb::ChangeKind::Snapshot => ChangeKind::Snapshot,
     })
 }
 

@@ -1,6 +1,7 @@
 //! `roadie-server`: the gRPC front of Roadie.
 //!
-//! It serves `roadie.v1.Cache` and `roadie.v1.Jobs`, the standard health
+//! It serves `roadie.v1.Cache`, `roadie.v1.Jobs` and `roadie.v1.Snapshots`,
+//! the standard health
 //! service and server reflection (v1 and v1alpha), over one store shared
 //! with every other server and worker. It holds no state that matters
 //! beyond the process: counters since start and reads not yet flushed.
@@ -9,7 +10,7 @@
 //! - [`config`]: the typed settings (the `roadie-config` crate).
 //! - `validate`: request limits and quoting; `error`: the one mapping
 //!   to `Status`; `convert`: every proto ↔ store conversion.
-//! - `cache` (a file per RPC family), `jobs`: the services.
+//! - `cache` (a file per RPC family), `jobs`, `snapshots`: the services.
 //! - `events`: library events → invalidations.
 //! - `feed`: the one tail of the change log; `fanout`: which watchers a
 //!   change goes to; `watch`: one task per stream; the `hot` tier;
@@ -39,6 +40,7 @@ pub(crate) mod jobs;
 pub mod maintenance;
 pub(crate) mod metrics;
 pub(crate) mod rpc;
+pub(crate) mod snapshots;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod tls;
@@ -49,7 +51,9 @@ pub(crate) mod watch;
 
 use std::{future::Future, sync::Arc, time::SystemTime};
 
-use roadie_proto::v1::{cache_server::CacheServer, jobs_server::JobsServer};
+use roadie_proto::v1::{
+    cache_server::CacheServer, jobs_server::JobsServer, snapshots_server::SnapshotsServer,
+};
 use roadie_store::{Store, StoreError};
 use roadie_telemetry::admin::Readiness;
 use tokio::net::TcpListener;
@@ -64,6 +68,7 @@ use crate::{
     feed::Feed,
     jobs::JobsService,
     maintenance::Maintenance,
+    snapshots::SnapshotsService,
     state::AppState,
     stats::Stats,
     tls::Tls,
@@ -225,7 +230,13 @@ impl App {
         // Watch held on it, so no client waits on this server's NOT_SERVING
         // or sends a call it cannot answer.
         goaway.cancel();
-        for service in ["", CACHE_SERVICE, JOBS_SERVICE, LIVENESS_SERVICE] {
+        for service in [
+            "",
+            CACHE_SERVICE,
+            JOBS_SERVICE,
+            SNAPSHOTS_SERVICE,
+            LIVENESS_SERVICE,
+        ] {
             health.clear_service_status(service).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), health_only).await;
@@ -302,6 +313,9 @@ impl App {
             .max_decoding_message_size(message_limit)
             .max_encoding_message_size(usize::MAX);
         let jobs = JobsServer::new(JobsService::new(self.state.clone()));
+        let snapshots = SnapshotsServer::new(SnapshotsService::new(self.state.clone()))
+            .max_decoding_message_size(message_limit)
+            .max_encoding_message_size(usize::MAX);
 
         let cancel = self.state.background.clone();
         let maintenance = tokio::spawn(self.maintenance().run(cancel.clone()));
@@ -351,6 +365,7 @@ impl App {
             .add_optional_service(reflection_v1alpha)
             .add_service(cache)
             .add_service(jobs)
+            .add_service(snapshots)
             .serve_with_incoming_shutdown(incoming, goaway.clone().cancelled_owned());
         let mut serving = tokio::spawn(serve);
 
@@ -414,6 +429,8 @@ impl App {
 /// The services' names in the health service.
 const CACHE_SERVICE: &str = <CacheServer<CacheService> as tonic::server::NamedService>::NAME;
 const JOBS_SERVICE: &str = <JobsServer<JobsService> as tonic::server::NamedService>::NAME;
+const SNAPSHOTS_SERVICE: &str =
+    <SnapshotsServer<SnapshotsService> as tonic::server::NamedService>::NAME;
 
 /// The health service's name for "this process answers": SERVING from the
 /// first moment the port answers to the last, whatever the store does, for
@@ -442,7 +459,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     } else {
         ServingStatus::NotServing
     };
-    for service in ["", CACHE_SERVICE, JOBS_SERVICE] {
+    for service in ["", CACHE_SERVICE, JOBS_SERVICE, SNAPSHOTS_SERVICE] {
         health.set_service_status(service, status).await;
     }
 }

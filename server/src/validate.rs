@@ -202,6 +202,21 @@ pub fn duration_ms(field: &str, duration: &prost_types::Duration) -> Result<i64,
     Ok(duration.seconds * 1000 + i64::from(duration.nanos / 1_000_000))
 }
 
+/// A point in time as ms since the epoch, within the years 0 to 9999.
+pub fn timestamp_ms(field: &str, at: &prost_types::Timestamp) -> Result<i64, FieldError> {
+    // 0000-01-01 and 9999-12-31, as protobuf's Timestamp bounds them.
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&at.seconds) || !(0..1_000_000_000).contains(&at.nanos)
+    {
+        return Err(FieldError::new(
+            field,
+            "is outside the years 0001 to 9999 or has nanos outside 0 to 999999999",
+        ));
+    }
+    Ok(at.seconds * 1000 + i64::from(at.nanos / 1_000_000))
+}
+
 pub use roadie_config::is_policy_name;
 
 #[cfg(test)]

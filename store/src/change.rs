@@ -46,11 +46,14 @@ pub enum ChangeKind {
     Fetch,
     /// Written by a fetch as a negative entry.
     Negative,
+    /// A library snapshot (the key is its name) was written, merged or
+    /// deleted.
+    Snapshot,
 }
 
 impl ChangeKind {
     /// Every kind, in the order of the API's enum.
-    pub const ALL: [ChangeKind; 7] = [
+    pub const ALL: [ChangeKind; 8] = [
         ChangeKind::Put,
         ChangeKind::Delete,
         ChangeKind::Invalidate,
@@ -58,6 +61,7 @@ impl ChangeKind {
         ChangeKind::Evict,
         ChangeKind::Fetch,
         ChangeKind::Negative,
+        ChangeKind::Snapshot,
     ];
 
     /// The name stored in the `kind` column.
@@ -70,6 +74,7 @@ impl ChangeKind {
             ChangeKind::Evict => "evict",
             ChangeKind::Fetch => "fetch",
             ChangeKind::Negative => "negative",
+            ChangeKind::Snapshot => "snapshot",
         }
     }
 

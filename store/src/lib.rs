@@ -28,6 +28,7 @@ pub mod error;
 pub mod job;
 pub mod notify;
 pub mod rate;
+pub mod snapshot;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -55,6 +56,7 @@ pub use job::{
 };
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
+pub use snapshot::{SNAPSHOT_POLICY, SnapshotDelta, SnapshotMeta, Track};
 
 /// A connection pool's state at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -110,6 +110,8 @@ pub enum Command {
     /// to the end with a progress bar (exit 5 when any was refused or
     /// failed).
     Warm(super::warm::WarmArgs),
+    /// Write, read, merge into and inspect library snapshots.
+    Snapshot(super::snapshot::SnapshotArgs),
     /// Inspect and steer the fetch-job queue.
     Jobs(super::jobs::JobsArgs),
     /// Print changes as they happen, one line each, resuming across

@@ -28,6 +28,7 @@ mod fetch;
 mod jobs;
 mod list;
 mod output;
+mod snapshot;
 mod warm;
 mod watch;
 
@@ -212,6 +213,7 @@ async fn execute(
         Command::Jobs(args) => jobs::run(&client, args, json, out).await?,
         Command::Fetch(args) => fetch::run(&client, args, json, out).await?,
         Command::Warm(args) => warm::run(&client, args, stdin, json, out, err).await?,
+        Command::Snapshot(args) => snapshot::run(&client, args, stdin, json, out).await?,
         // Flushed line by line already, and a reader that went away (`| head`)
         // is how a watch may end: a final flush would only fail on it.
         Command::Watch(args) => return watch::run(&client, args, json, out, err).await,

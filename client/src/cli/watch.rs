@@ -147,6 +147,7 @@ fn kind_label(kind: i32) -> &'static str {
         Ok(ChangeKind::Evict) => "evict",
         Ok(ChangeKind::Fetch) => "fetch",
         Ok(ChangeKind::Negative) => "negative",
+        Ok(ChangeKind::Snapshot) => "snapshot",
         Ok(ChangeKind::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -19,6 +19,17 @@ use roadie_client::proto;
 
 use crate::abuse::{Server, grpc_request, h2_connect};
 
+fn snapshot_header() -> proto::SnapshotHeader {
+    proto::SnapshotHeader {
+        name: "library".to_owned(),
+        library_mtime: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        }),
+        processed_ids: vec!["t1".to_owned()],
+    }
+}
+
 /// A valid request of each RPC, encoded.
 fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let put = proto::PutRequest {
@@ -151,6 +162,63 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 page_token: "3.61".to_owned(),
                 without_values: true,
                 ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/roadie.v1.Snapshots/PutSnapshot",
+            proto::PutSnapshotRequest {
+                header: Some(snapshot_header()),
+                tracks: vec![proto::Track {
+                    id: "t1".to_owned(),
+                    json: br#"{"id":"t1","title":"One More Time"}"#.to_vec(),
+                }],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/roadie.v1.Snapshots/MergeSnapshot",
+            proto::MergeSnapshotRequest {
+                header: Some(snapshot_header()),
+                updates: vec![proto::Track {
+                    id: "t2".to_owned(),
+                    json: br#"{"id":"t2"}"#.to_vec(),
+                }],
+                removed_ids: vec!["t1".to_owned()],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/roadie.v1.Snapshots/GetSnapshot",
+            proto::GetSnapshotRequest {
+                name: "library".to_owned(),
+                validity: Some(proto::Validity {
+                    library_mtime: Some(prost_types::Timestamp {
+                        seconds: 1_700_000_000,
+                        nanos: 5,
+                    }),
+                    max_age: Some(prost_types::Duration {
+                        seconds: 86_400,
+                        nanos: 0,
+                    }),
+                }),
+                only_if_valid: true,
+                chunk_tracks: 10,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/roadie.v1.Snapshots/GetSnapshotInfo",
+            proto::GetSnapshotInfoRequest {
+                name: "library".to_owned(),
+                validity: None,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "/roadie.v1.Snapshots/DeleteSnapshot",
+            proto::DeleteSnapshotRequest {
+                name: "library".to_owned(),
             }
             .encode_to_vec(),
         ),

@@ -19,6 +19,7 @@ mod listing;
 mod pki;
 mod process;
 mod security;
+mod snapshots;
 mod warm;
 mod watch;
 mod watch_client;

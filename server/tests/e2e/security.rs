@@ -210,6 +210,17 @@ fn tokens(dir: &std::path::Path) -> Vec<TokenSettings> {
     ]
 }
 
+fn snapshot_header() -> proto::SnapshotHeader {
+    proto::SnapshotHeader {
+        name: "lib".to_owned(),
+        library_mtime: Some(prost_types::Timestamp {
+            seconds: 1,
+            nanos: 0,
+        }),
+        processed_ids: Vec::new(),
+    }
+}
+
 /// One call of every RPC, with the role it needs.
 async fn call(client: &Client, rpc: &str) -> Result<(), ClientError> {
     let fetch = |path: &str| proto::FetchRequest {
@@ -276,6 +287,29 @@ async fn call(client: &Client, rpc: &str) -> Result<(), ClientError> {
             })
             .await
             .map(drop),
+        "GetSnapshot" => client
+            .get_snapshot(proto::GetSnapshotRequest {
+                name: "lib".to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "GetSnapshotInfo" => client
+            .get_snapshot_info(proto::GetSnapshotInfoRequest {
+                name: "lib".to_owned(),
+                validity: None,
+            })
+            .await
+            .map(drop),
+        "PutSnapshot" => client
+            .put_snapshot(snapshot_header(), Vec::new())
+            .await
+            .map(drop),
+        "MergeSnapshot" => client
+            .merge_snapshot(snapshot_header(), Vec::new(), Vec::new())
+            .await
+            .map(drop),
+        "DeleteSnapshot" => client.delete_snapshot("gone").await.map(drop),
         "GetJob" => client
             .get_job(proto::GetJobRequest { id: 1 })
             .await
@@ -334,6 +368,11 @@ async fn each_role_is_allowed_and_refused_on_every_rpc(backend: Backend) {
         ("Invalidate", Role::Write),
         ("PublishEvent", Role::Write),
         ("BatchFetch", Role::Write),
+        ("GetSnapshot", Role::Read),
+        ("GetSnapshotInfo", Role::Read),
+        ("PutSnapshot", Role::Write),
+        ("MergeSnapshot", Role::Write),
+        ("DeleteSnapshot", Role::Write),
         ("GetJob", Role::Admin),
         ("ListJobs", Role::Admin),
         ("CancelJob", Role::Admin),

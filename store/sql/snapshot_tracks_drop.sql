@@ -1,0 +1,1 @@
+DELETE FROM snapshot_tracks WHERE name = $1 AND generation = $2
