@@ -320,6 +320,12 @@ pub struct StoreSettings {
     /// logging each attempt.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Values of a compressible media type (JSON, XML, text) at least this
+    /// long are stored zstd-compressed when that makes them smaller; 0
+    /// stores every value as written.
+    pub compress_min_bytes: usize,
+    /// zstd's level, 1 (fastest) to 19 (smallest).
+    pub compress_level: i32,
 }
 
 /// The default policy: entries written without one.
@@ -368,6 +374,10 @@ impl StoreSettings {
             wal_size_limit: self.wal_size_limit,
             migrate: self.migrate == Migrate::Auto,
             connect_timeout: self.connect_timeout,
+            compression: (self.compress_min_bytes > 0).then_some(roadie_store::Compression {
+                min_bytes: self.compress_min_bytes,
+                level: self.compress_level,
+            }),
         }
     }
 }
@@ -588,6 +598,8 @@ impl Default for StoreSettings {
             wal_size_limit: roadie_store::WAL_SIZE_LIMIT,
             migrate: Migrate::Auto,
             connect_timeout: Duration::from_secs(60),
+            compress_min_bytes: roadie_store::Compression::default().min_bytes,
+            compress_level: roadie_store::Compression::default().level,
         }
     }
 }
@@ -900,6 +912,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "store.url",
                 "must start with sqlite:// or postgres://",
+            ));
+        }
+        if !(1..=19).contains(&self.store.compress_level) {
+            return Err(ConfigError::new(
+                "store.compress_level",
+                "must be between 1 and 19",
             ));
         }
         if self.store.max_connections == 0 {

@@ -2,9 +2,9 @@ INSERT INTO entries (
     key, value, media_type, policy, tags, confidence, fingerprint, metadata,
     negative, created_at, updated_at, expires_at, revision,
     provider, upstream_status, etag, last_modified,
-    size_bytes, accessed_at, access_count
+    size_bytes, accessed_at, access_count, encoding, raw_bytes
 ) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, $17, $10, 0
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, $17, $10, 0, $18, $19
 )
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value,
@@ -23,4 +23,6 @@ ON CONFLICT (key) DO UPDATE SET
     etag = excluded.etag,
     last_modified = excluded.last_modified,
     size_bytes = excluded.size_bytes,
+    encoding = excluded.encoding,
+    raw_bytes = excluded.raw_bytes,
     accessed_at = excluded.accessed_at

@@ -10,6 +10,7 @@ use crate::{
     change::{
         ChangeKind, change_insert, from_i64, parse_tags, revision_lock, revision_set, to_i64,
     },
+    compress::{self, Compression},
     sql::sql,
 };
 
@@ -208,8 +209,10 @@ pub struct PolicyUsage {
     pub policy: String,
     /// Entry count.
     pub entries: u64,
-    /// Sum of value sizes.
+    /// Bytes of values as stored (compressed or not): what budgets count.
     pub bytes: u64,
+    /// Bytes of values as written, before compression.
+    pub raw_bytes: u64,
 }
 
 /// What an eviction pass removed.
@@ -300,7 +303,7 @@ impl Store {
     #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let result = entry_put_in(&mut tx, put).await?;
+        let result = entry_put_in(&mut tx, put, self.compression.as_ref()).await?;
         if let PutResult::Written { revision } = result {
             tx.commit().await?;
             self.announce(revision);
@@ -435,6 +438,7 @@ impl Store {
                     policy: row.try_get("policy")?,
                     entries: from_i64(row.try_get("entries")?),
                     bytes: from_i64(row.try_get("bytes")?),
+                    raw_bytes: from_i64(row.try_get("raw_bytes")?),
                 })
             })
             .collect()
@@ -530,6 +534,7 @@ impl Store {
 pub(crate) async fn entry_put_in(
     tx: &mut Transaction<'_, Any>,
     put: &EntryPut,
+    compression: Option<&Compression>,
 ) -> Result<PutResult, StoreError> {
     let base = revision_lock(tx).await?;
     let stored = sqlx::query(sql!("entry_meta"))
@@ -564,9 +569,11 @@ pub(crate) async fn entry_put_in(
     let metadata =
         serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let provenance = put.provenance.as_ref();
+    let (stored, encoding) = compress::encode(&put.value, &put.media_type, compression);
+    let raw_bytes = (encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
     sqlx::query(sql!("entry_upsert"))
         .bind(&put.key)
-        .bind(put.value.as_slice())
+        .bind(stored.as_ref())
         .bind(&put.media_type)
         .bind(&put.policy)
         .bind(&tags)
@@ -581,7 +588,9 @@ pub(crate) async fn entry_put_in(
         .bind(provenance.map(|p| i64::from(p.upstream_status)))
         .bind(provenance.and_then(|p| p.etag.as_deref()))
         .bind(provenance.and_then(|p| p.last_modified.as_deref()))
-        .bind(i64::try_from(put.value.len()).unwrap_or(i64::MAX))
+        .bind(to_i64(stored.len() as u64))
+        .bind(encoding)
+        .bind(raw_bytes)
         .execute(&mut **tx)
         .await?;
     sqlx::query(sql!("entry_tags_delete"))
@@ -707,7 +716,11 @@ fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     };
     Ok(Entry {
         key: row.try_get("key")?,
-        value: Bytes::from(row.try_get::<Vec<u8>, _>("value")?),
+        value: Bytes::from(compress::decode(
+            &row.try_get::<String, _>("encoding")?,
+            row.try_get::<Vec<u8>, _>("value")?,
+            row.try_get("raw_bytes")?,
+        )?),
         media_type: row.try_get("media_type")?,
         policy: row.try_get("policy")?,
         tags: parse_tags(&row.try_get::<String, _>("tags")?)?,

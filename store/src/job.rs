@@ -581,7 +581,7 @@ impl Store {
                 JobOutcome::Complete { entry } | JobOutcome::Fail { entry, .. } => entry.as_ref(),
             };
             let put = match entry {
-                Some(entry) => Some(entry_put_in(&mut tx, entry).await?),
+                Some(entry) => Some(entry_put_in(&mut tx, entry, self.compression.as_ref()).await?),
                 None => None,
             };
             if let Some(PutResult::Written { revision: written }) = put {

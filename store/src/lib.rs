@@ -23,6 +23,7 @@
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
+mod compress;
 pub mod entry;
 pub mod error;
 pub mod job;
@@ -46,6 +47,7 @@ use sqlx::{
 };
 
 pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
+pub use compress::{Compression, compressible};
 pub use entry::{
     Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,
     Provenance, PutResult, Selector,
@@ -126,6 +128,8 @@ pub struct StoreOptions {
     /// How long [`Store::connect_retrying`] keeps trying a database that
     /// cannot be reached, so processes may start before it.
     pub connect_timeout: Duration,
+    /// Which values are stored compressed; `None`: none.
+    pub compression: Option<Compression>,
 }
 
 impl StoreOptions {
@@ -139,6 +143,7 @@ impl StoreOptions {
             wal_size_limit: WAL_SIZE_LIMIT,
             migrate: true,
             connect_timeout: Duration::from_secs(60),
+            compression: Some(Compression::default()),
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct Store {
     url: String,
     // The latest revision this process committed; see `change`.
     committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    // Which values are written compressed (`compress`).
+    compression: Option<Compression>,
 }
 
 /// The default size SQLite cuts its WAL file back to after a checkpoint
@@ -287,6 +294,7 @@ impl Store {
             wal,
             url,
             committed: std::sync::Arc::new(committed),
+            compression: options.compression,
         })
     }
 

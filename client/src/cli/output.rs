@@ -307,8 +307,8 @@ pub fn write_stats(out: &mut dyn Write, stats: &StatsResponse) -> io::Result<()>
     write_table(
         out,
         &[
-            "POLICY", "ENTRIES", "BYTES", "BUDGET", "HITS", "MISSES", "STALE", "NEGATIVE",
-            "EVICTED",
+            "POLICY", "ENTRIES", "BYTES", "WRITTEN", "BUDGET", "HITS", "MISSES", "STALE",
+            "NEGATIVE", "EVICTED",
         ],
         rows,
     )?;
@@ -335,6 +335,7 @@ fn policy_row(policy: &PolicyStats) -> Vec<String> {
         policy.policy.clone(),
         policy.entries.to_string(),
         bytes_text(policy.bytes),
+        bytes_text(policy.raw_bytes),
         bytes_text(policy.budget_bytes),
         policy.hits.to_string(),
         policy.misses.to_string(),
@@ -417,7 +418,10 @@ struct WalJson {
 struct PolicyJson {
     policy: String,
     entries: u64,
+    /// As stored (compressed values at their compressed size).
     bytes: u64,
+    /// As written, before compression.
+    raw_bytes: u64,
     budget_bytes: u64,
     hits: u64,
     misses: u64,
@@ -463,6 +467,7 @@ impl StatsJson {
                     policy: p.policy.clone(),
                     entries: p.entries,
                     bytes: p.bytes,
+                    raw_bytes: p.raw_bytes,
                     budget_bytes: p.budget_bytes,
                     hits: p.hits,
                     misses: p.misses,

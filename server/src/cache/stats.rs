@@ -45,6 +45,7 @@ pub(super) async fn stats(
                 .map_or(0, |p| p.max_bytes),
             entries: used.map_or(0, |u| u.entries),
             bytes: used.map_or(0, |u| u.bytes),
+            raw_bytes: used.map_or(0, |u| u.raw_bytes),
             hits: c.hits,
             misses: c.misses,
             stale: c.stale,

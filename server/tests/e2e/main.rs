@@ -10,6 +10,7 @@ mod bad_input;
 mod cache;
 mod changes;
 mod cli;
+mod compression;
 mod faults;
 mod fetch;
 mod fuzz;

@@ -7,7 +7,7 @@
 SELECT e.key, CASE WHEN $9 = 1 THEN e.value ELSE substr(e.value, 1, 0) END AS value,
        e.media_type, e.policy, e.tags, e.confidence, e.fingerprint, e.metadata,
        CASE WHEN e.negative THEN 1 ELSE 0 END AS negative, e.created_at, e.updated_at, e.expires_at, e.revision,
-       e.provider, e.upstream_status, e.etag, e.last_modified
+       e.provider, e.upstream_status, e.etag, e.last_modified, e.encoding, e.raw_bytes
 FROM entries e
 WHERE e.key COLLATE "C" > $1
   AND e.key COLLATE "C" >= $2
