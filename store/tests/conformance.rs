@@ -421,6 +421,9 @@ async fn eviction_removes_least_recently_used_down_to_target(store: Store) {
     }
     let mut other = put("other-policy", &"y".repeat(5000));
     other.policy = "api_metadata".to_owned();
+    // Stored as written (text this long would be stored compressed), so
+    // the byte counts below are the value's length.
+    other.media_type = "application/octet-stream".to_owned();
     written(store.entry_put(&other).await.expect("put"));
     // e0 and e1 were read recently: they are the most valuable now.
     store

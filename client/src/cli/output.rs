@@ -595,6 +595,7 @@ mod tests {
                     policy: "generic".to_owned(),
                     entries: 3,
                     bytes: 1536,
+                    raw_bytes: 6144,
                     budget_bytes: 64 * 1024 * 1024,
                     hits: 10,
                     misses: 2,
@@ -645,15 +646,16 @@ mod tests {
              hot tier: 7 keys, 2.0 KiB of 1.0 MiB; 5 hits, 7 misses, 0 bypassed\n\
              write-ahead log: 3.0 MiB (cut back to 64.0 MiB at each checkpoint)\n\
              \n\
-             POLICY   ENTRIES    BYTES    BUDGET  HITS  MISSES  STALE  NEGATIVE  EVICTED\n\
-             generic        3  1.5 KiB  64.0 MiB    10       2      0         0        0\n\
-             image      12345      0 B       0 B     0       0      0         0        0\n\
+             POLICY   ENTRIES    BYTES  WRITTEN    BUDGET  HITS  MISSES  STALE  NEGATIVE  EVICTED\n\
+             generic        3  1.5 KiB  6.0 KiB  64.0 MiB    10       2      0         0        0\n\
+             image      12345      0 B      0 B       0 B     0       0      0         0        0\n\
              \n\
              PROVIDER     RATE/S  BACKLOG  NEXT REQUEST  TOTAL WAIT\n\
              musicbrainz    1.00        4             -    1s 250ms\n"
         );
         let json = serde_json::to_value(StatsJson::new(&stats)).expect("serialises");
         assert_eq!(json["policies"][0]["bytes"], 1536);
+        assert_eq!(json["policies"][0]["raw_bytes"], 6144);
         assert_eq!(json["providers"][0]["backlog"], 4);
         assert_eq!(json["started_at"], "1970-01-01T00:00:00Z");
         assert_eq!(json["hot_tier"]["hits"], 5);

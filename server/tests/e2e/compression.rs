@@ -3,6 +3,8 @@
 //! Stats and budgets count stored bytes and report both; images and short
 //! values are left alone; `compress_min_bytes = 0` turns it off.
 
+use clap::Parser;
+use roadie_client::cli::{self, Cli, Exit};
 use roadie_client::proto::{ListEntriesRequest, StatsRequest, WatchRequest};
 use roadie_client::{WatchEvent, proto::BatchGetRequest};
 use roadie_store::Backend;
@@ -127,6 +129,35 @@ async fn json_is_stored_compressed_and_read_back_as_written(backend: Backend) {
     );
     let (stored, written) = policy_bytes(&stats, "generic");
     assert_eq!(stored, written, "a short value is stored as written");
+
+    // The command line: the value as written, and both sizes in stats.
+    let url = format!("http://{}", server.addr);
+    let run = |args: &[&str]| {
+        let mut argv = vec!["roadie", "--server", url.as_str(), "--json"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("command line");
+        async move {
+            let mut out = Vec::new();
+            let exit = cli::run(cli, &mut &b""[..], &mut out, &mut Vec::new()).await;
+            assert_eq!(exit, Exit::Success);
+            serde_json::from_slice::<serde_json::Value>(&out).expect("json")
+        }
+    };
+    let got = run(&["get", "https://musicbrainz.org/ws/2/artist/056e4f3e"]).await;
+    assert_eq!(got["entry"]["value"].as_str(), Some(json.as_str()));
+    let stats = run(&["stats"]).await;
+    let row = stats["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .find(|p| p["policy"] == "api_metadata")
+        .expect("api_metadata")
+        .clone();
+    assert_eq!(row["raw_bytes"].as_u64(), Some(json.len() as u64));
+    assert!(
+        row["bytes"].as_u64().expect("bytes") * 4 < json.len() as u64,
+        "{row}"
+    );
     server.stop().await;
 }
 
