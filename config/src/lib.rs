@@ -85,12 +85,15 @@ pub struct SnapshotSettings {
     /// age). A reader may name its own.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Most tracks one snapshot may hold, after a whole write or a merge.
+    pub max_tracks: u64,
 }
 
 impl Default for SnapshotSettings {
     fn default() -> SnapshotSettings {
         SnapshotSettings {
             max_age: Duration::from_secs(DAY),
+            max_tracks: 1_000_000,
         }
     }
 }

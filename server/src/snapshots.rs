@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use futures::Stream;
 use roadie_proto::v1::{self as pb, snapshots_server::Snapshots};
-use roadie_store::{SnapshotDelta, SnapshotMeta, Store, Track, now_ms};
+use roadie_store::{Merged, SnapshotDelta, SnapshotMeta, Store, Track, now_ms};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -270,9 +270,19 @@ impl Snapshots for SnapshotsService {
         let mut seen = HashSet::new();
         let mut index = 0_usize;
         let mut tracks = first.tracks;
+        let max_tracks = self.state.settings.snapshots.max_tracks;
         let written: Result<(), Status> = async {
             loop {
                 for t in tracks {
+                    if index as u64 >= max_tracks {
+                        return Err(ApiError::from(FieldError::new(
+                            format!("tracks[{index}]"),
+                            format!(
+                                "is past the limit (snapshots.max_tracks) of {max_tracks} tracks"
+                            ),
+                        ))
+                        .into());
+                    }
                     let t = track(&format!("tracks[{index}]"), t, &mut seen)?;
                     staging.push(t).await?;
                     index += 1;
@@ -444,15 +454,33 @@ impl Snapshots for SnapshotsService {
             library_mtime: head.library_mtime,
             processed_ids: head.processed_ids,
         };
-        let meta = self
+        let max_tracks = self.state.settings.snapshots.max_tracks;
+        let merged = self
             .state
             .store
-            .snapshot_merge(&head.name, &delta, now_ms())
+            .snapshot_merge(&head.name, &delta, max_tracks, now_ms())
             .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("no snapshot {}", validate::quoted(&head.name)))
-            })?;
+            .map_err(ApiError::from)?;
+        let meta = match merged {
+            Merged::Done(meta) => meta,
+            Merged::Missing => {
+                return Err(ApiError::NotFound(format!(
+                    "no snapshot {}",
+                    validate::quoted(&head.name)
+                ))
+                .into());
+            }
+            Merged::TooLarge { tracks } => {
+                return Err(ApiError::from(FieldError::new(
+                    "updates",
+                    format!(
+                        "would make the snapshot {tracks} tracks, the limit \
+                         (snapshots.max_tracks) is {max_tracks}"
+                    ),
+                ))
+                .into());
+            }
+        };
         let library_mtime = Some(timestamp(delta.library_mtime));
         let info = self.info(
             meta,

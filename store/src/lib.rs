@@ -58,7 +58,7 @@ pub use job::{
 };
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
-pub use snapshot::{SNAPSHOT_POLICY, SnapshotDelta, SnapshotMeta, Track};
+pub use snapshot::{Merged, SNAPSHOT_POLICY, SnapshotDelta, SnapshotMeta, Track};
 
 /// A connection pool's state at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

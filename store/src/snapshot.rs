@@ -50,6 +50,20 @@ pub struct SnapshotMeta {
     pub revision: u64,
 }
 
+/// What a merge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// Merged and committed.
+    Done(SnapshotMeta),
+    /// No snapshot of that name.
+    Missing,
+    /// Not merged: the snapshot would hold this many tracks, past the limit.
+    TooLarge {
+        /// Tracks after the merge.
+        tracks: u64,
+    },
+}
+
 /// A delta: tracks to replace in place or append, ids to drop.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotDelta {
@@ -208,13 +222,15 @@ impl Store {
 
     /// Merges `delta` into the snapshot `name` in one transaction: removed
     /// tracks dropped, updated ones replaced where they stand, new ones
-    /// appended in the delta's order. `None` when there is no such snapshot.
+    /// appended in the delta's order; rolled back when the snapshot would
+    /// then hold more than `max_tracks`.
     pub async fn snapshot_merge(
         &self,
         name: &str,
         delta: &SnapshotDelta,
+        max_tracks: u64,
         now: i64,
-    ) -> Result<Option<SnapshotMeta>, StoreError> {
+    ) -> Result<Merged, StoreError> {
         let mut tx = self.pool.begin().await?;
         let base = revision_lock(&mut tx).await?;
         let Some(row) = sqlx::query(sql!("snapshot_get"))
@@ -222,7 +238,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
         else {
-            return Ok(None);
+            return Ok(Merged::Missing);
         };
         let mut meta = meta_from_row(&row)?;
         let mut next_position: i64 = row.try_get("next_position")?;
@@ -256,6 +272,10 @@ impl Store {
             }
         }
         let (tracks, bytes) = generation_size(&mut tx, name, meta.generation).await?;
+        if tracks > max_tracks {
+            // Dropped unfinished: the transaction rolls back.
+            return Ok(Merged::TooLarge { tracks });
+        }
         let revision = base + 1;
         meta.library_mtime = delta.library_mtime;
         meta.processed_ids = delta.processed_ids.clone();
@@ -267,7 +287,7 @@ impl Store {
         record(&mut tx, name, revision, now).await?;
         tx.commit().await?;
         self.announce(revision);
-        Ok(Some(meta))
+        Ok(Merged::Done(meta))
     }
 
     /// Deletes the snapshot `name` and its tracks; its revision, or `None`

@@ -289,6 +289,45 @@ async fn refusals_name_the_field_and_change_nothing(backend: Backend) {
     server.stop().await;
 }
 
+async fn a_snapshot_is_held_to_max_tracks(backend: Backend) {
+    let server = start!(backend, |s| s.snapshots.max_tracks = 3);
+    let c = &server.client;
+    let field = |result: Result<_, ClientError>| match result {
+        Err(ClientError::InvalidArgument { field, message }) => {
+            assert!(message.contains("snapshots.max_tracks"), "{message}");
+            field
+        }
+        other => panic!("{other:?}"),
+    };
+    let four: Vec<Track> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| track(id, id))
+        .collect();
+    assert_eq!(
+        field(c.put_snapshot(header("lib", 1), four.clone()).await).as_deref(),
+        Some("tracks[3]")
+    );
+    c.put_snapshot(header("lib", 1), four[..2].to_vec())
+        .await
+        .expect("two fit");
+    // Two new tracks would make four: refused, and nothing of it applied.
+    assert_eq!(
+        field(
+            c.merge_snapshot(header("lib", 2), four[2..].to_vec(), vec![])
+                .await
+        )
+        .as_deref(),
+        Some("updates")
+    );
+    assert!(read(c, "lib").await == four[..2]);
+    // With one removed, three fit.
+    c.merge_snapshot(header("lib", 2), four[2..].to_vec(), vec!["a".to_owned()])
+        .await
+        .expect("three fit");
+    assert_eq!(read(c, "lib").await.len(), 3);
+    server.stop().await;
+}
+
 async fn roadie(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String) {
     let url = format!("http://{}", server.addr);
     let mut argv = vec!["roadie", "--server", url.as_str()];
@@ -404,5 +443,6 @@ on_both_backends!(
     a_library_of_100_000_tracks_and_a_delta_of_1_000,
     validity_follows_the_library_time_then_the_age,
     refusals_name_the_field_and_change_nothing,
+    a_snapshot_is_held_to_max_tracks,
     the_cli_puts_gets_merges_and_judges,
 );
