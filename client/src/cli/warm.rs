@@ -3,7 +3,7 @@
 //! terminal): done, negative, failed, the rate, and an estimate from the
 //! providers' rate limits and backlogs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ pub async fn run(
     // By provider, oldest job first: each provider's jobs are claimed in
     // that order (within a priority), so the first unfinished one bounds
     // what needs asking.
-    let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+    let mut pending: BTreeMap<String, VecDeque<Pending>> = BTreeMap::new();
     for batch in items.chunks(args.batch) {
         let response = client
             .batch_fetch(proto::BatchFetchRequest {
@@ -212,7 +212,7 @@ pub async fn run(
                 pending
                     .entry(job.provider.clone())
                     .or_default()
-                    .push(Pending {
+                    .push_back(Pending {
                         line: item.line,
                         job: job.id,
                         url: job.url,
@@ -223,7 +223,7 @@ pub async fn run(
         }
     }
     for queue in pending.values_mut() {
-        queue.sort_by_key(|p| p.job);
+        queue.make_contiguous().sort_by_key(|p| p.job);
     }
     if !args.no_wait {
         follow(client, &args, &mut pending, &mut tally, err).await?;
@@ -294,7 +294,7 @@ fn read_file(path: &std::path::Path, stdin: &mut dyn Read) -> Result<String, Cli
 async fn follow(
     client: &Client,
     args: &WarmArgs,
-    pending: &mut BTreeMap<String, Vec<Pending>>,
+    pending: &mut BTreeMap<String, VecDeque<Pending>>,
     tally: &mut Tally,
     err: &mut dyn Write,
 ) -> Result<(), CliError> {
@@ -331,7 +331,7 @@ async fn follow(
             tally.done,
             tally.negative,
             tally.failed,
-            pending.values().map(Vec::len).sum::<usize>()
+            pending.values().map(VecDeque::len).sum::<usize>()
         ));
         tokio::select! {
             () = &mut interrupted => {
@@ -351,11 +351,12 @@ async fn follow(
 async fn settle_finished(
     client: &Client,
     provider: &str,
-    queue: &mut Vec<Pending>,
+    queue: &mut VecDeque<Pending>,
     tally: &mut Tally,
 ) -> Result<(), CliError> {
     loop {
-        let chunk: Vec<Pending> = queue.iter().take(FOLLOW_CHUNK).cloned().collect();
+        // Taken off the front; the unfinished go back there, in order.
+        let chunk: Vec<Pending> = queue.drain(..FOLLOW_CHUNK.min(queue.len())).collect();
         if chunk.is_empty() {
             return Ok(());
         }
@@ -431,7 +432,11 @@ async fn settle_finished(
                 }
             }
         }
-        queue.retain(|p| !finished.contains(&p.job));
+        for p in chunk.into_iter().rev() {
+            if !finished.contains(&p.job) {
+                queue.push_front(p);
+            }
+        }
         if !all_finished {
             return Ok(());
         }
@@ -441,7 +446,7 @@ async fn settle_finished(
 /// Time left by the providers' own limits: for each provider with jobs
 /// pending, its backlog (every queued job, others' too) over its rate,
 /// after any pause it is under; the slowest provider decides.
-async fn estimate_left(client: &Client, pending: &BTreeMap<String, Vec<Pending>>) -> String {
+async fn estimate_left(client: &Client, pending: &BTreeMap<String, VecDeque<Pending>>) -> String {
     let Ok(stats) = client.stats(proto::StatsRequest {}).await else {
         return "no estimate (Stats failed)".to_owned();
     };
