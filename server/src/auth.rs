@@ -39,6 +39,15 @@ pub(crate) enum Access {
 }
 
 impl Access {
+    /// What the auth layer found on `request` (open when it set nothing).
+    pub(crate) fn of<T>(request: &tonic::Request<T>) -> Access {
+        request
+            .extensions()
+            .get::<Access>()
+            .cloned()
+            .unwrap_or(Access::Open)
+    }
+
     /// Whether this caller has `role`; the refusal says what `action` needs.
     pub(crate) fn require(&self, role: Role, action: &str) -> Result<(), ApiError> {
         match self {

@@ -52,6 +52,16 @@ impl SnapshotsService {
             .ok_or_else(|| ApiError::NotFound(format!("no snapshot {}", validate::quoted(name))))
     }
 
+    /// The info of a snapshot just written or merged, judged for the
+    /// library time it was written with.
+    fn written(&self, meta: SnapshotMeta) -> Result<pb::SnapshotInfo, ApiError> {
+        let validity = pb::Validity {
+            library_mtime: Some(timestamp(meta.library_mtime)),
+            max_age: None,
+        };
+        self.info(meta, Some(&validity))
+    }
+
     /// The info of `meta`, judged valid or not as `validity` asks.
     fn info(
         &self,
@@ -318,14 +328,7 @@ impl Snapshots for SnapshotsService {
                 return Err(ApiError::from(error).into());
             }
         };
-        let library_mtime = Some(timestamp(head.library_mtime));
-        let info = self.info(
-            meta,
-            Some(&pb::Validity {
-                library_mtime,
-                max_age: None,
-            }),
-        )?;
+        let info = self.written(meta)?;
         Ok(Response::new(pb::PutSnapshotResponse { info: Some(info) }))
     }
 
@@ -481,14 +484,7 @@ impl Snapshots for SnapshotsService {
                 .into());
             }
         };
-        let library_mtime = Some(timestamp(delta.library_mtime));
-        let info = self.info(
-            meta,
-            Some(&pb::Validity {
-                library_mtime,
-                max_age: None,
-            }),
-        )?;
+        let info = self.written(meta)?;
         Ok(Response::new(pb::MergeSnapshotResponse {
             info: Some(info),
         }))

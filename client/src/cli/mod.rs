@@ -294,6 +294,25 @@ async fn get(
 }
 
 /// The value of a put, from exactly one of the sources clap allowed.
+/// The text of an input file, or of stdin for "-".
+fn read_text(path: &std::path::Path, stdin: &mut dyn Read) -> Result<String, CliError> {
+    let mut text = String::new();
+    let result = if path.as_os_str() == "-" {
+        stdin.read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(path).map(|read| text = read)
+    };
+    result.map_err(|source| CliError::Read {
+        what: if path.as_os_str() == "-" {
+            "stdin".to_owned()
+        } else {
+            path.display().to_string()
+        },
+        source,
+    })?;
+    Ok(text)
+}
+
 fn read_value(args: &PutArgs, stdin: &mut dyn Read) -> Result<Vec<u8>, CliError> {
     if let Some(path) = &args.file {
         return std::fs::read(path).map_err(|source| CliError::Read {

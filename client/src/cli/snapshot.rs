@@ -247,22 +247,8 @@ fn validity_request(args: &ValidityArgs) -> Result<proto::Validity, CliError> {
     })
 }
 
-fn read_text(path: &Path, stdin: &mut dyn Read) -> Result<String, CliError> {
-    let mut text = String::new();
-    let result = if path.as_os_str() == "-" {
-        stdin.read_to_string(&mut text).map(drop)
-    } else {
-        std::fs::read_to_string(path).map(|read| text = read)
-    };
-    result.map_err(|source| CliError::Read {
-        what: path.display().to_string(),
-        source,
-    })?;
-    Ok(text)
-}
-
 fn read_lines(path: &Path, stdin: &mut dyn Read) -> Result<Vec<String>, CliError> {
-    Ok(read_text(path, stdin)?
+    Ok(super::read_text(path, stdin)?
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
@@ -277,7 +263,7 @@ fn read_tracks(
     id_field: &str,
     stdin: &mut dyn Read,
 ) -> Result<Vec<proto::Track>, CliError> {
-    let text = read_text(path, stdin)?;
+    let text = super::read_text(path, stdin)?;
     // (line, the object's own text for JSON lines, the object).
     let objects: Vec<(usize, Option<&str>, serde_json::Value)> =
         if text.trim_start().starts_with('[') {

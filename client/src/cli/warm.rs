@@ -165,7 +165,7 @@ pub async fn run(
     err: &mut dyn Write,
 ) -> Result<Exit, CliError> {
     let started = Instant::now();
-    let text = read_file(&args.file, stdin)?;
+    let text = super::read_text(&args.file, stdin)?;
     let items = parse(&text, &args)?;
     if args.batch == 0 {
         return Err(CliError::Argument {
@@ -274,20 +274,6 @@ pub async fn run(
     } else {
         Exit::Incomplete
     })
-}
-
-fn read_file(path: &std::path::Path, stdin: &mut dyn Read) -> Result<String, CliError> {
-    let mut text = String::new();
-    let result = if path.as_os_str() == "-" {
-        stdin.read_to_string(&mut text).map(drop)
-    } else {
-        std::fs::read_to_string(path).map(|read| text = read)
-    };
-    result.map_err(|source| CliError::Read {
-        what: path.display().to_string(),
-        source,
-    })?;
-    Ok(text)
 }
 
 /// Follows the pending jobs until none is left or Ctrl-C.

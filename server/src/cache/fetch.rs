@@ -87,11 +87,7 @@ pub(super) async fn fetch(
     // The job continues this call's trace (the worker's span is its child).
     let traceparent = roadie_telemetry::propagation::traceparent(&tracing::Span::current());
     // A read token gets what is cached; fetching more takes write.
-    let access = request
-        .extensions()
-        .get::<Access>()
-        .cloned()
-        .unwrap_or(Access::Open);
+    let access = Access::of(&request);
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
     crate::rpc::record_key(&plan.url);
@@ -163,11 +159,7 @@ pub(super) async fn batch_fetch(
     request: Request<pb::BatchFetchRequest>,
 ) -> Result<Response<pb::BatchFetchResponse>, Status> {
     let traceparent = roadie_telemetry::propagation::traceparent(&tracing::Span::current());
-    let access = request
-        .extensions()
-        .get::<Access>()
-        .cloned()
-        .unwrap_or(Access::Open);
+    let access = Access::of(&request);
     let req = request.into_inner();
     let max = service.state.settings.limits.max_batch_keys;
     if req.items.is_empty() || req.items.len() > max {

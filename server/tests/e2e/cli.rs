@@ -5,22 +5,7 @@ use clap::Parser;
 use roadie_client::cli::{self, Cli, Exit};
 use roadie_store::Backend;
 
-use crate::common::{TestServer, on_both_backends, start};
-
-/// Runs `roadie ARGS…` against `server` with `stdin`; returns exit, stdout, stderr.
-async fn roadie(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String, String) {
-    let url = format!("http://{}", server.addr);
-    let mut argv = vec!["roadie", "--server", url.as_str()];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid command line");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let exit = cli::run(cli, &mut stdin.as_bytes(), &mut out, &mut err).await;
-    (
-        exit,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
-}
+use crate::common::{on_both_backends, roadie, start};
 
 async fn exit_codes_and_output_scripts_rely_on(backend: Backend) {
     let server = start!(backend);

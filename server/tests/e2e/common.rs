@@ -192,3 +192,23 @@ pub fn stored(key: &str, expires_at: Option<i64>, negative: bool) -> roadie_stor
         now: roadie_store::now_ms(),
     }
 }
+
+/// Runs `roadie ARGS…` against `server` with `stdin`; returns exit, stdout, stderr.
+pub async fn roadie(
+    server: &TestServer,
+    args: &[&str],
+    stdin: &str,
+) -> (roadie_client::cli::Exit, String, String) {
+    let url = format!("http://{}", server.addr);
+    let mut argv = vec!["roadie", "--server", url.as_str()];
+    argv.extend_from_slice(args);
+    let cli = <roadie_client::cli::Cli as clap::Parser>::try_parse_from(argv)
+        .expect("valid command line");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = roadie_client::cli::run(cli, &mut stdin.as_bytes(), &mut out, &mut err).await;
+    (
+        exit,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}

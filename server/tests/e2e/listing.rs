@@ -5,15 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use clap::Parser;
 use roadie_client::{
     Client, ClientError, WatchEvent,
-    cli::{self, Cli, Exit},
+    cli::Exit,
     proto::{self as pb, ChangeKind, EntryStatus, ListEntriesRequest, WatchRequest},
 };
 use roadie_store::{Backend, now_ms};
 
-use crate::common::{TestServer, on_both_backends, put, start, stored};
+use crate::common::{on_both_backends, put, roadie, start, stored};
 
 /// Every page of a listing: the keys in the order given, and the revision.
 async fn list_all(client: &Client, mut request: ListEntriesRequest) -> (Vec<pb::Entry>, u64) {
@@ -318,16 +317,6 @@ async fn a_listing_across_concurrent_writes_misses_and_repeats_nothing(backend: 
     server.stop().await;
 }
 
-async fn roadie(server: &TestServer, args: &[&str]) -> (Exit, String) {
-    let url = format!("http://{}", server.addr);
-    let mut argv = vec!["roadie", "--server", url.as_str()];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid command line");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let exit = cli::run(cli, &mut &b""[..], &mut out, &mut err).await;
-    (exit, String::from_utf8_lossy(&out).into_owned())
-}
-
 async fn roadie_ls_lists_every_page(backend: Backend) {
     let server = start!(backend);
     let c = &server.client;
@@ -338,7 +327,7 @@ async fn roadie_ls_lists_every_page(backend: Backend) {
     }
     c.put(put("other", "x")).await.expect("put");
 
-    let (exit, out) = roadie(&server, &["ls", "image:", "--page-size", "10"]).await;
+    let (exit, out, _) = roadie(&server, &["ls", "image:", "--page-size", "10"], "").await;
     assert_eq!(exit, Exit::Success);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("STATUS"), "{out}");
@@ -349,7 +338,7 @@ async fn roadie_ls_lists_every_page(backend: Backend) {
     );
     assert!(lines[26].starts_with("25 entries at revision 26"), "{out}");
 
-    let (exit, out) = roadie(
+    let (exit, out, _) = roadie(
         &server,
         &[
             "--json",
@@ -360,6 +349,7 @@ async fn roadie_ls_lists_every_page(backend: Backend) {
             "3",
             "--values",
         ],
+        "",
     )
     .await;
     assert_eq!(exit, Exit::Success);
@@ -370,7 +360,7 @@ async fn roadie_ls_lists_every_page(backend: Backend) {
     assert_eq!(entries[0]["value"], "bytes");
     assert_eq!(json["revision"], 26);
 
-    let (_, out) = roadie(&server, &["--json", "ls", "other"]).await;
+    let (_, out, _) = roadie(&server, &["--json", "ls", "other"], "").await;
     let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
     assert!(
         json["entries"][0].get("value").is_none(),

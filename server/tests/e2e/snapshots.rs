@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use roadie_client::{
     Client, ClientError, WatchEvent,
-    cli::{self, Cli, Exit},
+    cli::Exit,
     proto::{
         ChangeKind, GetSnapshotInfoRequest, GetSnapshotRequest, SnapshotHeader, Track, Validity,
         WatchRequest,
@@ -17,6 +16,12 @@ use roadie_client::{
 use roadie_store::Backend;
 
 use crate::common::{TestServer, on_both_backends, secs, start};
+
+/// `roadie ARGS…`: the exit, and stdout followed by stderr.
+async fn run(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String) {
+    let (exit, out, err) = crate::common::roadie(server, args, stdin).await;
+    (exit, out + &err)
+}
 
 fn track(id: &str, title: &str) -> Track {
     Track {
@@ -328,21 +333,10 @@ async fn a_snapshot_is_held_to_max_tracks(backend: Backend) {
     server.stop().await;
 }
 
-async fn roadie(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String) {
-    let url = format!("http://{}", server.addr);
-    let mut argv = vec!["roadie", "--server", url.as_str()];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid command line");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let exit = cli::run(cli, &mut stdin.as_bytes(), &mut out, &mut err).await;
-    let err = String::from_utf8_lossy(&err).into_owned();
-    (exit, String::from_utf8_lossy(&out).into_owned() + &err)
-}
-
 async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     let server = start!(backend);
     let lines = "{\"id\": 1, \"title\": \"One More Time\"}\n{\"id\": 2, \"title\": \"Aerodynamic\"}\n{\"id\": 3, \"title\": \"Digital Love\"}\n";
-    let (exit, out) = roadie(
+    let (exit, out) = run(
         &server,
         &[
             "snapshot",
@@ -357,13 +351,13 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     .await;
     assert_eq!(exit, Exit::Success, "{out}");
     assert!(out.contains("tracks: 3"), "{out}");
-    let (exit, out) = roadie(&server, &["snapshot", "get", "lib"], "").await;
+    let (exit, out) = run(&server, &["snapshot", "get", "lib"], "").await;
     assert_eq!(exit, Exit::Success, "{out}");
     assert_eq!(out, lines, "lines come back as written");
 
     let delta =
         "{\"id\": 2, \"title\": \"Aerodynamic (live)\"}\n{\"id\": 4, \"title\": \"Harder\"}\n";
-    let (exit, out) = roadie(
+    let (exit, out) = run(
         &server,
         &[
             "--json",
@@ -384,7 +378,7 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
         serde_json::from_str(out.lines().next().unwrap_or("")).expect("json");
     assert_eq!(info["tracks"], 3);
     assert_eq!(info["processed_ids"], 3);
-    let (_, out) = roadie(&server, &["snapshot", "get", "lib"], "").await;
+    let (_, out) = run(&server, &["snapshot", "get", "lib"], "").await;
     let titles: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["title"].clone())
@@ -392,7 +386,7 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     assert_eq!(titles, ["Aerodynamic (live)", "Digital Love", "Harder"]);
 
     // The library changed after the snapshot and max age is 0: not valid.
-    let (exit, out) = roadie(
+    let (exit, out) = run(
         &server,
         &[
             "snapshot",
@@ -408,7 +402,7 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     .await;
     assert_eq!(exit, Exit::Miss, "{out}");
     assert!(out.contains("not valid"), "{out}");
-    let (exit, out) = roadie(
+    let (exit, out) = run(
         &server,
         &[
             "snapshot",
@@ -424,7 +418,7 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     )
     .await;
     assert_eq!((exit, out.as_str()), (Exit::Miss, ""));
-    let (exit, out) = roadie(
+    let (exit, out) = run(
         &server,
         &["snapshot", "put", "x", "-", "--library-mtime", "1"],
         "{\"title\": 1}\n",
@@ -432,9 +426,9 @@ async fn the_cli_puts_gets_merges_and_judges(backend: Backend) {
     .await;
     assert_eq!(exit, Exit::Error, "{out}");
     assert!(out.contains("line 1") && out.contains("\"id\""), "{out}");
-    let (exit, _) = roadie(&server, &["snapshot", "delete", "lib"], "").await;
+    let (exit, _) = run(&server, &["snapshot", "delete", "lib"], "").await;
     assert_eq!(exit, Exit::Success);
-    let (exit, _) = roadie(&server, &["snapshot", "info", "lib"], "").await;
+    let (exit, _) = run(&server, &["snapshot", "info", "lib"], "").await;
     assert_eq!(exit, Exit::Miss);
     server.stop().await;
 }

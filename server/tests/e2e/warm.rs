@@ -2,16 +2,15 @@
 //! shared, refused), and `roadie warm` queues a file's items and follows
 //! their jobs through a real worker and a loopback upstream to the end.
 
-use clap::Parser;
 use roadie_client::{
     ClientError,
-    cli::{self, Cli, Exit},
+    cli::Exit,
     proto::{BatchFetchItem, BatchFetchRequest, FetchMode, LookupStatus},
 };
 use roadie_store::Backend;
 
 use crate::{
-    common::{TestServer, get, on_both_backends, put},
+    common::{TestServer, get, on_both_backends, put, roadie},
     fetch::{fetch, start_worker, upstream, with_provider},
 };
 
@@ -114,20 +113,6 @@ async fn batch_fetch_answers_each_item_on_its_own(backend: Backend) {
         }
     }
     server.stop().await;
-}
-
-async fn roadie(server: &TestServer, args: &[&str], stdin: &str) -> (Exit, String, String) {
-    let url = format!("http://{}", server.addr);
-    let mut argv = vec!["roadie", "--server", url.as_str()];
-    argv.extend_from_slice(args);
-    let cli = Cli::try_parse_from(argv).expect("valid command line");
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let exit = cli::run(cli, &mut stdin.as_bytes(), &mut out, &mut err).await;
-    (
-        exit,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
 }
 
 async fn warm_follows_every_job_to_the_end(backend: Backend) {
