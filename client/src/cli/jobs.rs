@@ -138,7 +138,8 @@ fn state_label(state: i32) -> &'static str {
     }
 }
 
-fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+/// A timestamp as RFC 3339 with milliseconds; `None` when unset or before 1970.
+pub(super) fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     let ts = ts?;
     let secs = u64::try_from(ts.seconds).ok()?;
     let nanos = u32::try_from(ts.nanos).ok()?;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 
-use super::{CliError, Exit, output::write_json};
+use super::{CliError, Exit, jobs::time, output::write_json};
 use crate::{Client, ClientError, proto};
 
 /// Arguments of `roadie snapshot`.
@@ -313,12 +313,6 @@ fn read_tracks(
             Ok(proto::Track { id, json })
         })
         .collect()
-}
-
-fn time(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let ts = ts?;
-    let at = SystemTime::try_from(*ts).ok()?;
-    Some(humantime::format_rfc3339_millis(at).to_string())
 }
 
 fn write_info(out: &mut dyn Write, info: &proto::SnapshotInfo, json: bool) -> Result<(), CliError> {
