@@ -235,6 +235,11 @@ struct Staging<'a> {
 }
 
 impl Staging<'_> {
+    /// Tracks taken so far, staged or pending.
+    fn count(&self) -> u64 {
+        self.staged + self.pending.len() as u64
+    }
+
     async fn push(&mut self, track: Track) -> Result<(), ApiError> {
         self.pending.push(track);
         if self.pending.len() >= STAGE_TRACKS {
@@ -278,13 +283,13 @@ impl Snapshots for SnapshotsService {
             pending: Vec::new(),
         };
         let mut seen = HashSet::new();
-        let mut index = 0_usize;
         let mut tracks = first.tracks;
         let max_tracks = self.state.settings.snapshots.max_tracks;
         let written: Result<(), Status> = async {
             loop {
                 for t in tracks {
-                    if index as u64 >= max_tracks {
+                    let index = staging.count();
+                    if index >= max_tracks {
                         return Err(ApiError::from(FieldError::new(
                             format!("tracks[{index}]"),
                             format!(
@@ -295,7 +300,6 @@ impl Snapshots for SnapshotsService {
                     }
                     let t = track(&format!("tracks[{index}]"), t, &mut seen)?;
                     staging.push(t).await?;
-                    index += 1;
                 }
                 match next(&mut stream, |m: &pb::PutSnapshotRequest| m.header.is_some()).await? {
                     Some(message) => tracks = message.tracks,

@@ -110,10 +110,6 @@ fn parse_time(text: &str) -> Result<SystemTime, String> {
         .map_err(|e| format!("{e} (RFC 3339, or seconds since the epoch)"))
 }
 
-fn timestamp(at: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(at)
-}
-
 /// Runs one `roadie snapshot` command.
 pub async fn run(
     client: &Client,
@@ -137,7 +133,7 @@ pub async fn run(
                 .unwrap_or_default();
             let header = proto::SnapshotHeader {
                 name,
-                library_mtime: Some(timestamp(library_mtime)),
+                library_mtime: Some(library_mtime.into()),
                 processed_ids,
             };
             let info = client.put_snapshot(header, tracks).await?;
@@ -163,7 +159,7 @@ pub async fn run(
                 .collect();
             let header = proto::SnapshotHeader {
                 name,
-                library_mtime: Some(timestamp(library_mtime)),
+                library_mtime: Some(library_mtime.into()),
                 processed_ids,
             };
             let info = client.merge_snapshot(header, updates, removed).await?;
@@ -239,7 +235,7 @@ fn not_found(out: &mut dyn Write, message: &str, json: bool) -> Result<Exit, Cli
 
 fn validity_request(args: &ValidityArgs) -> Result<proto::Validity, CliError> {
     Ok(proto::Validity {
-        library_mtime: args.library_mtime.map(timestamp),
+        library_mtime: args.library_mtime.map(prost_types::Timestamp::from),
         max_age: args
             .max_age
             .map(|d| super::proto_duration("--max-age", d))

@@ -29,8 +29,8 @@ pub struct WarmArgs {
     /// Blank lines and lines starting with # are skipped; "-" reads stdin.
     pub file: PathBuf,
     /// Items per BatchFetch call (1 to the server's limits.max_batch_keys).
-    #[arg(long, value_name = "N", default_value_t = 500)]
-    pub batch: usize,
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
     /// Background priority of items that name none (2 or larger).
     #[arg(long, value_name = "N")]
     pub priority: Option<u32>,
@@ -167,12 +167,6 @@ pub async fn run(
     let started = Instant::now();
     let text = super::read_text(&args.file, stdin)?;
     let items = parse(&text, &args)?;
-    if args.batch == 0 {
-        return Err(CliError::Argument {
-            flag: "--batch",
-            reason: "must be at least 1".to_owned(),
-        });
-    }
     let mut tally = Tally {
         items: items.len() as u64,
         ..Tally::default()
@@ -181,7 +175,7 @@ pub async fn run(
     // that order (within a priority), so the first unfinished one bounds
     // what needs asking.
     let mut pending: BTreeMap<String, VecDeque<Pending>> = BTreeMap::new();
-    for batch in items.chunks(args.batch) {
+    for batch in items.chunks(args.batch as usize) {
         let response = client
             .batch_fetch(proto::BatchFetchRequest {
                 items: batch.iter().map(|item| item.fetch.clone()).collect(),
@@ -226,7 +220,7 @@ pub async fn run(
         queue.make_contiguous().sort_by_key(|p| p.job);
     }
     if !args.no_wait {
-        follow(client, &args, &mut pending, &mut tally, err).await?;
+        follow(client, &args, &mut pending, &mut tally).await?;
     }
     tally.pending = pending.values().map(|queue| queue.len() as u64).sum();
     tally.seconds = started.elapsed().as_secs_f64();
@@ -282,7 +276,6 @@ async fn follow(
     args: &WarmArgs,
     pending: &mut BTreeMap<String, VecDeque<Pending>>,
     tally: &mut Tally,
-    err: &mut dyn Write,
 ) -> Result<(), CliError> {
     let bar = ProgressBar::with_draw_target(Some(tally.queued), ProgressDrawTarget::stderr());
     bar.set_style(
@@ -328,7 +321,6 @@ async fn follow(
         }
     }
     bar.finish_and_clear();
-    let _ = err.flush();
     Ok(())
 }
 

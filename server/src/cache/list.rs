@@ -115,9 +115,11 @@ struct PageToken {
 
 impl PageToken {
     fn encode(&self) -> String {
+        use std::fmt::Write;
         let mut token = format!("{}.", self.revision);
         for byte in self.after.as_bytes() {
-            token.push_str(&format!("{byte:02x}"));
+            // Writing to a String cannot fail.
+            let _ = write!(token, "{byte:02x}");
         }
         token
     }
