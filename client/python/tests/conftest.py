@@ -22,14 +22,14 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 import roadie
 
@@ -210,9 +210,12 @@ class Roadie:
         )
         with channel:
             try:
-                answer = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service="roadie.v1.Cache"), timeout=1
+                check = channel.unary_unary(
+                    "/grpc.health.v1.Health/Check",
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString,
                 )
+                answer = check(health_pb2.HealthCheckRequest(service="roadie.v1.Cache"), timeout=1)
             except grpc.RpcError:
                 return False
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
@@ -230,7 +233,7 @@ def _ready(admin_port: int) -> bool:
         return False
 
 
-def _postgres_database() -> Iterator[str]:
+def _postgres_database() -> Generator[str, None, None]:
     name = f"roadie_test_py_{uuid.uuid4().hex[:12]}"
     created = subprocess.run(["psql", POSTGRES, "-qc", f"CREATE DATABASE {name}"], capture_output=True, text=True)
     if created.returncode != 0:

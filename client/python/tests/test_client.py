@@ -122,7 +122,7 @@ def test_background_fetch_and_the_jobs_service(client: roadie.Client, upstream: 
     queued = client.fetch("images", "bg/one.jpg", wait=False)
     assert queued.status == LookupStatus.MISS and queued.job is not None
     job = wait_until(
-        lambda: (j := client.get_job(queued.job.id)).state == JobState.COMPLETED and j,  # type: ignore[union-attr]
+        lambda: (j := client.get_job(queued.job.id)).state == JobState.COMPLETED and j,
         "background job completes",
     )
     assert job.url.endswith("/img/bg/one.jpg") and job.provider == "images"

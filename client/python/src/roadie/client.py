@@ -312,7 +312,9 @@ class Client:
         kinds: Sequence[t.ChangeKind] = (),
         include_values: bool = False,
     ) -> Watcher:
-        """Every change after ``after_revision`` (unset: from now), as an
+        """Every change after ``after_revision`` (unset: from when the
+        stream opens, on the first iteration; pass a revision, from a write
+        or ``stats()``, to miss nothing before that), as an
         iterator that resumes by itself when the connection breaks or the
         server drains. A revision the log no longer holds raises
         ``roadie.Compacted``. ``close()`` ends it."""
