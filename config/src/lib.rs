@@ -329,6 +329,14 @@ pub struct StoreSettings {
     pub compress_min_bytes: usize,
     /// zstd's level, 1 (fastest) to 19 (smallest).
     pub compress_level: i32,
+    /// The most entry writes one transaction takes: every Put waiting at a
+    /// moment is committed together (one revision lock, one commit).
+    pub write_batch: usize,
+    /// How long a write waits for others to share its commit when fewer
+    /// than `write_batch` are waiting; 0 (the default) takes what is there,
+    /// which costs a lone writer nothing.
+    #[serde(with = "humantime_serde")]
+    pub write_wait: Duration,
 }
 
 /// The default policy: entries written without one.
@@ -381,6 +389,10 @@ impl StoreSettings {
                 min_bytes: self.compress_min_bytes,
                 level: self.compress_level,
             }),
+            batching: roadie_store::Batching {
+                max_batch: self.write_batch,
+                max_wait: self.write_wait,
+            },
         }
     }
 }
@@ -603,6 +615,8 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_secs(60),
             compress_min_bytes: roadie_store::Compression::default().min_bytes,
             compress_level: roadie_store::Compression::default().level,
+            write_batch: roadie_store::Batching::default().max_batch,
+            write_wait: roadie_store::Batching::default().max_wait,
         }
     }
 }
@@ -916,6 +930,15 @@ impl Settings {
                 "store.url",
                 "must start with sqlite:// or postgres://",
             ));
+        }
+        if !(1..=10_000).contains(&self.store.write_batch) {
+            return Err(ConfigError::new(
+                "store.write_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.store.write_wait > Duration::from_secs(1) {
+            return Err(ConfigError::new("store.write_wait", "must be at most 1s"));
         }
         if !(1..=19).contains(&self.store.compress_level) {
             return Err(ConfigError::new(

@@ -168,13 +168,7 @@ impl Store {
 
     /// Announces that a transaction up to `revision` has committed.
     pub(crate) fn announce(&self, revision: u64) {
-        if revision > 0 {
-            self.committed.send_if_modified(|latest| {
-                let newer = revision > *latest;
-                *latest = (*latest).max(revision);
-                newer
-            });
-        }
+        announce(&self.committed, revision);
     }
 
     /// A connection of its own for [`DataVersion`] (SQLite); `None` on
@@ -259,6 +253,17 @@ pub(crate) fn from_i64(value: i64) -> u64 {
 }
 
 // The change-log writes, called inside every write transaction.
+
+/// Tells this process's watchers of `committed` that `revision` committed.
+pub(crate) fn announce(committed: &tokio::sync::watch::Sender<u64>, revision: u64) {
+    if revision > 0 {
+        committed.send_if_modified(|latest| {
+            let newer = revision > *latest;
+            *latest = (*latest).max(revision);
+            newer
+        });
+    }
+}
 
 /// Takes the revision counter's lock (every write does, first) and returns
 /// the latest revision.

@@ -301,14 +301,10 @@ impl Store {
 
     /// Writes an entry unless its conditions say otherwise.
     #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
+    /// Goes through the process's group commit (`commit`): answered after
+    /// the commit of the batch it joined.
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let result = entry_put_in(&mut tx, put, self.compression.as_ref()).await?;
-        if let PutResult::Written { revision } = result {
-            tx.commit().await?;
-            self.announce(revision);
-        }
-        Ok(result)
+        self.committer.put(put.clone()).await
     }
 
     /// Deletes one entry, optionally only at an expected revision.
@@ -537,6 +533,23 @@ pub(crate) async fn entry_put_in(
     compression: Option<&Compression>,
 ) -> Result<PutResult, StoreError> {
     let base = revision_lock(tx).await?;
+    let result = entry_put_at(tx, put, compression, base + 1).await?;
+    if let PutResult::Written { revision } = result {
+        revision_set(tx, revision).await?;
+    }
+    Ok(result)
+}
+
+/// Writes an entry inside `tx`, which holds the revision lock, as
+/// `revision` unless its conditions say otherwise; the stored entry it
+/// judges them by includes what `tx` wrote before. Leaves the revision
+/// counter to the caller.
+pub(crate) async fn entry_put_at(
+    tx: &mut Transaction<'_, Any>,
+    put: &EntryPut,
+    compression: Option<&Compression>,
+    revision: u64,
+) -> Result<PutResult, StoreError> {
     let stored = sqlx::query(sql!("entry_meta"))
         .bind(&put.key)
         .fetch_optional(&mut **tx)
@@ -564,7 +577,6 @@ pub(crate) async fn entry_put_in(
         });
     }
 
-    let revision = base + 1;
     let tags = serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let metadata =
         serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -615,7 +627,6 @@ pub(crate) async fn entry_put_in(
         put.now,
     )
     .await?;
-    revision_set(tx, revision).await?;
     Ok(PutResult::Written { revision })
 }
 

@@ -23,6 +23,7 @@
 //! - [`error`]: [`StoreError`], the one place `sqlx::Error` is inspected.
 
 pub mod change;
+mod commit;
 mod compress;
 pub mod entry;
 pub mod error;
@@ -47,6 +48,7 @@ use sqlx::{
 };
 
 pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
+pub use commit::Batching;
 pub use compress::{Compression, compressible};
 pub use entry::{
     Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,
@@ -130,6 +132,8 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// Which values are stored compressed; `None`: none.
     pub compression: Option<Compression>,
+    /// How entry writes are grouped into transactions (`commit`).
+    pub batching: Batching,
 }
 
 impl StoreOptions {
@@ -144,6 +148,7 @@ impl StoreOptions {
             migrate: true,
             connect_timeout: Duration::from_secs(60),
             compression: Some(Compression::default()),
+            batching: Batching::default(),
         }
     }
 }
@@ -162,6 +167,8 @@ pub struct Store {
     committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     // Which values are written compressed (`compress`).
     compression: Option<Compression>,
+    // Where entry writes go to be grouped into one commit (`commit`).
+    committer: commit::Committer,
 }
 
 /// The default size SQLite cuts its WAL file back to after a checkpoint
@@ -288,14 +295,28 @@ impl Store {
             Backend::Sqlite => sqlite_path(&url).map(|path| PathBuf::from(format!("{path}-wal"))),
             Backend::Postgres => None,
         };
+        let committed = std::sync::Arc::new(committed);
+        let committer = commit::Committer::start(
+            pool.clone(),
+            options.compression,
+            committed.clone(),
+            options.batching,
+        );
         Ok(Store {
             pool,
             backend,
             wal,
             url,
-            committed: std::sync::Arc::new(committed),
+            committed,
             compression: options.compression,
+            committer,
         })
+    }
+
+    /// Entry-write transactions the group commit ran, and the writes they
+    /// carried, since this store opened: their ratio is the mean batch.
+    pub fn write_batches(&self) -> (u64, u64) {
+        self.committer.counts()
     }
 
     /// The backend this store talks to.

@@ -134,9 +134,14 @@ impl TestDb {
 
     /// Opens (and migrates) the database.
     pub async fn store(&self) -> Store {
-        Store::connect(&StoreOptions::new(&self.url))
-            .await
-            .expect("open the test store")
+        self.store_with(|_| {}).await
+    }
+
+    /// A store on this database with options of the test's own.
+    pub async fn store_with(&self, adjust: impl FnOnce(&mut StoreOptions)) -> Store {
+        let mut options = StoreOptions::new(&self.url);
+        adjust(&mut options);
+        Store::connect(&options).await.expect("open the test store")
     }
 
     /// Drops a Postgres database (a SQLite directory goes with `self`).

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use roadie_store::{
-    Access, Backend, ChangeKind, DeleteResult, EntryPut, PutResult, Selector, Store,
+    Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, PutResult, Selector, Store,
     testing::TestDb,
 };
 
@@ -689,6 +689,187 @@ conformance!(
     migrations_are_idempotent_across_reconnects,
     compaction_keeps_the_latest_changes,
     commits_are_announced,
+);
+
+// Group commit: every test below opens its stores with a long wait for
+// company, so writes issued together share one transaction.
+
+/// A store whose committer waits `wait_ms` for company.
+async fn batching_store(db: &TestDb, wait_ms: u64) -> Store {
+    db.store_with(|options| {
+        options.batching = Batching {
+            max_batch: 64,
+            max_wait: std::time::Duration::from_millis(wait_ms),
+        };
+    })
+    .await
+}
+
+/// Inside one batch the conditions are judged in arrival order, each write
+/// seeing the ones before it, and only the writes that land take revisions.
+async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
+    let store = batching_store(db, 300).await;
+    let first = EntryPut {
+        if_revision: Some(0),
+        ..put("k1", "v1")
+    };
+    let second = EntryPut {
+        if_revision: Some(0),
+        ..put("k1", "v2")
+    };
+    let sure = EntryPut {
+        confidence: 90,
+        ..put("k2", "sure")
+    };
+    let unsure = EntryPut {
+        confidence: 50,
+        keep_higher_confidence: true,
+        ..put("k2", "unsure")
+    };
+    let again = put("k1", "v3");
+    // join! polls in order: the writes reach the committer in this order.
+    let (a, b, c, d, e) = tokio::join!(
+        store.entry_put(&first),
+        store.entry_put(&second),
+        store.entry_put(&sure),
+        store.entry_put(&unsure),
+        store.entry_put(&again),
+    );
+    assert_eq!(a.expect("a"), PutResult::Written { revision: 1 });
+    assert_eq!(b.expect("b"), PutResult::RevisionMismatch { revision: 1 });
+    assert_eq!(c.expect("c"), PutResult::Written { revision: 2 });
+    assert_eq!(
+        d.expect("d"),
+        PutResult::KeptHigherConfidence {
+            revision: 2,
+            confidence: 90
+        }
+    );
+    assert_eq!(e.expect("e"), PutResult::Written { revision: 3 });
+    assert_eq!(
+        store.write_batches(),
+        (1, 5),
+        "one transaction took all five"
+    );
+    let k1 = store.entry_get("k1").await.expect("get").expect("k1");
+    assert_eq!((&k1.value[..], k1.revision), (&b"v3"[..], 3));
+    let k2 = store.entry_get("k2").await.expect("get").expect("k2");
+    assert_eq!((&k2.value[..], k2.confidence), (&b"sure"[..], 90));
+    assert_log(
+        &store,
+        &[
+            (ChangeKind::Put, "k1"),
+            (ChangeKind::Put, "k2"),
+            (ChangeKind::Put, "k1"),
+        ],
+    )
+    .await;
+}
+
+/// A write the database refuses fails alone: the writes batched with it
+/// land, with gapless revisions. (Postgres refuses a NUL in text; SQLite
+/// stores it, and then every write lands.)
+async fn a_bad_write_fails_alone(db: &TestDb) {
+    let store = batching_store(db, 300).await;
+    let (good1, bad, good2) = (put("good/1", "v"), put("bad\0key", "v"), put("good/2", "v"));
+    let (a, bad, c) = tokio::join!(
+        store.entry_put(&good1),
+        store.entry_put(&bad),
+        store.entry_put(&good2),
+    );
+    let (a, c) = (written(a.expect("a")), written(c.expect("c")));
+    match db.backend() {
+        Backend::Postgres => {
+            assert!(bad.is_err(), "postgres stored a NUL: {bad:?}");
+            assert_eq!((a, c), (1, 2));
+            assert_log(
+                &store,
+                &[(ChangeKind::Put, "good/1"), (ChangeKind::Put, "good/2")],
+            )
+            .await;
+        }
+        Backend::Sqlite => {
+            assert_eq!((a, written(bad.expect("bad")), c), (1, 2, 3));
+        }
+    }
+}
+
+/// 64 writers on two stores (two processes' worth of committers and pools)
+/// on one database: every acknowledged write has its own revision, the log
+/// is gapless and in commit order, and each entry holds its last write.
+async fn writers_on_two_stores_get_gapless_revisions(db: &TestDb) {
+    let stores = [batching_store(db, 2).await, batching_store(db, 0).await];
+    let mut tasks = Vec::new();
+    for writer in 0..64 {
+        let store = stores[writer % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for i in 0..10 {
+                let key = format!("w{writer}/{}", i % 3);
+                revisions.push(written(
+                    store
+                        .entry_put(&put(&key, &i.to_string()))
+                        .await
+                        .expect("put"),
+                ));
+            }
+            revisions
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.expect("writer"));
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(acknowledged, (1..=640).collect::<Vec<u64>>());
+    let log = stores[0].change_list_since(0, 10_000).await.expect("log");
+    let revisions: Vec<u64> = log.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (1..=640).collect::<Vec<u64>>());
+    for writer in 0..64 {
+        let entry = stores[1]
+            .entry_get(&format!("w{writer}/0"))
+            .await
+            .expect("get")
+            .expect("written");
+        assert_eq!(&entry.value[..], b"9");
+        let last = log
+            .iter()
+            .rev()
+            .find(|c| c.key == entry.key)
+            .expect("logged");
+        assert_eq!(entry.revision, last.revision);
+    }
+}
+
+macro_rules! batched {
+    ($($name:ident),* $(,)?) => {
+        mod batched_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TestDb::new(super::Backend::Sqlite).await.expect("sqlite");
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod batched_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::new(super::Backend::Postgres).await else { return };
+                    super::$name(&db).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+batched!(
+    a_batch_keeps_conditions_in_arrival_order,
+    a_bad_write_fails_alone,
+    writers_on_two_stores_get_gapless_revisions,
 );
 
 /// SQLite's data_version moves when another connection commits, and only then.

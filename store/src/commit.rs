@@ -1,0 +1,232 @@
+//! Group commit for entry writes.
+//!
+//! Every `entry_put` of a process goes to one committer task, which takes
+//! every write waiting at that moment (up to [`Batching::max_batch`],
+//! waiting at most [`Batching::max_wait`] for company) and runs them in one
+//! transaction: the revision lock taken once, the writes in arrival order
+//! (each sees the ones before it, so `if_revision`, keep-higher-confidence
+//! and two writes to one key keep their meaning), one revision per write
+//! that lands, the counter set once, one commit. Each caller is answered
+//! after that commit, never before. Revisions stay gapless and in commit
+//! order, so Watch and the hot tier see nothing new.
+//!
+//! A write that fails inside a batch (a statement error) fails nothing
+//! else: the batch is rolled back and each write is run again on its own.
+//! A commit that fails fails every write of its batch, whose outcome the
+//! store did not confirm.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    Compression, StoreError,
+    change::{announce, revision_lock, revision_set},
+    entry::{EntryPut, PutResult, entry_put_at},
+};
+
+/// How entry writes are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// The most writes one transaction takes.
+    pub max_batch: usize,
+    /// How long the committer waits for more writes when fewer than
+    /// `max_batch` are waiting; zero takes what is there and costs a lone
+    /// writer nothing.
+    pub max_wait: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Batching {
+        Batching {
+            max_batch: 256,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<PutResult, StoreError>>;
+
+/// The handle writers send to; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Committer {
+    writes: mpsc::Sender<(EntryPut, Reply)>,
+    counts: Arc<Counts>,
+}
+
+/// Batches run and the writes they carried, since the store opened.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// What the committer task needs of the store (not the store itself, whose
+/// handle holds the sender: the task ends when the last handle goes).
+struct Target {
+    pub pool: AnyPool,
+    pub counts: Arc<Counts>,
+    pub compression: Option<Compression>,
+    pub committed: Arc<watch::Sender<u64>>,
+}
+
+impl Committer {
+    /// Starts the committer task on the current runtime.
+    pub(crate) fn start(
+        pool: AnyPool,
+        compression: Option<Compression>,
+        committed: Arc<watch::Sender<u64>>,
+        batching: Batching,
+    ) -> Committer {
+        let max_batch = batching.max_batch.max(1);
+        let (writes, queue) = mpsc::channel(max_batch * 4);
+        let counts = Arc::new(Counts::default());
+        let target = Target {
+            pool,
+            counts: counts.clone(),
+            compression,
+            committed,
+        };
+        tokio::spawn(run(
+            queue,
+            target,
+            Batching {
+                max_batch,
+                ..batching
+            },
+        ));
+        Committer { writes, counts }
+    }
+
+    /// (batches run, writes they carried) since the store opened.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.counts.batches.load(Ordering::Relaxed),
+            self.counts.writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Writes `put` in the next batch; answers after its commit.
+    pub(crate) async fn put(&self, put: EntryPut) -> Result<PutResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send((put, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store closed before the commit".to_owned()))?
+    }
+}
+
+async fn run(mut queue: mpsc::Receiver<(EntryPut, Reply)>, target: Target, batching: Batching) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < batching.max_batch {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        if batch.len() < batching.max_batch && !batching.max_wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + batching.max_wait;
+            while batch.len() < batching.max_batch {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(write)) => batch.push(write),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        commit(&target, batch).await;
+    }
+}
+
+/// Where a batch's transaction failed.
+enum Failure {
+    /// Before the commit: nothing was written; the writes may be retried.
+    Statement(StoreError),
+    /// At the commit: the outcome is unknown; nothing may be retried.
+    Commit(StoreError),
+}
+
+async fn commit(target: &Target, batch: Vec<(EntryPut, Reply)>) {
+    target.counts.batches.fetch_add(1, Ordering::Relaxed);
+    target
+        .counts
+        .writes
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let (puts, replies): (Vec<EntryPut>, Vec<Reply>) = batch.into_iter().unzip();
+    match write_all(target, &puts).await {
+        Ok(results) => answer(replies, results.into_iter().map(Ok)),
+        Err(Failure::Commit(error)) => {
+            answer(replies, puts.iter().map(|_| Err(unconfirmed(&error))));
+        }
+        Err(Failure::Statement(error)) if puts.len() == 1 => answer(replies, [Err(error)]),
+        Err(Failure::Statement(_)) => {
+            // One bad write must not fail its neighbours: each alone.
+            for (put, reply) in puts.iter().zip(replies) {
+                let result = match write_all(target, std::slice::from_ref(put)).await {
+                    Ok(mut results) => results.pop().ok_or_else(|| {
+                        StoreError::Corrupt("a write of one gave no result".to_owned())
+                    }),
+                    Err(Failure::Statement(error)) => Err(error),
+                    Err(Failure::Commit(error)) => Err(unconfirmed(&error)),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// The error each write of a batch whose commit failed is answered with:
+/// a full store stays "full" (nothing was written), anything else says the
+/// store could not confirm the write.
+fn unconfirmed(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Full(message) => StoreError::Full(message.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn answer(replies: Vec<Reply>, results: impl IntoIterator<Item = Result<PutResult, StoreError>>) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        // A caller that went away (a cancelled RPC) needs no answer.
+        let _ = reply.send(result);
+    }
+}
+
+/// One transaction for `puts`, in order; commits when any was written.
+async fn write_all(target: &Target, puts: &[EntryPut]) -> Result<Vec<PutResult>, Failure> {
+    let mut tx = target
+        .pool
+        .begin()
+        .await
+        .map_err(|e| Failure::Statement(e.into()))?;
+    let base = revision_lock(&mut tx).await.map_err(Failure::Statement)?;
+    let mut last = base;
+    let mut results = Vec::with_capacity(puts.len());
+    for put in puts {
+        let result = entry_put_at(&mut tx, put, target.compression.as_ref(), last + 1)
+            .await
+            .map_err(Failure::Statement)?;
+        if let PutResult::Written { revision } = result {
+            last = revision;
+        }
+        results.push(result);
+    }
+    if last > base {
+        revision_set(&mut tx, last)
+            .await
+            .map_err(Failure::Statement)?;
+        tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
+        announce(&target.committed, last);
+    }
+    Ok(results)
+}
