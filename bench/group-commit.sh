@@ -16,7 +16,7 @@ rounds=${ROUNDS:-3}
 pg=${ROADIE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 out=target/bench/group-commit
 mkdir -p "$out"
-cargo build --release --locked -p roadie-bench -p roadie-server
+cargo build --release --locked -p roadie-bench -p roadie-server -p roadie-client
 
 port=50091
 serve() { # backend batch -> starts a server, prints its pid
@@ -64,7 +64,7 @@ done
 
 python3 - "$results" <<'PY'
 import statistics, sys
-rows = [line.split("\t") for line in open(sys.argv[1]) if line.strip()]
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 med = {}
 for _, backend, batch, scenario, rate, p99, errors in rows:
     assert errors == "0", f"{backend} {scenario} write_batch {batch}: {errors} errors"
