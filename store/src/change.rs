@@ -311,6 +311,55 @@ pub(crate) async fn change_insert(
     Ok(())
 }
 
+/// One change row of a batch (`changes_insert`).
+pub(crate) struct ChangeRow<'a> {
+    pub revision: u64,
+    pub kind: ChangeKind,
+    pub key: &'a str,
+    pub policy: &'a str,
+    pub tags: String,
+    pub provider: Option<&'a str>,
+    pub at: i64,
+}
+
+/// Appends many changes to the log in one statement per 4 000 rows, in the
+/// transaction of the writes they record.
+pub(crate) async fn changes_insert(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[ChangeRow<'_>],
+) -> Result<(), StoreError> {
+    const WIDTH: usize = 7;
+    for chunk in rows.chunks(4_000) {
+        let mut text = String::from(
+            "INSERT INTO changes (revision, kind, key, policy, tags, provider, at) VALUES ",
+        );
+        for row in 0..chunk.len() {
+            if row > 0 {
+                text.push_str(", ");
+            }
+            let marks: Vec<String> = (1..=WIDTH)
+                .map(|c| format!("${}", row * WIDTH + c))
+                .collect();
+            text.push('(');
+            text.push_str(&marks.join(", "));
+            text.push(')');
+        }
+        let mut query = sqlx::query(&text);
+        for row in chunk {
+            query = query
+                .bind(to_i64(row.revision))
+                .bind(row.kind.as_str())
+                .bind(row.key)
+                .bind(row.policy)
+                .bind(row.tags.as_str())
+                .bind(row.provider)
+                .bind(row.at);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// An entry's tags as stored (a JSON array).
 pub(crate) fn parse_tags(json: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))

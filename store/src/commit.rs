@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     Compression, StoreError,
     change::{announce, revision_lock, revision_set},
-    entry::{EntryPut, PutResult, entry_put_at},
+    entry::{EntryPut, PutResult, entries_put_at, entry_put_at},
 };
 
 /// How entry writes are grouped.
@@ -210,17 +210,26 @@ async fn write_all(target: &Target, puts: &[EntryPut]) -> Result<Vec<PutResult>,
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
     let base = revision_lock(&mut tx).await.map_err(Failure::Statement)?;
-    let mut last = base;
-    let mut results = Vec::with_capacity(puts.len());
-    for put in puts {
-        let result = entry_put_at(&mut tx, put, target.compression.as_ref(), last + 1)
+    let compression = target.compression.as_ref();
+    let results = match puts {
+        // A lone write: the statements of one write, nothing built.
+        [put] => vec![
+            entry_put_at(&mut tx, put, compression, base + 1)
+                .await
+                .map_err(Failure::Statement)?,
+        ],
+        _ => entries_put_at(&mut tx, puts, compression, base)
             .await
-            .map_err(Failure::Statement)?;
-        if let PutResult::Written { revision } = result {
-            last = revision;
-        }
-        results.push(result);
-    }
+            .map_err(Failure::Statement)?,
+    };
+    let last = results
+        .iter()
+        .filter_map(|r| match r {
+            PutResult::Written { revision } => Some(*revision),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(base);
     if last > base {
         revision_set(&mut tx, last)
             .await

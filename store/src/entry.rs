@@ -8,7 +8,8 @@ use sqlx::{Any, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        ChangeKind, change_insert, from_i64, parse_tags, revision_lock, revision_set, to_i64,
+        ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags, revision_lock,
+        revision_set, to_i64,
     },
     compress::{self, Compression},
     sql::sql,
@@ -561,20 +562,8 @@ pub(crate) async fn entry_put_at(
         )),
         None => None,
     };
-    if let Some(expected) = put.if_revision {
-        let actual = stored.map_or(0, |(revision, _)| revision);
-        if actual != expected {
-            return Ok(PutResult::RevisionMismatch { revision: actual });
-        }
-    }
-    if let Some((revision, confidence)) = stored
-        && put.keep_higher_confidence
-        && confidence > put.confidence
-    {
-        return Ok(PutResult::KeptHigherConfidence {
-            revision,
-            confidence,
-        });
+    if let Some(refusal) = refused(put, stored) {
+        return Ok(refusal);
     }
 
     let tags = serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -628,6 +617,258 @@ pub(crate) async fn entry_put_at(
     )
     .await?;
     Ok(PutResult::Written { revision })
+}
+
+/// Why `put` must not be written over `stored` (its revision and
+/// confidence; `None`: absent), or `None` when it may be: the one place
+/// `if_revision` and keep-higher-confidence are judged.
+fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
+    if let Some(expected) = put.if_revision {
+        let actual = stored.map_or(0, |(revision, _)| revision);
+        if actual != expected {
+            return Some(PutResult::RevisionMismatch { revision: actual });
+        }
+    }
+    match stored {
+        Some((revision, confidence))
+            if put.keep_higher_confidence && confidence > put.confidence =>
+        {
+            Some(PutResult::KeptHigherConfidence {
+                revision,
+                confidence,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The most parameters one statement binds (SQLite allows 32 766).
+const MAX_PARAMS: usize = 30_000;
+
+/// `rows` groups of `width` placeholders, numbered from `$1`: `($1, $2), ($3, $4)`.
+fn placeholders(rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(row * width + column + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Writes `puts` inside `tx`, which holds the revision lock taken at
+/// revision `base`, with one statement of each kind for the whole batch
+/// rather than several per write. Each put is judged in order against the
+/// store as the ones before it left it; those that land take revisions
+/// `base + 1` upwards, in order; each key's row ends as its last write left
+/// it (created when the first write of a key absent before created it), and
+/// every landed write has its change row. Leaves the revision counter to the
+/// caller.
+pub(crate) async fn entries_put_at(
+    tx: &mut Transaction<'_, Any>,
+    puts: &[EntryPut],
+    compression: Option<&Compression>,
+    base: u64,
+) -> Result<Vec<PutResult>, StoreError> {
+    // What the store holds for every key the batch names.
+    let mut keys: Vec<&str> = puts.iter().map(|p| p.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut state: std::collections::HashMap<&str, (u64, u8)> = std::collections::HashMap::new();
+    let mut existed = std::collections::HashSet::new();
+    for chunk in keys.chunks(MAX_PARAMS) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT key, revision, confidence FROM entries WHERE key IN ({})",
+            marks.join(", ")
+        );
+        let mut query = sqlx::query(&text);
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let key: String = row.try_get("key")?;
+            if let Ok(at) = chunk.binary_search(&key.as_str()) {
+                let found = chunk[at];
+                let stored = (
+                    from_i64(row.try_get("revision")?),
+                    confidence_from(row.try_get("confidence")?),
+                );
+                state.insert(found, stored);
+                existed.insert(found);
+            }
+        }
+    }
+
+    // Judge in arrival order; the last landed write of each key is its row.
+    let mut results = Vec::with_capacity(puts.len());
+    let mut landed: Vec<(usize, u64)> = Vec::new();
+    let mut last_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut first_at: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut revision = base;
+    for (index, put) in puts.iter().enumerate() {
+        let key = put.key.as_str();
+        if let Some(refusal) = refused(put, state.get(key).copied()) {
+            results.push(refusal);
+            continue;
+        }
+        revision += 1;
+        state.insert(key, (revision, put.confidence));
+        landed.push((index, revision));
+        last_of.insert(key, landed.len() - 1);
+        first_at.entry(key).or_insert(put.now);
+        results.push(PutResult::Written { revision });
+    }
+    if landed.is_empty() {
+        return Ok(results);
+    }
+
+    struct Row<'a> {
+        put: &'a EntryPut,
+        revision: u64,
+        created_at: i64,
+        tags: String,
+        metadata: String,
+        stored: std::borrow::Cow<'a, [u8]>,
+        encoding: &'static str,
+    }
+    let mut finals: Vec<usize> = last_of.values().copied().collect();
+    finals.sort_unstable();
+    let mut rows = Vec::with_capacity(finals.len());
+    for at in finals {
+        let (index, revision) = landed[at];
+        let put = &puts[index];
+        let key = put.key.as_str();
+        let created_at = if existed.contains(key) {
+            put.now
+        } else {
+            first_at[key]
+        };
+        let (stored, encoding) = compress::encode(&put.value, &put.media_type, compression);
+        rows.push(Row {
+            put,
+            revision,
+            created_at,
+            tags: serde_json::to_string(&put.tags)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            metadata: serde_json::to_string(&put.metadata)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            stored,
+            encoding,
+        });
+    }
+
+    const UPSERT_WIDTH: usize = 22;
+    for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
+        let text = format!(
+            "INSERT INTO entries (
+                key, value, media_type, policy, tags, confidence, fingerprint, metadata,
+                negative, created_at, updated_at, expires_at, revision,
+                provider, upstream_status, etag, last_modified,
+                size_bytes, encoding, raw_bytes, accessed_at, access_count
+            ) VALUES {}
+            ON CONFLICT (key) DO UPDATE SET
+                value = excluded.value, media_type = excluded.media_type, policy = excluded.policy,
+                tags = excluded.tags, confidence = excluded.confidence, fingerprint = excluded.fingerprint,
+                metadata = excluded.metadata, negative = excluded.negative, updated_at = excluded.updated_at,
+                expires_at = excluded.expires_at, revision = excluded.revision, provider = excluded.provider,
+                upstream_status = excluded.upstream_status, etag = excluded.etag,
+                last_modified = excluded.last_modified, size_bytes = excluded.size_bytes,
+                encoding = excluded.encoding, raw_bytes = excluded.raw_bytes,
+                accessed_at = excluded.accessed_at",
+            placeholders(chunk.len(), UPSERT_WIDTH)
+        );
+        let mut query = sqlx::query(&text);
+        for row in chunk {
+            let put = row.put;
+            let provenance = put.provenance.as_ref();
+            let raw_bytes =
+                (row.encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
+            query = query
+                .bind(&put.key)
+                .bind(row.stored.as_ref())
+                .bind(&put.media_type)
+                .bind(&put.policy)
+                .bind(&row.tags)
+                .bind(i64::from(put.confidence))
+                .bind(put.fingerprint.as_deref())
+                .bind(&row.metadata)
+                .bind(put.negative)
+                .bind(row.created_at)
+                .bind(put.now)
+                .bind(put.expires_at)
+                .bind(to_i64(row.revision))
+                .bind(provenance.map(|p| p.provider.as_str()))
+                .bind(provenance.map(|p| i64::from(p.upstream_status)))
+                .bind(provenance.and_then(|p| p.etag.as_deref()))
+                .bind(provenance.and_then(|p| p.last_modified.as_deref()))
+                .bind(to_i64(row.stored.len() as u64))
+                .bind(row.encoding)
+                .bind(raw_bytes)
+                .bind(put.now)
+                .bind(0_i64);
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    // Tags: the rows' old tags go, their last writes' tags come.
+    for chunk in rows.chunks(MAX_PARAMS) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let text = format!("DELETE FROM entry_tags WHERE key IN ({})", marks.join(", "));
+        let mut query = sqlx::query(&text);
+        for row in chunk {
+            query = query.bind(&row.put.key);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    let mut tag_rows: Vec<(&str, &str)> = rows
+        .iter()
+        .flat_map(|row| {
+            row.put
+                .tags
+                .iter()
+                .map(move |tag| (tag.as_str(), row.put.key.as_str()))
+        })
+        .collect();
+    tag_rows.sort_unstable();
+    tag_rows.dedup();
+    for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
+        let text = format!(
+            "INSERT INTO entry_tags (tag, key) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(chunk.len(), 2)
+        );
+        let mut query = sqlx::query(&text);
+        for (tag, key) in chunk {
+            query = query.bind(*tag).bind(*key);
+        }
+        query.execute(&mut **tx).await?;
+    }
+
+    // One change row per landed write, in revision order.
+    let changes: Vec<ChangeRow<'_>> = landed
+        .iter()
+        .map(|&(index, revision)| {
+            let put = &puts[index];
+            Ok(ChangeRow {
+                revision,
+                kind: put.kind,
+                key: &put.key,
+                policy: &put.policy,
+                tags: serde_json::to_string(&put.tags)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                provider: put.provenance.as_ref().map(|p| p.provider.as_str()),
+                at: put.now,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    changes_insert(tx, &changes).await?;
+    Ok(results)
 }
 
 /// A value bound into a selector's condition.

@@ -711,22 +711,30 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
     let store = batching_store(db, 300).await;
     let first = EntryPut {
         if_revision: Some(0),
+        tags: vec!["a".to_owned()],
         ..put("k1", "v1")
     };
     let second = EntryPut {
         if_revision: Some(0),
         ..put("k1", "v2")
     };
+    // Large enough, and JSON: stored compressed.
+    let json = format!("[{}]", vec!["{\"year\":\"2001\"}"; 200].join(","));
     let sure = EntryPut {
         confidence: 90,
-        ..put("k2", "sure")
+        media_type: "application/json".to_owned(),
+        ..put("k2", &json)
     };
     let unsure = EntryPut {
         confidence: 50,
         keep_higher_confidence: true,
         ..put("k2", "unsure")
     };
-    let again = put("k1", "v3");
+    let again = EntryPut {
+        tags: vec!["b".to_owned()],
+        now: T0 + 5,
+        ..put("k1", "v3")
+    };
     // join! polls in order: the writes reach the committer in this order.
     let (a, b, c, d, e) = tokio::join!(
         store.entry_put(&first),
@@ -753,8 +761,11 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
     );
     let k1 = store.entry_get("k1").await.expect("get").expect("k1");
     assert_eq!((&k1.value[..], k1.revision), (&b"v3"[..], 3));
+    // Created by its first write, updated by its last, with the last's tags.
+    assert_eq!((k1.created_at, k1.updated_at), (T0, T0 + 5));
+    assert_eq!(k1.tags, vec!["b".to_owned()]);
     let k2 = store.entry_get("k2").await.expect("get").expect("k2");
-    assert_eq!((&k2.value[..], k2.confidence), (&b"sure"[..], 90));
+    assert_eq!((&k2.value[..], k2.confidence), (json.as_bytes(), 90));
     assert_log(
         &store,
         &[
@@ -764,6 +775,17 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
         ],
     )
     .await;
+    let by_tag = |tag: &str| Selector::Tag(tag.to_owned());
+    let (gone, _) = store
+        .entry_invalidate(&by_tag("a"), ChangeKind::Invalidate, T0)
+        .await
+        .expect("a");
+    assert_eq!(gone, 0, "the first write's tag went with its row");
+    let (gone, _) = store
+        .entry_invalidate(&by_tag("b"), ChangeKind::Invalidate, T0)
+        .await
+        .expect("b");
+    assert_eq!(gone, 1);
 }
 
 /// A write the database refuses fails alone: the writes batched with it
