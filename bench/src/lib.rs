@@ -18,6 +18,7 @@
 //! - [`suite`]: every comparison in one run
 
 pub mod empty;
+pub mod etcd;
 pub mod load;
 pub mod processes;
 pub mod queue;

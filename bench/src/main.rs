@@ -77,6 +77,8 @@ enum Scenario {
     Put,
     FetchCold,
     Mixed,
+    /// `Put` of new keys against etcd's gRPC API (`--addr` an etcd client URL's host:port).
+    EtcdPut,
 }
 
 #[tokio::main]
@@ -118,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
                     targets::put_all(&ch, &keys, &value).await?;
                     targets::mixed(ch, keys, value)
                 }
+                Scenario::EtcdPut => roadie_bench::etcd::put(ch, value),
             };
             let load = Load {
                 concurrency,
