@@ -84,10 +84,20 @@ def pb(tmp_path_factory) -> SimpleNamespace:
     # package, no __init__.py), so the output root goes on sys.path.
     sys.path.insert(0, str(out))
     importlib.invalidate_caches()
-    return SimpleNamespace(
+    stubs = SimpleNamespace(
         cache=importlib.import_module("roadie.v1.cache_pb2"),
         cache_grpc=importlib.import_module("roadie.v1.cache_pb2_grpc"),
     )
+    # The stubs must be the ones just generated, not the roadie package's
+    # (installed, it would shadow them and this test would prove nothing).
+    for module in vars(stubs).values():
+        if not Path(module.__file__).is_relative_to(out):
+            pytest.fail(
+                f"{module.__name__} came from {module.__file__}, not from the stubs generated "
+                "for this test: run it in an environment without the roadie package",
+                pytrace=False,
+            )
+    return stubs
 
 
 def _free_port() -> int:
