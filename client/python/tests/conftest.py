@@ -106,6 +106,7 @@ class Process:
         binary = BIN_DIR / name
         if not binary.is_file():
             pytest.fail(f"{binary} not found: build it with `cargo build` (or set ROADIE_BIN_DIR)", pytrace=False)
+        self.name = name
         self.log = log
         self.handle = log.open("ab")
         self.popen = subprocess.Popen(
@@ -125,6 +126,17 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_for(self, check: Any, what: str) -> None:
+        """Polls ``check`` until it is true; fails with the process's
+        stderr if the process exits first or ``STARTUP`` seconds pass."""
+        deadline = time.monotonic() + STARTUP
+        while not check():
+            if self.popen.poll() is not None:
+                pytest.fail(f"{self.name} exited early:\n{self.output()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} not {what} after {STARTUP}s:\n{self.output()}", pytrace=False)
+            time.sleep(0.05)
 
 
 class Roadie:
@@ -165,13 +177,7 @@ class Roadie:
 
     def start_server(self) -> None:
         self.server = Process("roadie-server", self.env, self.workdir / "server.log", self.args)
-        deadline = time.monotonic() + STARTUP
-        while not self._serving():
-            if self.server.popen.poll() is not None:
-                pytest.fail(f"roadie-server exited early:\n{self.server.output()}", pytrace=False)
-            if time.monotonic() > deadline:
-                pytest.fail(f"roadie-server not serving after {STARTUP}s:\n{self.server.output()}", pytrace=False)
-            time.sleep(0.05)
+        self.server.wait_for(self._serving, "serving")
 
     def start_worker(self) -> None:
         """Starts the worker and waits for its /readyz (so it has its signal
@@ -179,13 +185,7 @@ class Roadie:
         admin = free_port()
         env = self.env | {"ROADIE__ADMIN__LISTEN": f"{HOST}:{admin}"}
         self.worker = Process("roadie-worker", env, self.workdir / "worker.log")
-        deadline = time.monotonic() + STARTUP
-        while not _ready(admin):
-            if self.worker.popen.poll() is not None:
-                pytest.fail(f"roadie-worker exited early:\n{self.worker.output()}", pytrace=False)
-            if time.monotonic() > deadline:
-                pytest.fail(f"roadie-worker not ready after {STARTUP}s:\n{self.worker.output()}", pytrace=False)
-            time.sleep(0.05)
+        self.worker.wait_for(lambda: _ready(admin), "ready")
 
     def stop_server(self) -> None:
         assert self.server is not None
