@@ -1,2 +1,3 @@
+-- {rows}: groups of 7 placeholders in the column order below.
 INSERT INTO changes (revision, kind, key, policy, tags, provider, at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+VALUES {rows}

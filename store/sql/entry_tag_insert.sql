@@ -1,1 +1,2 @@
-INSERT INTO entry_tags (tag, key) VALUES ($1, $2) ON CONFLICT DO NOTHING
+-- {rows}: groups of (tag, key).
+INSERT INTO entry_tags (tag, key) VALUES {rows} ON CONFLICT DO NOTHING

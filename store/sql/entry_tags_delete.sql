@@ -1,1 +1,2 @@
-DELETE FROM entry_tags WHERE key = $1
+-- {rows}: one group of a placeholder per key.
+DELETE FROM entry_tags WHERE key IN {rows}

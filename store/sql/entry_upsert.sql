@@ -1,11 +1,12 @@
+-- Writes entries, each row the last write of its key in the batch; an
+-- existing row keeps its created_at and access_count. {rows}: groups of 22
+-- placeholders in the column order below.
 INSERT INTO entries (
     key, value, media_type, policy, tags, confidence, fingerprint, metadata,
     negative, created_at, updated_at, expires_at, revision,
     provider, upstream_status, etag, last_modified,
-    size_bytes, accessed_at, access_count, encoding, raw_bytes
-) VALUES (
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13, $14, $15, $16, $17, $10, 0, $18, $19
-)
+    size_bytes, encoding, raw_bytes, accessed_at, access_count
+) VALUES {rows}
 ON CONFLICT (key) DO UPDATE SET
     value = excluded.value,
     media_type = excluded.media_type,

@@ -16,7 +16,10 @@ use std::time::Duration;
 use sqlx::{Any, AnyConnection, Connection, Row, Transaction, any::AnyRow};
 use tokio::sync::watch;
 
-use crate::{Store, StoreError, sql::sql};
+use crate::{
+    Store, StoreError,
+    sql::{MAX_PARAMS, sql, with_rows},
+};
 
 /// Postgres channel carrying the latest committed revision of a writer.
 pub const CHANGE_CHANNEL: &str = "roadie_changes";
@@ -298,52 +301,37 @@ pub(crate) async fn change_insert(
     provider: Option<&str>,
     at: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(sql!("change_insert"))
-        .bind(to_i64(revision))
-        .bind(kind.as_str())
-        .bind(key)
-        .bind(policy)
-        .bind(tags_json)
-        .bind(provider)
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let row = ChangeRow {
+        revision,
+        kind,
+        key,
+        policy,
+        tags: tags_json,
+        provider,
+        at,
+    };
+    changes_insert(tx, std::slice::from_ref(&row)).await
 }
 
-/// One change row of a batch (`changes_insert`).
+/// One row of the change log (`changes_insert`).
 pub(crate) struct ChangeRow<'a> {
     pub revision: u64,
     pub kind: ChangeKind,
     pub key: &'a str,
     pub policy: &'a str,
-    pub tags: String,
+    pub tags: &'a str,
     pub provider: Option<&'a str>,
     pub at: i64,
 }
 
-/// Appends many changes to the log in one statement per 4 000 rows, in the
-/// transaction of the writes they record.
+/// Appends changes to the log, in the transaction of the writes they record.
 pub(crate) async fn changes_insert(
     tx: &mut Transaction<'_, Any>,
     rows: &[ChangeRow<'_>],
 ) -> Result<(), StoreError> {
     const WIDTH: usize = 7;
-    for chunk in rows.chunks(4_000) {
-        let mut text = String::from(
-            "INSERT INTO changes (revision, kind, key, policy, tags, provider, at) VALUES ",
-        );
-        for row in 0..chunk.len() {
-            if row > 0 {
-                text.push_str(", ");
-            }
-            let marks: Vec<String> = (1..=WIDTH)
-                .map(|c| format!("${}", row * WIDTH + c))
-                .collect();
-            text.push('(');
-            text.push_str(&marks.join(", "));
-            text.push(')');
-        }
+    for chunk in rows.chunks(MAX_PARAMS / WIDTH) {
+        let text = with_rows(sql!("change_insert"), chunk.len(), WIDTH);
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = query
@@ -351,7 +339,7 @@ pub(crate) async fn changes_insert(
                 .bind(row.kind.as_str())
                 .bind(row.key)
                 .bind(row.policy)
-                .bind(row.tags.as_str())
+                .bind(row.tags)
                 .bind(row.provider)
                 .bind(row.at);
         }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::{
     Compression, StoreError,
     change::{announce, revision_lock, revision_set},
-    entry::{EntryPut, PutResult, entries_put_at, entry_put_at},
+    entry::{EntryPut, PutResult, entries_put_at},
 };
 
 /// How entry writes are grouped.
@@ -210,18 +210,9 @@ async fn write_all(target: &Target, puts: &[EntryPut]) -> Result<Vec<PutResult>,
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
     let base = revision_lock(&mut tx).await.map_err(Failure::Statement)?;
-    let compression = target.compression.as_ref();
-    let results = match puts {
-        // A lone write: the statements of one write, nothing built.
-        [put] => vec![
-            entry_put_at(&mut tx, put, compression, base + 1)
-                .await
-                .map_err(Failure::Statement)?,
-        ],
-        _ => entries_put_at(&mut tx, puts, compression, base)
-            .await
-            .map_err(Failure::Statement)?,
-    };
+    let results = entries_put_at(&mut tx, puts, target.compression.as_ref(), base)
+        .await
+        .map_err(Failure::Statement)?;
     let last = results
         .iter()
         .filter_map(|r| match r {

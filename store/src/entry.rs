@@ -12,7 +12,7 @@ use crate::{
         revision_set, to_i64,
     },
     compress::{self, Compression},
-    sql::sql,
+    sql::{MAX_PARAMS, sql, with_rows},
 };
 
 /// Where a fetched entry came from.
@@ -300,10 +300,10 @@ impl Store {
         rows.iter().map(entry_from_row).collect()
     }
 
-    /// Writes an entry unless its conditions say otherwise.
+    /// Writes an entry unless its conditions say otherwise. Goes through
+    /// the process's group commit (`commit`): answered after the commit of
+    /// the batch it joined.
     #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
-    /// Goes through the process's group commit (`commit`): answered after
-    /// the commit of the batch it joined.
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         self.committer.put(put.clone()).await
     }
@@ -534,89 +534,14 @@ pub(crate) async fn entry_put_in(
     compression: Option<&Compression>,
 ) -> Result<PutResult, StoreError> {
     let base = revision_lock(tx).await?;
-    let result = entry_put_at(tx, put, compression, base + 1).await?;
+    let result = entries_put_at(tx, std::slice::from_ref(put), compression, base)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("a write of one gave no result".to_owned()))?;
     if let PutResult::Written { revision } = result {
         revision_set(tx, revision).await?;
     }
     Ok(result)
-}
-
-/// Writes an entry inside `tx`, which holds the revision lock, as
-/// `revision` unless its conditions say otherwise; the stored entry it
-/// judges them by includes what `tx` wrote before. Leaves the revision
-/// counter to the caller.
-pub(crate) async fn entry_put_at(
-    tx: &mut Transaction<'_, Any>,
-    put: &EntryPut,
-    compression: Option<&Compression>,
-    revision: u64,
-) -> Result<PutResult, StoreError> {
-    let stored = sqlx::query(sql!("entry_meta"))
-        .bind(&put.key)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let stored = match stored {
-        Some(row) => Some((
-            from_i64(row.try_get("revision")?),
-            confidence_from(row.try_get("confidence")?),
-        )),
-        None => None,
-    };
-    if let Some(refusal) = refused(put, stored) {
-        return Ok(refusal);
-    }
-
-    let tags = serde_json::to_string(&put.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let metadata =
-        serde_json::to_string(&put.metadata).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let provenance = put.provenance.as_ref();
-    let (stored, encoding) = compress::encode(&put.value, &put.media_type, compression);
-    let raw_bytes = (encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
-    sqlx::query(sql!("entry_upsert"))
-        .bind(&put.key)
-        .bind(stored.as_ref())
-        .bind(&put.media_type)
-        .bind(&put.policy)
-        .bind(&tags)
-        .bind(i64::from(put.confidence))
-        .bind(put.fingerprint.as_deref())
-        .bind(&metadata)
-        .bind(put.negative)
-        .bind(put.now)
-        .bind(put.expires_at)
-        .bind(to_i64(revision))
-        .bind(provenance.map(|p| p.provider.as_str()))
-        .bind(provenance.map(|p| i64::from(p.upstream_status)))
-        .bind(provenance.and_then(|p| p.etag.as_deref()))
-        .bind(provenance.and_then(|p| p.last_modified.as_deref()))
-        .bind(to_i64(stored.len() as u64))
-        .bind(encoding)
-        .bind(raw_bytes)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(sql!("entry_tags_delete"))
-        .bind(&put.key)
-        .execute(&mut **tx)
-        .await?;
-    for tag in &put.tags {
-        sqlx::query(sql!("entry_tag_insert"))
-            .bind(tag)
-            .bind(&put.key)
-            .execute(&mut **tx)
-            .await?;
-    }
-    change_insert(
-        tx,
-        revision,
-        put.kind,
-        &put.key,
-        &put.policy,
-        &tags,
-        provenance.map(|p| p.provider.as_str()),
-        put.now,
-    )
-    .await?;
-    Ok(PutResult::Written { revision })
 }
 
 /// Why `put` must not be written over `stored` (its revision and
@@ -642,29 +567,9 @@ fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
     }
 }
 
-/// The most parameters one statement binds (SQLite allows 32 766).
-const MAX_PARAMS: usize = 30_000;
-
-/// `rows` groups of `width` placeholders, numbered from `$1`: `($1, $2), ($3, $4)`.
-fn placeholders(rows: usize, width: usize) -> String {
-    let mut out = String::with_capacity(rows * width * 5);
-    for row in 0..rows {
-        out.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..width {
-            if column > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(row * width + column + 1).to_string());
-        }
-        out.push(')');
-    }
-    out
-}
-
 /// Writes `puts` inside `tx`, which holds the revision lock taken at
-/// revision `base`, with one statement of each kind for the whole batch
-/// rather than several per write. Each put is judged in order against the
+/// revision `base`, with one statement of each kind however many they are
+/// (the texts in `sql/`, written for many rows). Each put is judged in order against the
 /// store as the ones before it left it; those that land take revisions
 /// `base + 1` upwards, in order; each key's row ends as its last write left
 /// it (created when the first write of a key absent before created it), and
@@ -683,11 +588,7 @@ pub(crate) async fn entries_put_at(
     let mut state: std::collections::HashMap<&str, (u64, u8)> = std::collections::HashMap::new();
     let mut existed = std::collections::HashSet::new();
     for chunk in keys.chunks(MAX_PARAMS) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let text = format!(
-            "SELECT key, revision, confidence FROM entries WHERE key IN ({})",
-            marks.join(", ")
-        );
+        let text = with_rows(sql!("entry_meta_many"), 1, chunk.len());
         let mut query = sqlx::query(&text);
         for key in chunk {
             query = query.bind(*key);
@@ -766,24 +667,7 @@ pub(crate) async fn entries_put_at(
 
     const UPSERT_WIDTH: usize = 22;
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
-        let text = format!(
-            "INSERT INTO entries (
-                key, value, media_type, policy, tags, confidence, fingerprint, metadata,
-                negative, created_at, updated_at, expires_at, revision,
-                provider, upstream_status, etag, last_modified,
-                size_bytes, encoding, raw_bytes, accessed_at, access_count
-            ) VALUES {}
-            ON CONFLICT (key) DO UPDATE SET
-                value = excluded.value, media_type = excluded.media_type, policy = excluded.policy,
-                tags = excluded.tags, confidence = excluded.confidence, fingerprint = excluded.fingerprint,
-                metadata = excluded.metadata, negative = excluded.negative, updated_at = excluded.updated_at,
-                expires_at = excluded.expires_at, revision = excluded.revision, provider = excluded.provider,
-                upstream_status = excluded.upstream_status, etag = excluded.etag,
-                last_modified = excluded.last_modified, size_bytes = excluded.size_bytes,
-                encoding = excluded.encoding, raw_bytes = excluded.raw_bytes,
-                accessed_at = excluded.accessed_at",
-            placeholders(chunk.len(), UPSERT_WIDTH)
-        );
+        let text = with_rows(sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH);
         let mut query = sqlx::query(&text);
         for row in chunk {
             let put = row.put;
@@ -819,8 +703,7 @@ pub(crate) async fn entries_put_at(
 
     // Tags: the rows' old tags go, their last writes' tags come.
     for chunk in rows.chunks(MAX_PARAMS) {
-        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let text = format!("DELETE FROM entry_tags WHERE key IN ({})", marks.join(", "));
+        let text = with_rows(sql!("entry_tags_delete"), 1, chunk.len());
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = query.bind(&row.put.key);
@@ -839,10 +722,7 @@ pub(crate) async fn entries_put_at(
     tag_rows.sort_unstable();
     tag_rows.dedup();
     for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
-        let text = format!(
-            "INSERT INTO entry_tags (tag, key) VALUES {} ON CONFLICT DO NOTHING",
-            placeholders(chunk.len(), 2)
-        );
+        let text = with_rows(sql!("entry_tag_insert"), chunk.len(), 2);
         let mut query = sqlx::query(&text);
         for (tag, key) in chunk {
             query = query.bind(*tag).bind(*key);
@@ -851,22 +731,27 @@ pub(crate) async fn entries_put_at(
     }
 
     // One change row per landed write, in revision order.
+    let change_tags: Vec<String> = landed
+        .iter()
+        .map(|&(index, _)| serde_json::to_string(&puts[index].tags))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let changes: Vec<ChangeRow<'_>> = landed
         .iter()
-        .map(|&(index, revision)| {
+        .zip(&change_tags)
+        .map(|(&(index, revision), tags)| {
             let put = &puts[index];
-            Ok(ChangeRow {
+            ChangeRow {
                 revision,
                 kind: put.kind,
                 key: &put.key,
                 policy: &put.policy,
-                tags: serde_json::to_string(&put.tags)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                tags,
                 provider: put.provenance.as_ref().map(|p| p.provider.as_str()),
                 at: put.now,
-            })
+            }
         })
-        .collect::<Result<_, StoreError>>()?;
+        .collect();
     changes_insert(tx, &changes).await?;
     Ok(results)
 }

@@ -30,3 +30,25 @@ macro_rules! sql {
     };
 }
 pub(crate) use sql;
+
+/// The most parameters one statement binds (SQLite allows 32 766).
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// `template` (a `sql/` text written for many rows) with its `{rows}` marker
+/// replaced by `rows` groups of `width` placeholders numbered from `$1`:
+/// `($1, $2), ($3, $4)`.
+pub(crate) fn with_rows(template: &str, rows: usize, width: usize) -> String {
+    let mut groups = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        groups.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..width {
+            if column > 0 {
+                groups.push_str(", ");
+            }
+            groups.push('$');
+            groups.push_str(&(row * width + column + 1).to_string());
+        }
+        groups.push(')');
+    }
+    template.replace("{rows}", &groups)
+}
