@@ -8,7 +8,7 @@ import time
 from typing import Any, TypeVar
 
 from roadie._channel import Connection, PathLike
-from roadie._ops import UNREACHABLE, Unary
+from roadie._ops import RETRYABLE, UNREACHABLE, Unary
 from roadie.errors import RoadieError
 
 T = TypeVar("T")
@@ -86,8 +86,6 @@ class Settings:
 
     def retries_left(self, op: Unary[Any], error: RoadieError, attempt: int, deadline: float) -> bool:
         """Whether a failed ``op`` is tried again (attempt counts from 1)."""
-        from roadie._ops import RETRYABLE
-
         return (
             op.retry
             and not self.degrading(op)

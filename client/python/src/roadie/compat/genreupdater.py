@@ -113,6 +113,11 @@ class CachedApiResult:
     api_response: dict[str, Any] | None
 
 
+def _json(value: Any) -> bytes:
+    """A value as every path of this cache stores it."""
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
 def _timestamp(entry: Entry) -> float:
     return entry.updated_at.timestamp() if entry.updated_at is not None else 0.0
 
@@ -269,7 +274,7 @@ class CacheOrchestrator:
         body = {"year": year, "metadata": metadata or {}}
         await self.client.put(
             api_key(artist, album, source),
-            json.dumps(body, separators=(",", ":"), default=str).encode(),
+            _json(body),
             media_type="application/json",
             policy=self.api_policy if success else self.failed_policy,
             tags=[album_tag(artist, album)],
@@ -279,27 +284,16 @@ class CacheOrchestrator:
 
     # ------------------------------------------------------------ generic cache
 
-    def _put_generic(self, key: Any, value: Any, ttl: int | None) -> None:
-        self._sync.put(
-            generic_key(key),
-            json.dumps(value, separators=(",", ":"), default=str).encode(),
-            media_type="application/json",
-            policy=self.generic_policy,
-            ttl=ttl,
-        )
-
     def set(self, key_data: Any, value: Any, ttl: int | None = None) -> None:
         """Caches a JSON-able value (``ttl`` seconds; unset: the policy's)."""
-        self._put_generic(key_data, value, ttl)
+        self._sync.put(
+            generic_key(key_data), _json(value), media_type="application/json", policy=self.generic_policy, ttl=ttl
+        )
 
     async def set_async(self, key_data: Any, value: Any, ttl: int | None = None) -> None:
         """As ``set``, awaited."""
         await self.client.put(
-            generic_key(key_data),
-            json.dumps(value, separators=(",", ":"), default=str).encode(),
-            media_type="application/json",
-            policy=self.generic_policy,
-            ttl=ttl,
+            generic_key(key_data), _json(value), media_type="application/json", policy=self.generic_policy, ttl=ttl
         )
 
     def get(self, key_data: Any) -> Any:

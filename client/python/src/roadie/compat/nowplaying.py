@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 
 from roadie.aio import AsyncClient
 from roadie.errors import RoadieError
-from roadie.types import BatchFetchItem, Entry, EntryStatus, LookupStatus
+from roadie.types import BatchFetchItem, Entry, EntryStatus, FetchResult, LookupStatus
 
 log = logging.getLogger("roadie.compat.nowplaying")
 
@@ -147,6 +147,15 @@ def _live(entry: Entry, now: datetime) -> bool:
     if entry.status == EntryStatus.STALE:
         return False
     return entry.expires_at is None or entry.expires_at > now
+
+
+def _fetched(result: FetchResult) -> tuple[Any, dict[str, Any]] | None:
+    """A fetch's answer as the original's providers returned it:
+    ``(data, metadata)``, or None when nothing usable came back in time."""
+    if result.entry is None or result.status == LookupStatus.NEGATIVE:
+        return None
+    cached = CachedEntry.of(result.entry)
+    return cached.data, {"url": cached.url, "mime_type": cached.mime_type, "status_code": cached.status_code}
 
 
 class _Connected:
@@ -270,10 +279,7 @@ class ImageProvider:
             policy=owner.image_policy,
             tags=_tags(image_type, artist_identifier, provider),
         )
-        if result.entry is None or result.status == LookupStatus.NEGATIVE:
-            return None
-        cached = CachedEntry.of(result.entry)
-        return cached.data, {"url": cached.url, "mime_type": cached.mime_type, "status_code": cached.status_code}
+        return _fetched(result)
 
     async def cache_artist_thumbnail(
         self, url: str, artist_identifier: str, provider: str, immediate: bool = True, metadata: dict[str, Any] | None = None
@@ -360,10 +366,7 @@ class MusicBrainzProvider:
         result = await owner.client.fetch(
             "musicbrainz", path, wait=immediate, policy=owner.policy, tags=_tags(data_type, identifier, "musicbrainz")
         )
-        if result.entry is None or result.status == LookupStatus.NEGATIVE:
-            return None
-        cached = CachedEntry.of(result.entry)
-        return cached.data, {"url": cached.url, "status_code": cached.status_code}
+        return _fetched(result)
 
     async def search_artists(self, query: str, limit: int = 10, immediate: bool = True) -> tuple[Any, dict[str, Any]] | None:
         """Artists matching ``query``: ``(results, metadata)`` or None."""
