@@ -40,8 +40,9 @@ impl JobWaiter {
                 tokio::spawn(async move {
                     store
                         .listen(JOB_CHANNEL, cancel, |payload| {
-                            // An empty payload (a reconnect) wakes nobody: the polls cover it.
-                            if let Ok(id) = payload.parse::<u64>() {
+                            // The ids of a batch of finished jobs, comma-separated;
+                            // an empty payload (a reconnect) wakes nobody: the polls cover it.
+                            for id in payload.split(',').filter_map(|id| id.parse::<u64>().ok()) {
                                 let _ = sender.send(id);
                             }
                         })
@@ -53,20 +54,35 @@ impl JobWaiter {
         JobWaiter { finished, poll }
     }
 
-    /// Job `id`, fetching `url`, once it has finished, or as it stands at
-    /// `until`. `changes` is the server's feed, subscribed to before the
-    /// job was enqueued or shared.
+    /// What a call that will wait hears: the finished jobs, and the
+    /// server's feed (`changes`, subscribed to with it). Taken before the
+    /// job is enqueued or shared, so nothing that happens to the job after
+    /// the enqueue's answer slips by, and the wait can start from the job
+    /// as the enqueue returned it instead of reading it back.
+    pub fn subscribe(&self, changes: broadcast::Receiver<Arc<Live>>) -> Heard {
+        Heard {
+            finished: self.finished.subscribe(),
+            changes,
+        }
+    }
+
+    /// `job` (fetching `url`, as the enqueue answered) once it has
+    /// finished, or as it stands at `until`; `None` if it is gone.
     pub async fn wait(
         &self,
         store: &Store,
-        id: u64,
+        job: Job,
         url: &str,
-        mut changes: broadcast::Receiver<Arc<Live>>,
+        heard: Heard,
         until: Instant,
     ) -> Result<Option<Job>, StoreError> {
-        let mut finished = self.finished.subscribe();
+        let Heard {
+            mut finished,
+            mut changes,
+        } = heard;
+        let id = job.id;
+        let mut job = Some(job);
         loop {
-            let job = store.job_get(id).await?;
             match &job {
                 Some(job) if !job.state.is_finished() && Instant::now() < until => {}
                 _ => return Ok(job),
@@ -100,8 +116,17 @@ impl JobWaiter {
                 () = tokio::time::sleep(self.poll) => {}
                 () = tokio::time::sleep_until(until) => {}
             }
+            job = store.job_get(id).await?;
         }
     }
+}
+
+/// The notifications one waiting call subscribed to, from
+/// [`JobWaiter::subscribe`].
+#[derive(Debug)]
+pub struct Heard {
+    finished: broadcast::Receiver<u64>,
+    changes: broadcast::Receiver<Arc<Live>>,
 }
 
 /// Tells idle workers there is new work: at most one NOTIFY per

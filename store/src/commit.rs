@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     Compression, StoreError,
-    change::{announce, revision_lock, revision_set},
-    entry::{EntryPut, PutResult, entries_put_at},
+    change::announce,
+    entry::{EntryPut, PutResult, entries_put_in, last_written},
 };
 
 /// How entry writes are grouped.
@@ -61,11 +61,26 @@ pub(crate) struct Committer {
     counts: Arc<Counts>,
 }
 
-/// Batches run and the writes they carried, since the store opened.
+/// Batches run, the writes they carried, and the batches split after a
+/// failed statement, since the store opened.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
     batches: AtomicU64,
     writes: AtomicU64,
+    split: AtomicU64,
+}
+
+/// What the group commit has done since the store opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteBatches {
+    /// Transactions run.
+    pub batches: u64,
+    /// Writes they carried: `writes / batches` is the mean batch.
+    pub writes: u64,
+    /// Batches a failed statement split into writes of one, each retried
+    /// alone (a bad write among good ones, or a transaction Postgres
+    /// chose to fail to break a deadlock).
+    pub split: u64,
 }
 
 /// What the committer task needs of the store (not the store itself, whose
@@ -105,12 +120,13 @@ impl Committer {
         Committer { writes, counts }
     }
 
-    /// (batches run, writes they carried) since the store opened.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        (
-            self.counts.batches.load(Ordering::Relaxed),
-            self.counts.writes.load(Ordering::Relaxed),
-        )
+    /// What the group commit has done since the store opened.
+    pub(crate) fn counts(&self) -> WriteBatches {
+        WriteBatches {
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            writes: self.counts.writes.load(Ordering::Relaxed),
+            split: self.counts.split.load(Ordering::Relaxed),
+        }
     }
 
     /// Writes `put` in the next batch; answers after its commit.
@@ -171,6 +187,7 @@ async fn commit(target: &Target, batch: Vec<(EntryPut, Reply)>) {
         Err(Failure::Statement(error)) if puts.len() == 1 => answer(replies, [Err(error)]),
         Err(Failure::Statement(_)) => {
             // One bad write must not fail its neighbours: each alone.
+            target.counts.split.fetch_add(1, Ordering::Relaxed);
             for (put, reply) in puts.iter().zip(replies) {
                 let result = match write_all(target, std::slice::from_ref(put)).await {
                     Ok(mut results) => results.pop().ok_or_else(|| {
@@ -209,22 +226,11 @@ async fn write_all(target: &Target, puts: &[EntryPut]) -> Result<Vec<PutResult>,
         .begin()
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
-    let base = revision_lock(&mut tx).await.map_err(Failure::Statement)?;
-    let results = entries_put_at(&mut tx, puts, target.compression.as_ref(), base)
+    let puts: Vec<&EntryPut> = puts.iter().collect();
+    let results = entries_put_in(&mut tx, &puts, target.compression.as_ref())
         .await
         .map_err(Failure::Statement)?;
-    let last = results
-        .iter()
-        .filter_map(|r| match r {
-            PutResult::Written { revision } => Some(*revision),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(base);
-    if last > base {
-        revision_set(&mut tx, last)
-            .await
-            .map_err(Failure::Statement)?;
+    if let Some(last) = last_written(&results) {
         tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
         announce(&target.committed, last);
     }

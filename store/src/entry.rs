@@ -512,36 +512,49 @@ impl Store {
         let mut sorted: Vec<&Access> = accesses.iter().collect();
         // One lock order for every server flushing at once.
         sorted.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut tx = self.pool.begin().await?;
-        for access in sorted {
-            sqlx::query(sql!("entry_touch"))
-                .bind(&access.key)
-                .bind(access.at)
-                .bind(to_i64(access.count))
-                .execute(&mut *tx)
-                .await?;
+        // One statement per chunk, each its own transaction: row locks are
+        // held for one statement, not for the whole flush, so a write of the
+        // same keys waits a moment at most (and on Postgres a touch never
+        // waits for a write: see the statement).
+        for chunk in sorted.chunks(MAX_PARAMS / 3) {
+            let text = with_rows(sql!(self.backend, "entry_touch"), chunk.len(), 3);
+            let mut query = sqlx::query(&text);
+            for access in chunk {
+                query = query
+                    .bind(&access.key)
+                    .bind(access.at)
+                    .bind(to_i64(access.count));
+            }
+            query.execute(&self.pool).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }
 
-/// Writes an entry inside `tx` unless its conditions say otherwise; takes
-/// the revision lock. The caller commits when the result is `Written`.
-pub(crate) async fn entry_put_in(
+/// Writes `puts` in `tx` as one batch, in order: the revision lock,
+/// [`entries_put_at`], and the counter moved to the last revision written.
+pub(crate) async fn entries_put_in(
     tx: &mut Transaction<'_, Any>,
-    put: &EntryPut,
+    puts: &[&EntryPut],
     compression: Option<&Compression>,
-) -> Result<PutResult, StoreError> {
+) -> Result<Vec<PutResult>, StoreError> {
     let base = revision_lock(tx).await?;
-    let result = entries_put_at(tx, std::slice::from_ref(put), compression, base)
-        .await?
-        .pop()
-        .ok_or_else(|| StoreError::Corrupt("a write of one gave no result".to_owned()))?;
-    if let PutResult::Written { revision } = result {
-        revision_set(tx, revision).await?;
+    let results = entries_put_at(tx, puts, compression, base).await?;
+    if let Some(last) = last_written(&results) {
+        revision_set(tx, last).await?;
     }
-    Ok(result)
+    Ok(results)
+}
+
+/// The highest revision `results` wrote, if any wrote.
+pub(crate) fn last_written(results: &[PutResult]) -> Option<u64> {
+    results
+        .iter()
+        .filter_map(|r| match r {
+            PutResult::Written { revision } => Some(*revision),
+            _ => None,
+        })
+        .max()
 }
 
 /// Why `put` must not be written over `stored` (its revision and
@@ -577,7 +590,7 @@ fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
 /// caller.
 pub(crate) async fn entries_put_at(
     tx: &mut Transaction<'_, Any>,
-    puts: &[EntryPut],
+    puts: &[&EntryPut],
     compression: Option<&Compression>,
     base: u64,
 ) -> Result<Vec<PutResult>, StoreError> {
@@ -644,7 +657,7 @@ pub(crate) async fn entries_put_at(
     let mut rows = Vec::with_capacity(finals.len());
     for at in finals {
         let (index, revision) = landed[at];
-        let put = &puts[index];
+        let put = puts[index];
         let key = put.key.as_str();
         let created_at = if existed.contains(key) {
             put.now
@@ -665,6 +678,11 @@ pub(crate) async fn entries_put_at(
         });
     }
 
+    // Rows lock in key order, the order every other writer of many entries
+    // takes (`entry_touch`): two such transactions never wait on each other
+    // in a circle (Postgres would break the deadlock only after its
+    // deadlock_timeout, a second, and fail the batch).
+    rows.sort_unstable_by(|a, b| a.put.key.cmp(&b.put.key));
     const UPSERT_WIDTH: usize = 22;
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
         let text = with_rows(sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH);
@@ -740,7 +758,7 @@ pub(crate) async fn entries_put_at(
         .iter()
         .zip(&change_tags)
         .map(|(&(index, revision), tags)| {
-            let put = &puts[index];
+            let put = puts[index];
             ChangeRow {
                 revision,
                 kind: put.kind,

@@ -48,7 +48,7 @@ use sqlx::{
 };
 
 pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
-pub use commit::Batching;
+pub use commit::{Batching, WriteBatches};
 pub use compress::{Compression, compressible};
 pub use entry::{
     Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,
@@ -313,9 +313,9 @@ impl Store {
         })
     }
 
-    /// Entry-write transactions the group commit ran, and the writes they
-    /// carried, since this store opened: their ratio is the mean batch.
-    pub fn write_batches(&self) -> (u64, u64) {
+    /// What the group commit has done since this store opened: its
+    /// transactions, the writes they carried, the batches split.
+    pub fn write_batches(&self) -> WriteBatches {
         self.committer.counts()
     }
 

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Backend, Store, StoreError, sql::sql};
 
-/// Ids of finished jobs, for servers waiting on them.
+/// Ids of finished jobs (comma-separated, a batch at a time), for servers
+/// waiting on them.
 pub const JOB_CHANNEL: &str = "roadie_jobs";
 /// "There is new work", for idle workers.
 pub const WORK_CHANNEL: &str = "roadie_work";

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use roadie_store::{
     Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, PutResult, Selector, Store,
-    testing::TestDb,
+    WriteBatches, testing::TestDb,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -756,7 +756,11 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
     assert_eq!(e.expect("e"), PutResult::Written { revision: 3 });
     assert_eq!(
         store.write_batches(),
-        (1, 5),
+        WriteBatches {
+            batches: 1,
+            writes: 5,
+            split: 0
+        },
         "one transaction took all five"
     );
     let k1 = store.entry_get("k1").await.expect("get").expect("k1");
@@ -863,6 +867,58 @@ async fn writers_on_two_stores_get_gapless_revisions(db: &TestDb) {
     }
 }
 
+/// Reads noted by `entry_touch` while batches of writes land on the same
+/// keys: neither side fails. (The touch used to lock its rows one statement
+/// at a time in one transaction, and a batch locks them in one statement:
+/// on Postgres the two could wait on each other in a circle, and Postgres
+/// broke it after a second by failing one of them.)
+async fn touches_and_batched_writes_of_the_same_keys_both_land(db: &TestDb) {
+    let store = batching_store(db, 0).await;
+    let keys: Vec<String> = (0..1000).map(|i| format!("k/{i:04}")).collect();
+    for key in &keys {
+        written(store.entry_put(&put(key, "0")).await.expect("seed"));
+    }
+    let touching = {
+        let (store, keys) = (store.clone(), keys.clone());
+        tokio::spawn(async move {
+            for round in 0..40_i64 {
+                // Newest first: the opposite of the batches' key order.
+                let accesses: Vec<Access> = keys
+                    .iter()
+                    .rev()
+                    .map(|key| Access {
+                        key: key.clone(),
+                        at: T0 + round,
+                        count: 1,
+                    })
+                    .collect();
+                store.entry_touch(&accesses).await.expect("touch");
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for writer in 0..32_usize {
+        let (store, keys) = (store.clone(), keys.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..20_usize {
+                let key = &keys[(writer * 7 + i * 13) % keys.len()];
+                written(store.entry_put(&put(key, "v")).await.expect("put"));
+            }
+        }));
+    }
+    touching.await.expect("touching");
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let log = store.change_list_since(0, 10_000).await.expect("log");
+    assert_eq!(log.len(), keys.len() + 32 * 20, "every write landed once");
+    assert_eq!(
+        store.write_batches().split,
+        0,
+        "no batch failed and had to be split (on Postgres: a deadlock broken)"
+    );
+}
+
 macro_rules! batched {
     ($($name:ident),* $(,)?) => {
         mod batched_sqlite {
@@ -892,6 +948,7 @@ batched!(
     a_batch_keeps_conditions_in_arrival_order,
     a_bad_write_fails_alone,
     writers_on_two_stores_get_gapless_revisions,
+    touches_and_batched_writes_of_the_same_keys_both_land,
 );
 
 /// SQLite's data_version moves when another connection commits, and only then.

@@ -39,11 +39,11 @@ struct FetchPlan {
 enum Settled {
     /// Answered: from the cache, or with the job queued in the background.
     Answered(pb::FetchResponse),
-    /// WAIT mode: the job to wait for, and the feed that will tell.
+    /// WAIT mode: the job to wait for, and what will tell when it ends.
     Waiting {
         job: Job,
         shared: bool,
-        changes: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::fanout::Live>>,
+        heard: crate::waiter::Heard,
     },
 }
 
@@ -91,13 +91,9 @@ pub(super) async fn fetch(
     let req = request.into_inner();
     let plan = service.fetch_plan(req).await?;
     crate::rpc::record_key(&plan.url);
-    let (job, shared, changes) = match service.settle(&plan, &access, traceparent).await? {
+    let (job, shared, heard) = match service.settle(&plan, &access, traceparent).await? {
         Settled::Answered(answer) => return Ok(Response::new(answer)),
-        Settled::Waiting {
-            job,
-            shared,
-            changes,
-        } => (job, shared, changes),
+        Settled::Waiting { job, shared, heard } => (job, shared, heard),
     };
     // Answer before the caller's deadline runs out, never after it.
     let budget = match deadline {
@@ -108,9 +104,9 @@ pub(super) async fn fetch(
     let waited = tokio::select! {
         waited = service.state.waiter.wait(
             &service.state.store,
-            job.id,
+            job.clone(),
             &plan.url,
-            changes,
+            heard,
             started + budget,
         ) => waited.map_err(ApiError::from)?,
         // The job goes on without this server: say so, and how to pick it up.
@@ -315,15 +311,12 @@ impl CacheService {
             }
             // Subscribed first, so the worker's result cannot slip by unseen.
             let (_, changes) = self.state.feed.subscribe();
+            let heard = self.state.waiter.subscribe(changes);
             if let Some((job, shared)) = self
                 .enqueue(plan, WAIT_PRIORITY, traceparent.clone(), seen, now)
                 .await?
             {
-                return Ok(Settled::Waiting {
-                    job,
-                    shared,
-                    changes,
-                });
+                return Ok(Settled::Waiting { job, shared, heard });
             }
         }
     }
