@@ -3,7 +3,7 @@
 //! is stored as zstd when that makes it smaller. Readers get the bytes
 //! written; budgets and Stats count what is stored. One rule, here.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, cell::RefCell};
 
 use crate::StoreError;
 
@@ -63,11 +63,40 @@ pub(crate) fn encode<'a>(
     if value.len() < compression.min_bytes.max(1) || !compressible(media_type) {
         return (Cow::Borrowed(value), IDENTITY);
     }
-    match zstd::bulk::compress(value, compression.level) {
+    match compress(value, compression.level) {
         Ok(frame) if frame.len() < value.len() => (Cow::Owned(frame), ZSTD),
         // Incompressible (or the encoder failed): as written.
         _ => (Cow::Borrowed(value), IDENTITY),
     }
+}
+
+thread_local! {
+    // One zstd context per thread, kept: making one allocates its workspace
+    // (about a megabyte at level 3), more work than compressing a small value.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn compress(value: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some((at, compressor)) if *at == level => compressor,
+            _ => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(value)
+    })
+}
+
+fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        let decompressor = match slot {
+            Some(decompressor) => decompressor,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        decompressor.decompress(frame, capacity)
+    })
 }
 
 /// The value as written, from its stored bytes; `raw_bytes` is its length.
@@ -84,7 +113,7 @@ pub(crate) fn decode(
             let capacity = raw_bytes
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| StoreError::Corrupt("a zstd value without its length".to_owned()))?;
-            zstd::bulk::decompress(&stored, capacity)
+            decompress(&stored, capacity)
                 .map_err(|e| StoreError::Corrupt(format!("a zstd value that does not decode: {e}")))
         }
         other => Err(StoreError::Corrupt(format!(
