@@ -421,7 +421,7 @@ impl CacheService {
             return Ok(None);
         };
         if !shared || job.priority == priority {
-            self.state.work.nudge();
+            self.state.work.nudge(priority <= WAIT_PRIORITY);
         }
         Ok(Some((job, shared)))
     }
