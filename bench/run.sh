@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every comparison of BENCHMARKS.md in one run on this machine:
 #   bash bench/run.sh                 # everything (arguments go to `roadie-bench suite`)
-#   bash bench/run.sh --parts reads   # one part: reads, scenarios, watchers, fetch, queue, scale
+#   bash bench/run.sh --parts reads   # one part: reads, writes, scenarios, watchers, fetch, queue, scale
 # Needs Postgres at 127.0.0.1:5432 (or ROADIE_TEST_POSTGRES_URL) and Redis at
 # 127.0.0.1:6379; starts them the way this machine does when they are down.
+# Installs etcd (Debian's etcd-server) when it is missing: the writes part
+# starts its own single-node etcd on a fresh data directory.
 # Builds the release binaries and River's CLI (riverqueue-cli 0.5, into
 # target/bench-tools) first; both are kept for the next run.
 set -euo pipefail
@@ -22,6 +24,9 @@ for port in 5432 6379; do
   for _ in $(seq 1 30); do up "$port" && break; sleep 1; done
   up "$port" || { echo "FATAL: nothing answers on 127.0.0.1:$port (Postgres 5432, Redis 6379)" >&2; exit 1; }
 done
+if ! command -v etcd >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+fi
 export ROADIE_TEST_POSTGRES_URL="${ROADIE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export ROADIE_REQUIRE_POSTGRES=1
 
@@ -40,7 +45,7 @@ built=$(date +%s)
   echo
   echo "- $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "- $(free -g | awk '/Mem:/ {print $2}') GiB memory, Linux $(uname -r)"
-  echo "- $(rustc --version), $(psql --version 2>/dev/null || echo 'psql: none'), $(redis-server --version 2>/dev/null | cut -d' ' -f1-3)"
+  echo "- $(rustc --version), $(psql --version 2>/dev/null || echo 'psql: none'), $(redis-server --version 2>/dev/null | cut -d' ' -f1-3), $(etcd --version | head -n1)"
   echo "- commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
 } | tee "$out/machine.md"

@@ -11,12 +11,15 @@
 //! # Layout
 //! - [`load`]: closed and open loops, HDR histograms, the [`load::Report`]
 //! - [`targets`]: the calls: Roadie RPCs, Redis `GET`, a plain HTTP `GET`
+//! - [`etcd`]: etcd's Put, Range and Watch, the reference for a watchable store
+//! - [`ceiling`]: the database's own upsert, through the native driver and `sqlx::Any`
 //! - [`empty`]: the empty tonic service, the stack's limit
 //! - [`upstream`]: the loopback HTTP upstream for fetches and jobs
-//! - [`processes`]: `roadie-server`, `roadie-worker` and empty-service processes
+//! - [`processes`]: `roadie-server`, `roadie-worker`, empty-service and etcd processes
 //! - [`queue`]: no-op jobs from a full queue to the last completion, Roadie and River
 //! - [`suite`]: every comparison in one run
 
+pub mod ceiling;
 pub mod empty;
 pub mod etcd;
 pub mod load;

@@ -215,6 +215,61 @@ pub async fn empty_server(value_bytes: usize) -> anyhow::Result<Process> {
     Ok(process)
 }
 
+/// Starts a single-node etcd (Debian's `etcd-server`, `etcd` on the PATH)
+/// on a fresh data directory of its own and loopback ports, and waits until
+/// it answers a `Range`.
+pub async fn etcd() -> anyhow::Result<Process> {
+    let (client, peer) = (free_port()?, free_port()?);
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data").display().to_string();
+    let (client_url, peer_url) = (format!("http://{client}"), format!("http://{peer}"));
+    let process = spawn(
+        Path::new("etcd"),
+        &[
+            "--name",
+            "bench",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("bench={peer_url}"),
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ],
+        dir,
+        client.to_string(),
+    )
+    .context("etcd (Debian's etcd-server) is needed for the write comparison")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channels) = crate::targets::channels(&process.addr, 1).await {
+            let probe = crate::etcd::get(
+                channels,
+                std::sync::Arc::new(vec!["bench/probe".to_owned()]),
+            );
+            // Serving: the probe key is absent, and etcd says so.
+            if let Err(error) = probe(0, 0).await
+                && error.starts_with("etcd has no")
+            {
+                return Ok(process);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("etcd does not answer on {} after a minute", process.addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_serving<F, Fut>(addr: &str, answers: F) -> anyhow::Result<()>
 where
     F: Fn(CacheClient<tonic::transport::Channel>) -> Fut,

@@ -11,6 +11,8 @@ use roadie_store::{Backend, now_ms};
 use serde::Serialize;
 
 use crate::{
+    ceiling::{self, Driver},
+    etcd,
     load::{self, Call, Load, Report},
     processes::{self, PROVIDER, Process, Setup},
     queue::{self, QueueReport},
@@ -60,7 +62,7 @@ pub struct Options {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "reads,scenarios,watchers,fetch,queue,scale"
+        default_value = "reads,writes,scenarios,watchers,fetch,queue,scale"
     )]
     pub parts: Vec<Part>,
     /// Where results.json goes.
@@ -73,6 +75,9 @@ pub struct Options {
 pub enum Part {
     /// Get hits against the empty tonic service and Redis GET.
     Reads,
+    /// Put of new keys, Get hits, the mixed load and watch propagation,
+    /// against etcd and the database's own upsert.
+    Writes,
     /// Get miss, BatchGet, Put, mixed, on both backends.
     Scenarios,
     /// Put throughput with 0, 200 and 2 000 open Watch streams.
@@ -146,6 +151,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Results> {
     for part in &options.parts {
         match part {
             Part::Reads => reads(options, &mut results, &keys, &value, closed).await?,
+            Part::Writes => writes(options, &mut results, &keys, &value, closed).await?,
             Part::Scenarios => scenarios(options, &mut results, &keys, &value, closed).await?,
             Part::Watchers => watchers(options, &mut results, &value, closed).await?,
             Part::Fetch => fetch(options, &mut results).await?,
@@ -214,6 +220,7 @@ struct Roadie {
     channels: Vec<tonic::transport::Channel>,
     /// What the server was started with, for workers beside it.
     setup: Setup,
+    backend: Backend,
     db: roadie_store::testing::TestDb,
 }
 
@@ -236,6 +243,7 @@ impl Roadie {
             server,
             channels,
             setup,
+            backend,
             db,
         })
     }
@@ -277,6 +285,64 @@ fn redis_key(key: &str) -> String {
     format!("roadie-bench:{key}")
 }
 
+/// Every load of `loads` once per round, `options.rounds` rounds, round by
+/// round: a noisy moment of the shared machine lands on every target of a
+/// round, not on one side of a ratio only. Each round's calls see sequence
+/// numbers of their own, so a load of new keys writes new keys every round.
+async fn in_rounds(
+    options: &Options,
+    part: &str,
+    loads: &[(String, Call)],
+    load: Load,
+) -> Vec<Vec<Report>> {
+    let mut rounds: Vec<Vec<Report>> = vec![Vec::new(); loads.len()];
+    for round in 1..=options.rounds {
+        eprintln!("{part}: round {round} of {}", options.rounds);
+        for ((name, call), reports) in loads.iter().zip(&mut rounds) {
+            let call = call.clone();
+            let offset: Call = Arc::new(move |slot, seq| call(slot, seq + (round << 32)));
+            reports.push(load::run(name.clone(), offset, load).await);
+        }
+    }
+    rounds
+}
+
+/// The round of median throughput.
+fn median(reports: &[Report]) -> Report {
+    let mut sorted = reports.to_vec();
+    sorted.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    sorted[sorted.len() / 2].clone()
+}
+
+fn median_header(versus: &str) {
+    println!(
+        "| load | calls/s | calls/s, every round | p50 ms | p99 ms | p99.9 ms | max ms | errors | vs {versus} |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+}
+
+/// A load's median round, its throughput in every round, errors of all.
+fn median_row(reports: &[Report], median: &Report, versus: &str) {
+    let every: Vec<String> = reports
+        .iter()
+        .map(|r| format!("{:.0}", r.throughput))
+        .collect();
+    println!(
+        "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {versus} |",
+        median.name,
+        median.throughput,
+        every.join(", "),
+        Report::ms(median.p50_us),
+        Report::ms(median.p99_us),
+        Report::ms(median.p999_us),
+        Report::ms(median.max_us),
+        reports.iter().map(|r| r.errors).sum::<u64>(),
+    );
+    if let Some(error) = reports.iter().find_map(|r| r.first_error.as_ref()) {
+        println!("| first error: {error} | | | | | | | | |");
+    }
+}
+
 /// Every read target runs `options.rounds` times, round by round (empty
 /// service, Redis, each Roadie), all of them up at once; the table holds
 /// each target's median round, so a noisy moment of the shared machine
@@ -312,46 +378,19 @@ async fn reads(
             roadies.push((backend, hot, roadie));
         }
     }
-    let mut rounds: Vec<Vec<Report>> = vec![Vec::new(); loads.len()];
-    for round in 1..=options.rounds {
-        eprintln!("reads: round {round} of {}", options.rounds);
-        for ((name, call), reports) in loads.iter().zip(&mut rounds) {
-            reports.push(load::run(name.clone(), call.clone(), closed).await);
-        }
-    }
+    let rounds = in_rounds(options, "reads", &loads, closed).await;
     println!(
         "\n## Get hits: the stack's limit, Redis, Roadie (median of {} rounds)\n",
         options.rounds
     );
-    println!(
-        "| load | calls/s | calls/s, every round | p50 ms | p99 ms | p99.9 ms | max ms | errors | calls/s vs empty tonic |"
-    );
-    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut medians = Vec::new();
-    for reports in &mut rounds {
-        let every: Vec<String> = reports
-            .iter()
-            .map(|r| format!("{:.0}", r.throughput))
-            .collect();
-        reports.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
-        let median = reports[reports.len() / 2].clone();
+    median_header("empty tonic");
+    let mut medians: Vec<Report> = Vec::new();
+    for reports in &rounds {
+        let median = median(reports);
         let ratio = medians
             .first()
-            .map_or(1.0, |limit: &Report| median.throughput / limit.throughput);
-        println!(
-            "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {ratio:.2} |",
-            median.name,
-            median.throughput,
-            every.join(", "),
-            Report::ms(median.p50_us),
-            Report::ms(median.p99_us),
-            Report::ms(median.p999_us),
-            Report::ms(median.max_us),
-            reports.iter().map(|r| r.errors).sum::<u64>(),
-        );
-        if let Some(error) = reports.iter().find_map(|r| r.first_error.as_ref()) {
-            println!("| first error: {error} | | | | | | | | |");
-        }
+            .map_or(1.0, |limit| median.throughput / limit.throughput);
+        median_row(reports, &median, &format!("{ratio:.2}"));
         medians.push(median);
     }
     results.loads.extend(rounds.into_iter().flatten());
@@ -399,6 +438,161 @@ async fn reads(
         roadie.stop().await;
     }
     empty.stop().await;
+    Ok(())
+}
+
+/// The write path against its ceilings, in rounds (see [`in_rounds`]):
+/// etcd (Put of new keys, Range hits), each backend's Roadie (Put of new
+/// keys, Get hits, 9 Get hits to 1 Put) and the database's own upsert of
+/// the same value through the native driver and `sqlx::Any`. Then, one
+/// caller at a time, how long a write takes to reach a watching client,
+/// etcd and Roadie.
+async fn writes(
+    options: &Options,
+    results: &mut Results,
+    keys: &Arc<Vec<String>>,
+    value: &Bytes,
+    closed: Load,
+) -> anyhow::Result<()> {
+    let etcd_server = processes::etcd().await?;
+    let etcd_channels = targets::channels(&etcd_server.addr, options.channels).await?;
+    etcd::put_all(&etcd_channels, keys, value).await?;
+    let mut loads: Vec<(String, Call)> = vec![
+        (
+            "etcd Put of a new key".into(),
+            etcd::put(etcd_channels.clone(), value.clone()),
+        ),
+        (
+            "etcd Range hit".into(),
+            etcd::get(etcd_channels.clone(), keys.clone()),
+        ),
+    ];
+    let mut roadies = Vec::new();
+    let mut databases = Vec::new();
+    for backend in BACKENDS {
+        let roadie = Roadie::fresh(options, backend, |_| {}, keys, value).await?;
+        let ch = &roadie.channels;
+        let name = |what: &str| format!("roadie {what} ({})", backend.name());
+        loads.push((
+            name("Put of a new key"),
+            targets::put(ch.clone(), value.clone()),
+        ));
+        loads.push((
+            name("Get hit"),
+            targets::get(ch.clone(), keys.clone(), pb::LookupStatus::Hit),
+        ));
+        loads.push((
+            name("mixed: 9 Get hits to 1 Put"),
+            targets::mixed(ch.clone(), keys.clone(), value.clone()),
+        ));
+        let db = processes::database(backend).await?;
+        for driver in [Driver::Native, Driver::Any] {
+            let call =
+                ceiling::upsert(backend, &db.url, driver, options.concurrency, value.clone())
+                    .await?;
+            loads.push((
+                format!("{} upsert of a new key, {}", backend.name(), driver.name()),
+                call,
+            ));
+        }
+        roadies.push(roadie);
+        databases.push(db);
+    }
+    let rounds = in_rounds(options, "writes", &loads, closed).await;
+    let medians: Vec<Report> = rounds.iter().map(|r| median(r)).collect();
+    let by_name = |name: &str| {
+        medians
+            .iter()
+            .find(|r| r.name == name)
+            .expect("every load has a median")
+    };
+    let etcd_put = by_name("etcd Put of a new key").clone();
+    let etcd_get = by_name("etcd Range hit").clone();
+    println!(
+        "\n## Writes: Roadie against etcd and the database's own upsert (median of {} rounds)\n",
+        options.rounds
+    );
+    median_header("its reference");
+    for (reports, median) in rounds.iter().zip(&medians) {
+        let name = median.name.as_str();
+        let versus = if name.contains("Put") && !name.contains("mixed") || name.contains("upsert") {
+            format!("{:.2}x etcd Put", median.throughput / etcd_put.throughput)
+        } else if name.contains("Get hit") || name.contains("Range hit") {
+            format!("{:.2}x etcd Range", median.throughput / etcd_get.throughput)
+        } else {
+            String::new()
+        };
+        median_row(reports, median, &versus);
+    }
+    println!();
+    for backend in BACKENDS {
+        let b = backend.name();
+        let put = by_name(&format!("roadie Put of a new key ({b})"));
+        let get = by_name(&format!("roadie Get hit ({b})"));
+        let mixed = by_name(&format!("roadie mixed: 9 Get hits to 1 Put ({b})"));
+        let native = by_name(&format!("{b} upsert of a new key, native driver"));
+        let any = by_name(&format!("{b} upsert of a new key, sqlx::Any"));
+        let ratio = put.throughput / etcd_put.throughput;
+        results.target(
+            format!("Put calls/s / etcd Put ({b})"),
+            ratio,
+            ">= 1.0",
+            ratio >= 1.0,
+        );
+        results.target(
+            format!("Put p99 ms at {} callers ({b})", options.concurrency),
+            Report::ms(put.p99_us),
+            "< 20",
+            put.p99_us < 20_000 && put.errors == 0,
+        );
+        let ratio = mixed.throughput / get.throughput;
+        results.target(
+            format!("mixed 9 Get : 1 Put calls/s / Get hits alone ({b})"),
+            ratio,
+            ">= 0.7",
+            ratio >= 0.7,
+        );
+        let ratio = put.throughput / native.throughput;
+        results.target(
+            format!("Put calls/s / the database's own upsert ({b})"),
+            ratio,
+            "reported",
+            true,
+        );
+        println!(
+            "{b}: Put is {:.2}x the database's own upsert; sqlx::Any runs the upsert at {:.2}x the native driver",
+            ratio,
+            any.throughput / native.throughput
+        );
+    }
+    results.loads.extend(rounds.into_iter().flatten());
+
+    println!("\n## Propagation: a Put until a watcher of its prefix has it, one caller\n");
+    header("etcd");
+    let serial = Load {
+        concurrency: 1,
+        ..closed
+    };
+    let seen = targets::Propagation::default();
+    let watch = etcd::watch(etcd_channels[0].clone(), "bench/seen/", seen.clone()).await?;
+    let call = etcd::put_seen(etcd_channels.clone(), "bench/seen/".into(), seen);
+    let etcd_seen = measure(results, "etcd Put to watcher".into(), call, serial, None).await;
+    watch.abort();
+    for roadie in &roadies {
+        let seen = targets::Propagation::default();
+        let watch = targets::watch(roadie.channels[0].clone(), "bench:seen:", seen.clone()).await?;
+        let call = targets::put_seen(roadie.channels.clone(), "bench:seen:".into(), seen);
+        let name = format!("roadie Put to watcher ({})", roadie.backend.name());
+        measure(results, name, call, serial, Some(&etcd_seen)).await;
+        watch.abort();
+    }
+    for roadie in roadies {
+        roadie.stop().await;
+    }
+    for db in databases {
+        db.finish().await;
+    }
+    etcd_server.stop().await;
     Ok(())
 }
 

@@ -2,7 +2,12 @@
 //! Redis `GET`, and a plain HTTP `GET`. Each checks its answer, so a load
 //! that measured errors says so instead of reporting them as speed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -33,7 +38,7 @@ fn stub(channels: &[Channel], slot: usize) -> CacheClient<Channel> {
 
 /// A key of `keys` for this call, spread uniformly over the set (a
 /// SplitMix64 step of the caller and its sequence number).
-fn pick(keys: &[String], slot: usize, seq: u64) -> &str {
+pub fn pick(keys: &[String], slot: usize, seq: u64) -> &str {
     let mut z = ((slot as u64) << 40 ^ seq).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -307,4 +312,84 @@ impl Drop for Watchers {
             task.abort();
         }
     }
+}
+
+/// Writes whose calls wait until a watcher has seen them: the call that
+/// writes a key [`expect`](Propagation::expect)s it, the watcher's task
+/// reports each key it [`seen`](Propagation::seen). A call then takes as
+/// long as a write takes to reach a watching client.
+#[derive(Clone, Default)]
+pub struct Propagation {
+    waiting: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Propagation {
+    /// Registers `key` (before it is written); the future ends when a
+    /// watcher has seen it, or fails after ten seconds.
+    pub fn expect(&self, key: &str) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let (seen, arrived) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_owned(), seen);
+        async move {
+            match tokio::time::timeout(Duration::from_secs(10), arrived).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err("the watch ended".to_owned()),
+                Err(_) => Err("no watcher saw the write within 10 s".to_owned()),
+            }
+        }
+    }
+
+    /// A watcher saw `key`.
+    pub fn seen(&self, key: &str) {
+        let waiting = self.waiting.lock().expect("not poisoned").remove(key);
+        if let Some(waiting) = waiting {
+            let _ = waiting.send(());
+        }
+    }
+}
+
+/// A Roadie Watch of every key under `prefix`, reporting each change's key
+/// to `propagation`; returns once the stream is open.
+pub async fn watch(
+    channel: Channel,
+    prefix: &str,
+    propagation: Propagation,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut stream = stub(&[channel], 0)
+        .watch(pb::WatchRequest {
+            key_prefix: prefix.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the watch ended at once"))?;
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(message)) = stream.message().await {
+            if let Some(pb::watch_response::Event::Change(change)) = message.event {
+                propagation.seen(&change.key);
+            }
+        }
+    }))
+}
+
+/// `Put` of a new key under `prefix`, answered when the watch of [`watch`]
+/// has seen it: a write's way to a watcher.
+pub fn put_seen(channels: Vec<Channel>, prefix: String, propagation: Propagation) -> Call {
+    Arc::new(move |slot, seq| {
+        let key = format!("{prefix}{slot}:{seq}");
+        let seen = propagation.expect(&key);
+        let mut stub = stub(&channels, slot);
+        let request = put_request(key, &Bytes::from_static(b"x"));
+        Box::pin(async move {
+            stub.put(request)
+                .await
+                .map_err(|status| status.to_string())?;
+            seen.await
+        })
+    })
 }
