@@ -9,7 +9,7 @@ use crate::{
     change::{from_i64, parse_tags, to_i64},
     entry::{EntryPut, PutResult, entries_put_in},
     rate::Rates,
-    sql::sql,
+    sql::{MAX_PARAMS, sql, with_rows_after},
 };
 
 /// Where a job is in its life cycle.
@@ -531,13 +531,18 @@ impl Store {
     ) -> Result<Vec<Finish>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Every job row first, then the entries (which take the revision
-        // counter): the order a single finish has always locked in.
-        let mut held = Vec::with_capacity(finishes.len());
-        for finish in finishes {
+        // counter): the order a single finish has always locked in. Retries
+        // (rare: an upstream that failed) one statement each; every ended
+        // attempt in one statement.
+        let mut held = vec![false; finishes.len()];
+        let mut ended: Vec<(i64, JobState, Option<&str>)> = Vec::new();
+        for (finish, held) in finishes.iter().zip(&mut held) {
             let id = to_i64(finish.id);
-            let (state, error) = match &finish.outcome {
-                JobOutcome::Complete { .. } => (JobState::Completed, None),
-                JobOutcome::Fail { error, .. } => (JobState::Failed, Some(error.as_str())),
+            match &finish.outcome {
+                JobOutcome::Complete { .. } => ended.push((id, JobState::Completed, None)),
+                JobOutcome::Fail { error, .. } => {
+                    ended.push((id, JobState::Failed, Some(error.as_str())));
+                }
                 JobOutcome::RetryLater {
                     error,
                     run_after,
@@ -552,19 +557,25 @@ impl Store {
                         .bind(i64::from(!counts))
                         .execute(&mut *tx)
                         .await?;
-                    held.push(done.rows_affected() == 1);
-                    continue;
+                    *held = done.rows_affected() == 1;
                 }
-            };
-            let done = sqlx::query(sql!("job_finish_if_leased"))
-                .bind(id)
-                .bind(worker)
-                .bind(state.as_str())
-                .bind(error)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            held.push(done.rows_affected() == 1);
+            }
+        }
+        let mut still_held = std::collections::HashSet::new();
+        for chunk in ended.chunks((MAX_PARAMS - 2) / 3) {
+            let text = with_rows_after(sql!("job_finish_if_leased"), 2, chunk.len(), 3);
+            let mut query = sqlx::query(&text).bind(now).bind(worker);
+            for (id, state, error) in chunk {
+                query = query.bind(*id).bind(state.as_str()).bind(*error);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                still_held.insert(from_i64(row.try_get("id")?));
+            }
+        }
+        for (finish, held) in finishes.iter().zip(&mut held) {
+            if !matches!(finish.outcome, JobOutcome::RetryLater { .. }) {
+                *held = still_held.contains(&finish.id);
+            }
         }
         // Then every entry of the batch in one write (the revision lock
         // once, one statement of each kind), in the order of `finishes`.

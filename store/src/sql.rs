@@ -38,6 +38,12 @@ pub(crate) const MAX_PARAMS: usize = 30_000;
 /// replaced by `rows` groups of `width` placeholders numbered from `$1`:
 /// `($1, $2), ($3, $4)`.
 pub(crate) fn with_rows(template: &str, rows: usize, width: usize) -> String {
+    with_rows_after(template, 0, rows, width)
+}
+
+/// As [`with_rows`], for a text whose first `fixed` placeholders (`$1` to
+/// `$fixed`) are its own: the groups are numbered from `$fixed + 1`.
+pub(crate) fn with_rows_after(template: &str, fixed: usize, rows: usize, width: usize) -> String {
     let mut groups = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         groups.push_str(if row == 0 { "(" } else { ", (" });
@@ -46,7 +52,7 @@ pub(crate) fn with_rows(template: &str, rows: usize, width: usize) -> String {
                 groups.push_str(", ");
             }
             groups.push('$');
-            groups.push_str(&(row * width + column + 1).to_string());
+            groups.push_str(&(fixed + row * width + column + 1).to_string());
         }
         groups.push(')');
     }
