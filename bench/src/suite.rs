@@ -819,7 +819,7 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
         if let Some(river) = &river {
             let ratio = roadie.throughput / river.throughput;
             let (goal, min) = match backend {
-                Backend::Postgres => (">= 2", 2.0),
+                Backend::Postgres => (">= 1.0", 1.0),
                 Backend::Sqlite => (">= 0.5", 0.5),
             };
             results.target(
