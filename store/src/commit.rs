@@ -143,25 +143,34 @@ impl Committer {
 }
 
 async fn run(mut queue: mpsc::Receiver<(EntryPut, Reply)>, target: Target, batching: Batching) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < batching.max_batch {
-            match queue.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
-            }
-        }
-        if batch.len() < batching.max_batch && !batching.max_wait.is_zero() {
-            let deadline = tokio::time::Instant::now() + batching.max_wait;
-            while batch.len() < batching.max_batch {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(write)) => batch.push(write),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
+    while let Some(batch) = gather(&mut queue, batching).await {
         commit(&target, batch).await;
     }
+}
+
+/// The next batch from `queue`: the first request to arrive, every one
+/// waiting behind it (up to `max_batch`), and those arriving within
+/// `max_wait` while the batch is not full; `None` once every sender is gone.
+/// The one rule of grouping for every batched writer of the store.
+pub(crate) async fn gather<T>(queue: &mut mpsc::Receiver<T>, batching: Batching) -> Option<Vec<T>> {
+    let first = queue.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < batching.max_batch {
+        match queue.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    if batch.len() < batching.max_batch && !batching.max_wait.is_zero() {
+        let deadline = tokio::time::Instant::now() + batching.max_wait;
+        while batch.len() < batching.max_batch {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(request)) => batch.push(request),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    Some(batch)
 }
 
 /// Where a batch's transaction failed.

@@ -228,69 +228,15 @@ impl Store {
     /// `job.url` is still at revision `seen` (0: absent), as the caller read
     /// it: `None` when the entry has been written since (read it again: a job
     /// that finished in between may have answered the call already). An
-    /// unfinished job is shared whatever the entry.
+    /// unfinished job is shared whatever the entry. Enqueues waiting at the
+    /// same moment go into one statement (`enqueue`).
     #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
     pub async fn job_enqueue_unless_written(
         &self,
         job: &JobNew,
         seen: Option<u64>,
     ) -> Result<Option<(Job, bool)>, StoreError> {
-        let tags =
-            serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let seen = seen.map(to_i64);
-        // The unfinished job found by a conflicting insert may finish before
-        // it is read; then the key is free again and the insert is retried.
-        for _ in 0..5 {
-            let inserted = sqlx::query(sql!("job_insert"))
-                .bind(&job.provider)
-                .bind(&job.url)
-                .bind(&job.policy)
-                .bind(&tags)
-                .bind(i64::from(job.priority))
-                .bind(i64::from(job.max_attempts))
-                .bind(job.now)
-                .bind(job.traceparent.as_deref())
-                .bind(seen)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(row) = inserted {
-                return Ok(Some((job_from_row(&row)?, false)));
-            }
-            let existing = sqlx::query(sql!("job_unfinished_by_key"))
-                .bind(&job.url)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some(row) = existing {
-                let mut shared = job_from_row(&row)?;
-                if shared.state == JobState::Available && shared.priority > job.priority {
-                    sqlx::query(sql!("job_raise_priority"))
-                        .bind(to_i64(shared.id))
-                        .bind(i64::from(job.priority))
-                        .bind(job.now)
-                        .execute(&self.pool)
-                        .await?;
-                    shared.priority = job.priority;
-                }
-                return Ok(Some((shared, true)));
-            }
-            if let Some(seen) = seen {
-                let meta = sqlx::query(sql!("entry_meta"))
-                    .bind(&job.url)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let at: i64 = meta
-                    .map(|m| m.try_get("revision"))
-                    .transpose()?
-                    .unwrap_or(0);
-                if at != seen {
-                    return Ok(None);
-                }
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "could not enqueue or share a job for {}",
-            job.url
-        )))
+        self.enqueuer.enqueue(job.clone(), seen).await
     }
 
     /// Claims up to `limit` available jobs for `worker`, leased until
@@ -736,7 +682,7 @@ impl Store {
     }
 }
 
-fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job, StoreError> {
     let state: String = row.try_get("state")?;
     let small = |column: &str| -> Result<u32, StoreError> {
         Ok(u32::try_from(row.try_get::<i64, _>(column)?.max(0)).unwrap_or(u32::MAX))

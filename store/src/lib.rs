@@ -25,6 +25,7 @@
 pub mod change;
 mod commit;
 mod compress;
+mod enqueue;
 pub mod entry;
 pub mod error;
 pub mod job;
@@ -169,6 +170,8 @@ pub struct Store {
     compression: Option<Compression>,
     // Where entry writes go to be grouped into one commit (`commit`).
     committer: commit::Committer,
+    // Where job enqueues go to be grouped into one statement (`enqueue`).
+    enqueuer: enqueue::Enqueuer,
 }
 
 /// The default size SQLite cuts its WAL file back to after a checkpoint
@@ -302,6 +305,7 @@ impl Store {
             committed.clone(),
             options.batching,
         );
+        let enqueuer = enqueue::Enqueuer::start(pool.clone(), options.batching);
         Ok(Store {
             pool,
             backend,
@@ -310,6 +314,7 @@ impl Store {
             committed,
             compression: options.compression,
             committer,
+            enqueuer,
         })
     }
 

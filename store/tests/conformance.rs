@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use roadie_store::{
-    Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, PutResult, Selector, Store,
+    Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, Job, PutResult, Selector, Store,
     WriteBatches, testing::TestDb,
 };
 
@@ -919,6 +919,67 @@ async fn touches_and_batched_writes_of_the_same_keys_both_land(db: &TestDb) {
     );
 }
 
+/// Enqueues that arrive together go into one statement and keep their
+/// meaning there: a new key gets a job of its own; a key asked twice gets
+/// one job, at the more urgent priority; a key with an unfinished job
+/// shares it; a condition that no longer holds answers `None`; a request the
+/// database refuses (a NUL, on Postgres) fails alone.
+async fn enqueues_in_one_batch_keep_their_meaning(db: &TestDb) {
+    let store = batching_store(db, 300).await;
+    let (old, _) = store.job_enqueue(&queue::job("old", 2)).await.expect("old");
+    written(store.entry_put(&put("written", "v")).await.expect("put"));
+    let asked = [
+        ("new/1", 2),
+        ("twice", 3),
+        ("old", 2),
+        ("written", 2),
+        ("twice", 1),
+        ("new/2", 2),
+        ("bad\0url", 2),
+        ("new/3", 2),
+    ]
+    .map(|(url, priority)| queue::job(url, priority));
+    let (new1, twice, shares, stale, urgent, new2) = tokio::join!(
+        store.job_enqueue_unless_written(&asked[0], None),
+        store.job_enqueue_unless_written(&asked[1], None),
+        store.job_enqueue_unless_written(&asked[2], None),
+        // Read as absent (0), written since.
+        store.job_enqueue_unless_written(&asked[3], Some(0)),
+        store.job_enqueue_unless_written(&asked[4], None),
+        store.job_enqueue_unless_written(&asked[5], None),
+    );
+    let fresh = |result: Result<Option<(Job, bool)>, _>| {
+        let (job, shared) = result.expect("enqueue").expect("a job");
+        assert!(!shared, "{} is new", job.url);
+        job
+    };
+    let (new1, new2, twice) = (fresh(new1), fresh(new2), fresh(twice));
+    assert_eq!((new1.url.as_str(), new2.url.as_str()), ("new/1", "new/2"));
+    assert_ne!(new1.id, new2.id);
+    let (urgent, shared) = urgent.expect("urgent").expect("a job");
+    assert!(
+        shared,
+        "the second request for a key shares the first's job"
+    );
+    assert_eq!((urgent.id, urgent.priority), (twice.id, 1));
+    let stored = store.job_get(twice.id).await.expect("get").expect("twice");
+    assert_eq!(stored.priority, 1, "raised to the more urgent request's");
+    let (shares, shared) = shares.expect("old again").expect("a job");
+    assert!(shared);
+    assert_eq!(shares.id, old.id);
+    assert_eq!(stale.expect("stale"), None, "the entry was written since");
+    // A batch whose statement the database refuses: each request alone.
+    let (bad, new3) = tokio::join!(
+        store.job_enqueue_unless_written(&asked[6], None),
+        store.job_enqueue_unless_written(&asked[7], None),
+    );
+    assert_eq!(fresh(new3).url, "new/3");
+    match db.backend() {
+        Backend::Postgres => assert!(bad.is_err(), "postgres stored a NUL: {bad:?}"),
+        Backend::Sqlite => assert!(!fresh(bad).url.is_empty()),
+    }
+}
+
 macro_rules! batched {
     ($($name:ident),* $(,)?) => {
         mod batched_sqlite {
@@ -949,6 +1010,7 @@ batched!(
     a_bad_write_fails_alone,
     writers_on_two_stores_get_gapless_revisions,
     touches_and_batched_writes_of_the_same_keys_both_land,
+    enqueues_in_one_batch_keep_their_meaning,
 );
 
 /// SQLite's data_version moves when another connection commits, and only then.

@@ -1,0 +1,185 @@
+//! Batched enqueues: every job enqueue waiting at a moment goes into one
+//! `INSERT` (`sql/job_insert.sql`), grouped as the entry writes are
+//! ([`crate::commit::gather`], the same [`Batching`]). A burst of BACKGROUND
+//! fetches (a `BatchFetch`, a `roadie warm`, many callers at once) costs one
+//! statement per batch instead of one per job; a lone enqueue is a batch of
+//! one and costs what it did.
+//!
+//! The batch's statement inserts what it can: a key with an unfinished job,
+//! a key asked twice in one batch, or a condition (`seen`) that no longer
+//! holds leaves that request to [`enqueue_one`], which shares the unfinished
+//! job (raising its priority), answers `None`, or inserts after all. A batch
+//! whose statement fails is retried request by request, so one bad request
+//! fails alone.
+
+use std::collections::HashMap;
+
+use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    StoreError,
+    change::to_i64,
+    commit::{Batching, gather},
+    job::{Job, JobNew, JobState, job_from_row},
+    sql::{MAX_PARAMS, sql, with_rows},
+};
+
+/// What an enqueue answers: the job and whether it was shared, or `None`
+/// when the entry was written since the caller read it.
+pub(crate) type Enqueued = Option<(Job, bool)>;
+
+type Request = (
+    JobNew,
+    Option<u64>,
+    oneshot::Sender<Result<Enqueued, StoreError>>,
+);
+
+/// The handle enqueuers send to; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Enqueuer {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Enqueuer {
+    /// Starts the task that runs the batches on `pool`.
+    pub(crate) fn start(pool: AnyPool, batching: Batching) -> Enqueuer {
+        let batching = Batching {
+            max_batch: batching.max_batch.max(1),
+            ..batching
+        };
+        let (requests, mut queue) = mpsc::channel(batching.max_batch * 4);
+        tokio::spawn(async move {
+            while let Some(batch) = gather(&mut queue, batching).await {
+                run(&pool, batch).await;
+            }
+        });
+        Enqueuer { requests }
+    }
+
+    /// Enqueues `job` in the next batch (see [`crate::Store::job_enqueue_unless_written`]).
+    pub(crate) async fn enqueue(
+        &self,
+        job: JobNew,
+        seen: Option<u64>,
+    ) -> Result<Enqueued, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((job, seen, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is closed".to_owned()))?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the store closed before the enqueue".to_owned())
+        })?
+    }
+}
+
+async fn run(pool: &AnyPool, batch: Vec<Request>) {
+    if let [(job, seen, _)] = batch.as_slice() {
+        let result = enqueue_one(pool, job, *seen).await;
+        if let Some((_, _, reply)) = batch.into_iter().next() {
+            // A caller that went away (a cancelled RPC) needs no answer.
+            let _ = reply.send(result);
+        }
+        return;
+    }
+    let wanted: Vec<(&JobNew, Option<u64>)> =
+        batch.iter().map(|(job, seen, _)| (job, *seen)).collect();
+    // A failed statement inserted nothing: every request goes alone.
+    let mut inserted: HashMap<String, Job> = insert(pool, &wanted)
+        .await
+        .map(|jobs| jobs.into_iter().map(|job| (job.url.clone(), job)).collect())
+        .unwrap_or_default();
+    for (job, seen, reply) in batch {
+        let result = match inserted.remove(&job.url) {
+            Some(new) => Ok(Some((new, false))),
+            None => enqueue_one(pool, &job, seen).await,
+        };
+        let _ = reply.send(result);
+    }
+}
+
+/// One `INSERT` per chunk of `requests`; the jobs it created.
+async fn insert(
+    pool: &AnyPool,
+    requests: &[(&JobNew, Option<u64>)],
+) -> Result<Vec<Job>, StoreError> {
+    const WIDTH: usize = 9;
+    let mut jobs = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(MAX_PARAMS / WIDTH) {
+        let tags: Vec<String> = chunk
+            .iter()
+            .map(|(job, _)| serde_json::to_string(&job.tags))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let text = with_rows(sql!("job_insert"), chunk.len(), WIDTH);
+        let mut query = sqlx::query(&text);
+        for ((job, seen), tags) in chunk.iter().zip(&tags) {
+            query = query
+                .bind(&job.provider)
+                .bind(&job.url)
+                .bind(&job.policy)
+                .bind(tags)
+                .bind(i64::from(job.priority))
+                .bind(i64::from(job.max_attempts))
+                .bind(job.now)
+                .bind(job.traceparent.as_deref())
+                .bind(seen.map(to_i64));
+        }
+        for row in query.fetch_all(pool).await? {
+            jobs.push(job_from_row(&row)?);
+        }
+    }
+    Ok(jobs)
+}
+
+/// Enqueues one job, or shares the unfinished job for its key (raising
+/// that job's priority to the request's), or answers `None` when `seen` no
+/// longer holds.
+pub(crate) async fn enqueue_one(
+    pool: &AnyPool,
+    job: &JobNew,
+    seen: Option<u64>,
+) -> Result<Enqueued, StoreError> {
+    // The unfinished job found by a conflicting insert may finish before
+    // it is read; then the key is free again and the insert is retried.
+    for _ in 0..5 {
+        if let Some(new) = insert(pool, &[(job, seen)]).await?.pop() {
+            return Ok(Some((new, false)));
+        }
+        let existing = sqlx::query(sql!("job_unfinished_by_key"))
+            .bind(&job.url)
+            .fetch_optional(pool)
+            .await?;
+        if let Some(row) = existing {
+            let mut shared = job_from_row(&row)?;
+            if shared.state == JobState::Available && shared.priority > job.priority {
+                sqlx::query(sql!("job_raise_priority"))
+                    .bind(to_i64(shared.id))
+                    .bind(i64::from(job.priority))
+                    .bind(job.now)
+                    .execute(pool)
+                    .await?;
+                shared.priority = job.priority;
+            }
+            return Ok(Some((shared, true)));
+        }
+        if let Some(seen) = seen {
+            let meta = sqlx::query(sql!("entry_meta"))
+                .bind(&job.url)
+                .fetch_optional(pool)
+                .await?;
+            let at: i64 = meta
+                .map(|m| m.try_get("revision"))
+                .transpose()?
+                .unwrap_or(0);
+            if at != to_i64(seen) {
+                return Ok(None);
+            }
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "could not enqueue or share a job for {}",
+        job.url
+    )))
+}
