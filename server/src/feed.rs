@@ -24,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use roadie_store::{Backend, CHANGE_CHANNEL, Change, ChangeKind, Entry, Store, StoreError};
+use roadie_store::{
+    Backend, CHANGE_CHANNEL, Change, ChangeKind, Entry, PollPace, Store, StoreError,
+};
 use tokio::{
     sync::{Notify, broadcast},
     time::Instant,
@@ -284,12 +286,19 @@ impl Feed {
             }
         };
         let mut version = DataVersionCheck::default();
+        // SQLite: read the log's version quickly while commits keep coming.
+        let mut pace = PollPace::new(interval);
         let mut failing = false;
         loop {
             let started = Instant::now();
             let result = match version.changed(&store).await {
                 Ok(false) => Ok(()),
-                Ok(true) => self.catch_up(&store).await,
+                Ok(true) => {
+                    if store.backend() == Backend::Sqlite {
+                        pace.moved();
+                    }
+                    self.catch_up(&store).await
+                }
                 Err(error) => Err(error),
             };
             match result {
@@ -312,7 +321,7 @@ impl Feed {
                 () = cancel.cancelled() => return,
                 _ = committed.changed() => {}
                 () = heard.notified() => {}
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(pace.next()) => {}
             }
         }
     }

@@ -48,7 +48,7 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion};
+pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion, PollPace};
 pub use commit::{Batching, WriteBatches};
 pub use compress::{Compression, compressible};
 pub use entry::{

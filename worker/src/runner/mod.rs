@@ -15,7 +15,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use opentelemetry::{KeyValue, metrics::Histogram};
 use rand::Rng;
 use roadie_providers::Provider;
-use roadie_store::{Job, JobFinish, JobOutcome, Rates, Store, StoreError, WORK_CHANNEL, now_ms};
+use roadie_store::{
+    Job, JobFinish, JobOutcome, PollPace, Rates, Store, StoreError, WORK_CHANNEL, now_ms,
+};
 use roadie_telemetry::admin::Readiness;
 use tokio::{
     sync::{Notify, mpsc, oneshot},
@@ -177,7 +179,8 @@ impl Worker {
         // SQLite has no notifications, but any commit by another process
         // moves `data_version`, which costs no I/O to read: a worker that
         // checks it often claims a new job within `commit_poll` of its
-        // enqueueing instead of at the next poll.
+        // enqueueing (a fifth of that while commits keep coming: PollPace)
+        // instead of at the next poll.
         tokio::spawn(wake_on_commits(
             self.store.clone(),
             options.commit_poll,
@@ -468,11 +471,13 @@ async fn wake_on_commits(
         }
     };
     let mut last = None;
+    let mut pace = PollPace::new(every);
     loop {
         match version.read().await {
             Ok(now) if last != Some(now) => {
                 if last.is_some() {
                     wake.notify_one();
+                    pace.moved();
                 }
                 last = Some(now);
             }
@@ -481,7 +486,7 @@ async fn wake_on_commits(
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(pace.next()) => {}
         }
     }
 }
