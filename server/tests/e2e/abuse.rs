@@ -215,8 +215,9 @@ async fn malformed_requests_are_refused_at_once() {
         &[("grpc-encoding", "br".to_owned())],
     );
     let (response, mut body) = send.send_request(request, false).expect("send");
-    body.send_data(Bytes::from_static(&[1, 0, 0, 0, 0]), true)
-        .expect("a compressed, empty message");
+    // The server may refuse at the headers and close the stream before the
+    // body goes out (then sending it fails): the status is what counts.
+    let _ = body.send_data(Bytes::from_static(&[1, 0, 0, 0, 0]), true);
     let status = grpc_status(response).await;
     assert_eq!(status, Some(tonic::Code::Unimplemented as i32));
 
