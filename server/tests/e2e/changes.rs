@@ -6,7 +6,12 @@ use roadie_client::proto::{
 };
 use roadie_store::{Backend, ChangeKind, now_ms};
 
-use crate::common::{on_both_backends, put, start, stored};
+use std::time::Duration;
+
+use crate::{
+    common::{on_both_backends, put, start, stored},
+    fetch::ServerProcess,
+};
 
 async fn every_write_path_logs_one_row_per_change(backend: Backend) {
     let server = start!(backend, |s| s
@@ -122,4 +127,60 @@ async fn every_write_path_logs_one_row_per_change(backend: Backend) {
     server.stop().await;
 }
 
-on_both_backends!(every_write_path_logs_one_row_per_change);
+/// 64 writers through two `roadie-server` processes on one database (each
+/// with its own group commit): every acknowledged Put has a revision of its
+/// own, the change log holds exactly those revisions, gapless and in
+/// order, and each key holds its last acknowledged write at its revision.
+async fn writers_through_two_server_processes_get_gapless_revisions(backend: Backend) {
+    let Some(db) = roadie_store::testing::TestDb::new(backend).await else {
+        return;
+    };
+    // No fetch here: the provider's upstream is never called.
+    let nowhere: std::net::SocketAddr = "127.0.0.1:9".parse().expect("address");
+    let servers = [
+        ServerProcess::start(&db.url, nowhere).await,
+        ServerProcess::start(&db.url, nowhere).await,
+    ];
+    let mut writers = Vec::new();
+    for writer in 0..64 {
+        let url = format!("http://{}", servers[writer % 2].addr);
+        writers.push(tokio::spawn(async move {
+            let client = roadie_client::connect(url, Duration::from_secs(5))
+                .await
+                .expect("connect");
+            let mut revisions = Vec::new();
+            for i in 0..10 {
+                let key = format!("w{writer}/{}", i % 3);
+                let answer = client.put(put(&key, &i.to_string())).await.expect("put");
+                assert_eq!(answer.outcome, pb::PutOutcome::Written as i32);
+                revisions.push(answer.revision);
+            }
+            revisions
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.expect("writer"));
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(acknowledged, (1..=640).collect::<Vec<u64>>());
+    let store = db.store().await;
+    let log = store.change_list_since(0, 10_000).await.expect("log");
+    let revisions: Vec<u64> = log.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (1..=640).collect::<Vec<u64>>());
+    for writer in 0..64 {
+        let key = format!("w{writer}/0");
+        let entry = store.entry_get(&key).await.expect("get").expect("written");
+        assert_eq!(&entry.value[..], b"9", "{key} holds its last write");
+        let last = log.iter().rev().find(|c| c.key == key).expect("logged");
+        assert_eq!(entry.revision, last.revision);
+    }
+    drop(servers);
+    store.close().await;
+    db.finish().await;
+}
+
+on_both_backends!(
+    every_write_path_logs_one_row_per_change,
+    writers_through_two_server_processes_get_gapless_revisions,
+);
