@@ -727,7 +727,8 @@ async fn watchers(
     Ok(())
 }
 
-/// One caller at a time, so the figure is the latency a fetch adds.
+/// One caller at a time, so the figure is the latency a fetch adds; the
+/// plain GET and the Fetch in rounds (see [`in_rounds`]).
 async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let upstream = Upstream::start().await?;
     let serial = Load {
@@ -737,26 +738,6 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         rate: None,
     };
     for backend in BACKENDS {
-        println!(
-            "\n## Fetch (wait) of a cold key against a plain GET, {}, one caller\n",
-            backend.name()
-        );
-        header("plain GET");
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let call = targets::http_get(
-            http,
-            upstream.base_url(),
-            format!("plain-{}", backend.name()),
-        );
-        let plain = measure(
-            results,
-            "reqwest GET of the upstream".into(),
-            call,
-            serial,
-            None,
-        )
-        .await;
-
         let roadie = Roadie::fresh(
             options,
             backend,
@@ -766,19 +747,46 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
         )
         .await?;
         let worker = processes::worker(&roadie.setup)?;
-        let call = targets::fetch_cold(
-            roadie.channels.clone(),
-            PROVIDER.to_owned(),
-            format!("fetch-{}", backend.name()),
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let loads: Vec<(String, Call)> = vec![
+            (
+                "reqwest GET of the upstream".into(),
+                targets::http_get(
+                    http,
+                    upstream.base_url(),
+                    format!("plain-{}", backend.name()),
+                ),
+            ),
+            (
+                format!("roadie Fetch (wait), cold key ({})", backend.name()),
+                targets::fetch_cold(
+                    roadie.channels.clone(),
+                    PROVIDER.to_owned(),
+                    format!("fetch-{}", backend.name()),
+                ),
+            ),
+        ];
+        let rounds = in_rounds(options, "fetch", &loads, serial).await;
+        println!(
+            "\n## Fetch (wait) of a cold key against a plain GET, {}, one caller (median of {} rounds)\n",
+            backend.name(),
+            options.rounds
         );
-        let name = format!("roadie Fetch (wait), cold key ({})", backend.name());
-        let report = measure(results, name, call, serial, Some(&plain)).await;
+        median_header("plain GET");
+        let (plain, report) = (median(&rounds[0]), median(&rounds[1]));
+        median_row(&rounds[0], &plain, "1.00");
+        median_row(
+            &rounds[1],
+            &report,
+            &format!("{:.2}", report.throughput / plain.throughput),
+        );
         let overhead = Report::ms(report.p50_us.saturating_sub(plain.p50_us));
         let goal = match backend {
             Backend::Sqlite => 5.0,
             Backend::Postgres => 2.0,
         };
         println!("\nFetch overhead over the plain GET, p50: {overhead:.3} ms");
+        let errors: u64 = rounds[1].iter().map(|r| r.errors).sum();
         results.target(
             format!(
                 "Fetch (wait) overhead over a plain GET, p50 ms ({})",
@@ -786,36 +794,47 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             ),
             overhead,
             &format!("< {goal}"),
-            overhead < goal && report.errors == 0,
+            overhead < goal && errors == 0,
         );
+        results.loads.extend(rounds.into_iter().flatten());
         worker.stop().await;
         roadie.stop().await;
     }
     Ok(())
 }
 
+/// River and Roadie on each backend in rounds, round by round; each
+/// target's median round.
 async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<()> {
+    let mut rivers = Vec::new();
+    let mut roadies: [Vec<QueueReport>; 2] = [Vec::new(), Vec::new()];
+    let backends = [Backend::Postgres, Backend::Sqlite];
+    for round in 1..=options.rounds {
+        eprintln!("queue: round {round} of {}", options.rounds);
+        if let Some(riverqueue) = &options.riverqueue {
+            rivers.push(queue::river(riverqueue, options.queue_jobs, 128, 8).await?);
+        }
+        for (backend, runs) in backends.iter().zip(&mut roadies) {
+            // Two worker processes of 64 slots: 128 workers, 8 connections, as River's run.
+            runs.push(queue::roadie(*backend, options.queue_jobs, 2, 64, 8).await?);
+        }
+    }
     println!(
-        "\n## Queue: {} no-op jobs, insert to completion, 128 workers, 8 connections\n",
-        options.queue_jobs
+        "\n## Queue: {} no-op jobs, insert to completion, 128 workers, 8 connections (median of {} rounds)\n",
+        options.queue_jobs, options.rounds
     );
-    println!("| queue | jobs | enqueue s | work s | jobs/s | vs river |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let river = match &options.riverqueue {
-        Some(riverqueue) => {
-            let river = queue::river(riverqueue, options.queue_jobs, 128, 8).await?;
-            queue_row(&river, None);
-            Some(river)
-        }
-        None => {
-            println!("| river: not run (no --riverqueue binary) | | | | | |");
-            None
-        }
-    };
-    for backend in [Backend::Postgres, Backend::Sqlite] {
-        // Two worker processes of 64 slots: 128 workers, 8 connections, as River's run.
-        let roadie = queue::roadie(backend, options.queue_jobs, 2, 64, 8).await?;
-        queue_row(&roadie, river.as_ref());
+    println!("| queue | jobs | enqueue s | work s | jobs/s | jobs/s, every round | vs river |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: |");
+    let river = queue_median(&rivers);
+    match &river {
+        Some(river) => queue_row(river, &rivers, None),
+        None => println!("| river: not run (no --riverqueue binary) | | | | | | |"),
+    }
+    for (backend, runs) in backends.iter().zip(&roadies) {
+        let Some(roadie) = queue_median(runs) else {
+            continue;
+        };
+        queue_row(&roadie, runs, river.as_ref());
         if let Some(river) = &river {
             let ratio = roadie.throughput / river.throughput;
             let (goal, min) = match backend {
@@ -829,15 +848,26 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
                 ratio >= min,
             );
         }
-        results.queue.push(roadie);
     }
-    results.queue.extend(river);
+    results.queue.extend(rivers);
+    results.queue.extend(roadies.into_iter().flatten());
     Ok(())
 }
 
-fn queue_row(report: &QueueReport, river: Option<&QueueReport>) {
+/// The run of median throughput.
+fn queue_median(runs: &[QueueReport]) -> Option<QueueReport> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    sorted.get(sorted.len() / 2).cloned()
+}
+
+fn queue_row(report: &QueueReport, runs: &[QueueReport], river: Option<&QueueReport>) {
+    let every: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.0}", r.throughput))
+        .collect();
     println!(
-        "| {} | {} | {} | {:.2} | {:.0} | {} |",
+        "| {} | {} | {} | {:.2} | {:.0} | {} | {} |",
         report.name,
         report.jobs,
         report
@@ -845,6 +875,7 @@ fn queue_row(report: &QueueReport, river: Option<&QueueReport>) {
             .map_or("-".to_owned(), |s| format!("{s:.2}")),
         report.work_seconds,
         report.throughput,
+        every.join(", "),
         river.map_or("1.00".to_owned(), |r| format!(
             "{:.2}",
             report.throughput / r.throughput
