@@ -307,11 +307,25 @@ async fn in_rounds(
     rounds
 }
 
-/// The round of median throughput.
+/// The run of median throughput; `None` when there was no run.
+fn median_of<T: Clone>(runs: &[T], throughput: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| throughput(a).total_cmp(&throughput(b)));
+    sorted.get(sorted.len() / 2).cloned()
+}
+
+/// Every round's throughput, for the tables.
+fn every_round<T>(runs: &[T], throughput: impl Fn(&T) -> f64) -> String {
+    let every: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{:.0}", throughput(r)))
+        .collect();
+    every.join(", ")
+}
+
+/// A load's round of median throughput.
 fn median(reports: &[Report]) -> Report {
-    let mut sorted = reports.to_vec();
-    sorted.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
-    sorted[sorted.len() / 2].clone()
+    median_of(reports, |r| r.throughput).expect("a load has at least one round")
 }
 
 fn median_header(versus: &str) {
@@ -323,15 +337,11 @@ fn median_header(versus: &str) {
 
 /// A load's median round, its throughput in every round, errors of all.
 fn median_row(reports: &[Report], median: &Report, versus: &str) {
-    let every: Vec<String> = reports
-        .iter()
-        .map(|r| format!("{:.0}", r.throughput))
-        .collect();
     println!(
         "| {} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {versus} |",
         median.name,
         median.throughput,
-        every.join(", "),
+        every_round(reports, |r| r.throughput),
         Report::ms(median.p50_us),
         Report::ms(median.p99_us),
         Report::ms(median.p999_us),
@@ -825,13 +835,13 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
     );
     println!("| queue | jobs | enqueue s | work s | jobs/s | jobs/s, every round | vs river |");
     println!("| --- | ---: | ---: | ---: | ---: | --- | ---: |");
-    let river = queue_median(&rivers);
+    let river = median_of(&rivers, |r| r.throughput);
     match &river {
         Some(river) => queue_row(river, &rivers, None),
         None => println!("| river: not run (no --riverqueue binary) | | | | | | |"),
     }
     for (backend, runs) in backends.iter().zip(&roadies) {
-        let Some(roadie) = queue_median(runs) else {
+        let Some(roadie) = median_of(runs, |r| r.throughput) else {
             continue;
         };
         queue_row(&roadie, runs, river.as_ref());
@@ -854,18 +864,7 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
     Ok(())
 }
 
-/// The run of median throughput.
-fn queue_median(runs: &[QueueReport]) -> Option<QueueReport> {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
-    sorted.get(sorted.len() / 2).cloned()
-}
-
 fn queue_row(report: &QueueReport, runs: &[QueueReport], river: Option<&QueueReport>) {
-    let every: Vec<String> = runs
-        .iter()
-        .map(|r| format!("{:.0}", r.throughput))
-        .collect();
     println!(
         "| {} | {} | {} | {:.2} | {:.0} | {} | {} |",
         report.name,
@@ -875,7 +874,7 @@ fn queue_row(report: &QueueReport, runs: &[QueueReport], river: Option<&QueueRep
             .map_or("-".to_owned(), |s| format!("{s:.2}")),
         report.work_seconds,
         report.throughput,
-        every.join(", "),
+        every_round(runs, |r| r.throughput),
         river.map_or("1.00".to_owned(), |r| format!(
             "{:.2}",
             report.throughput / r.throughput
