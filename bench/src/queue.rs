@@ -115,7 +115,8 @@ pub async fn roadie(
     let mut polls: u64 = 0;
     loop {
         polls += 1;
-        if (upstream.requests() >= jobs || polls.is_multiple_of(250)) && !unfinished(&store).await? {
+        if (upstream.requests() >= jobs || polls.is_multiple_of(250)) && !unfinished(&store).await?
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
