@@ -467,6 +467,10 @@ async fn writes(
     let etcd_server = processes::etcd().await?;
     let etcd_channels = targets::channels(&etcd_server.addr, options.channels).await?;
     etcd::put_all(&etcd_channels, keys, value).await?;
+    // Each load beside the etcd load it is read against: etcd's Put for
+    // writes, etcd's Range for reads (and the mix, which is mostly reads).
+    const ETCD_PUT: usize = 0;
+    const ETCD_RANGE: usize = 1;
     let mut loads: Vec<(String, Call)> = vec![
         (
             "etcd Put of a new key".into(),
@@ -477,71 +481,87 @@ async fn writes(
             etcd::get(etcd_channels.clone(), keys.clone()),
         ),
     ];
+    let mut versus = vec![ETCD_PUT, ETCD_RANGE];
+    /// Where each backend's loads are in `loads`.
+    struct Placed {
+        backend: Backend,
+        put: usize,
+        get: usize,
+        mixed: usize,
+        native: usize,
+        any: usize,
+    }
+    let mut placed = Vec::new();
     let mut roadies = Vec::new();
     let mut databases = Vec::new();
     for backend in BACKENDS {
         let roadie = Roadie::fresh(options, backend, |_| {}, keys, value).await?;
         let ch = &roadie.channels;
         let name = |what: &str| format!("roadie {what} ({})", backend.name());
-        loads.push((
+        let mut add = |name: String, call: Call, reference: usize| {
+            loads.push((name, call));
+            versus.push(reference);
+            loads.len() - 1
+        };
+        let put = add(
             name("Put of a new key"),
             targets::put(ch.clone(), value.clone()),
-        ));
-        loads.push((
+            ETCD_PUT,
+        );
+        let get = add(
             name("Get hit"),
             targets::get(ch.clone(), keys.clone(), pb::LookupStatus::Hit),
-        ));
-        loads.push((
+            ETCD_RANGE,
+        );
+        let mixed = add(
             name("mixed: 9 Get hits to 1 Put"),
             targets::mixed(ch.clone(), keys.clone(), value.clone()),
-        ));
+            ETCD_RANGE,
+        );
         let db = processes::database(backend).await?;
-        for driver in [Driver::Native, Driver::Any] {
+        let mut upsert = async |driver: Driver| -> anyhow::Result<usize> {
             let call =
                 ceiling::upsert(backend, &db.url, driver, options.concurrency, value.clone())
                     .await?;
-            loads.push((
-                format!("{} upsert of a new key, {}", backend.name(), driver.name()),
-                call,
-            ));
-        }
+            let name = format!("{} upsert of a new key, {}", backend.name(), driver.name());
+            Ok(add(name, call, ETCD_PUT))
+        };
+        let native = upsert(Driver::Native).await?;
+        let any = upsert(Driver::Any).await?;
+        placed.push(Placed {
+            backend,
+            put,
+            get,
+            mixed,
+            native,
+            any,
+        });
         roadies.push(roadie);
         databases.push(db);
     }
     let rounds = in_rounds(options, "writes", &loads, closed).await;
     let medians: Vec<Report> = rounds.iter().map(|r| median(r)).collect();
-    let by_name = |name: &str| {
-        medians
-            .iter()
-            .find(|r| r.name == name)
-            .expect("every load has a median")
-    };
-    let etcd_put = by_name("etcd Put of a new key").clone();
-    let etcd_get = by_name("etcd Range hit").clone();
     println!(
         "\n## Writes: Roadie against etcd and the database's own upsert (median of {} rounds)\n",
         options.rounds
     );
     median_header("its reference");
-    for (reports, median) in rounds.iter().zip(&medians) {
-        let name = median.name.as_str();
-        let versus = if name.contains("Put") && !name.contains("mixed") || name.contains("upsert") {
-            format!("{:.2}x etcd Put", median.throughput / etcd_put.throughput)
-        } else if name.contains("Get hit") || name.contains("Range hit") {
-            format!("{:.2}x etcd Range", median.throughput / etcd_get.throughput)
+    for ((reports, median), &reference) in rounds.iter().zip(&medians).zip(&versus) {
+        let against = &medians[reference];
+        let what = if reference == ETCD_PUT {
+            "Put"
         } else {
-            String::new()
+            "Range"
         };
-        median_row(reports, median, &versus);
+        let ratio = median.throughput / against.throughput;
+        median_row(reports, median, &format!("{ratio:.2}x etcd {what}"));
     }
     println!();
-    for backend in BACKENDS {
-        let b = backend.name();
-        let put = by_name(&format!("roadie Put of a new key ({b})"));
-        let get = by_name(&format!("roadie Get hit ({b})"));
-        let mixed = by_name(&format!("roadie mixed: 9 Get hits to 1 Put ({b})"));
-        let native = by_name(&format!("{b} upsert of a new key, native driver"));
-        let any = by_name(&format!("{b} upsert of a new key, sqlx::Any"));
+    let etcd_put = &medians[ETCD_PUT];
+    for at in &placed {
+        let b = at.backend.name();
+        let (put, get, mixed) = (&medians[at.put], &medians[at.get], &medians[at.mixed]);
+        let (native, any) = (&medians[at.native], &medians[at.any]);
         let ratio = put.throughput / etcd_put.throughput;
         results.target(
             format!("Put calls/s / etcd Put ({b})"),

@@ -75,26 +75,25 @@ impl Enqueuer {
 }
 
 async fn run(pool: &AnyPool, batch: Vec<Request>) {
-    if let [(job, seen, _)] = batch.as_slice() {
-        let result = enqueue_one(pool, job, *seen).await;
-        if let Some((_, _, reply)) = batch.into_iter().next() {
-            // A caller that went away (a cancelled RPC) needs no answer.
-            let _ = reply.send(result);
-        }
-        return;
-    }
-    let wanted: Vec<(&JobNew, Option<u64>)> =
-        batch.iter().map(|(job, seen, _)| (job, *seen)).collect();
-    // A failed statement inserted nothing: every request goes alone.
-    let mut inserted: HashMap<String, Job> = insert(pool, &wanted)
-        .await
-        .map(|jobs| jobs.into_iter().map(|job| (job.url.clone(), job)).collect())
-        .unwrap_or_default();
+    // A lone request goes straight to `enqueue_one`, whose first step is
+    // the same insert. A failed statement inserted nothing: every request
+    // goes alone.
+    let mut inserted: HashMap<String, Job> = if batch.len() > 1 {
+        let wanted: Vec<(&JobNew, Option<u64>)> =
+            batch.iter().map(|(job, seen, _)| (job, *seen)).collect();
+        insert(pool, &wanted)
+            .await
+            .map(|jobs| jobs.into_iter().map(|job| (job.url.clone(), job)).collect())
+            .unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
     for (job, seen, reply) in batch {
         let result = match inserted.remove(&job.url) {
             Some(new) => Ok(Some((new, false))),
             None => enqueue_one(pool, &job, seen).await,
         };
+        // A caller that went away (a cancelled RPC) needs no answer.
         let _ = reply.send(result);
     }
 }

@@ -7,7 +7,7 @@ use sqlx::{Row, any::AnyRow};
 use crate::{
     Store, StoreError,
     change::{from_i64, parse_tags, to_i64},
-    entry::{EntryPut, PutResult, entries_put_in},
+    entry::{EntryPut, PutResult, entries_put_in, last_written},
     rate::Rates,
     sql::{MAX_PARAMS, sql, with_rows_after},
 };
@@ -536,15 +536,15 @@ impl Store {
             })
             .collect();
         let puts: Vec<&EntryPut> = entries.iter().flatten().copied().collect();
-        let mut written = if puts.is_empty() {
+        let written = if puts.is_empty() {
             Vec::new()
         } else {
             entries_put_in(&mut tx, &puts, self.compression.as_ref()).await?
-        }
-        .into_iter();
+        };
+        let revision = last_written(&written).unwrap_or(0);
+        let mut written = written.into_iter();
         let mut results = Vec::with_capacity(finishes.len());
         let mut recorded = Vec::with_capacity(finishes.len());
-        let mut revision = 0;
         for ((finish, held), entry) in finishes.iter().zip(held).zip(&entries) {
             if !held {
                 results.push(Finish::LeaseLost);
@@ -556,9 +556,6 @@ impl Store {
                 })?),
                 None => None,
             };
-            if let Some(PutResult::Written { revision: at }) = put {
-                revision = revision.max(at);
-            }
             if !matches!(finish.outcome, JobOutcome::RetryLater { .. }) {
                 recorded.push(finish.id);
             }
