@@ -330,11 +330,12 @@ pub struct StoreSettings {
     /// zstd's level, 1 (fastest) to 19 (smallest).
     pub compress_level: i32,
     /// The most entry writes one transaction takes: every Put waiting at a
-    /// moment is committed together (one revision lock, one commit).
+    /// moment is committed together (one revision lock, one commit). Job
+    /// enqueues are grouped the same way, into one statement.
     pub write_batch: usize,
-    /// How long a write waits for others to share its commit when fewer
-    /// than `write_batch` are waiting; 0 (the default) takes what is there,
-    /// which costs a lone writer nothing.
+    /// How long a write (or an enqueue) waits for others to share its
+    /// commit when fewer than `write_batch` are waiting; 0 (the default)
+    /// takes what is there, which costs a lone writer nothing.
     #[serde(with = "humantime_serde")]
     pub write_wait: Duration,
 }
