@@ -1,14 +1,16 @@
-//! Group commit for entry writes.
+//! Group commit for the store's entry writes: Puts, Deletes and
+//! invalidations (Invalidate, library events, the expiry clean-up).
 //!
-//! Every `entry_put` of a process goes to one committer task, which takes
+//! Every such write of a process goes to one committer task, which takes
 //! every write waiting at that moment (up to [`Batching::max_batch`],
 //! waiting at most [`Batching::max_wait`] for company) and runs them in one
 //! transaction: the revision lock taken once, the writes in arrival order
 //! (each sees the ones before it, so `if_revision`, keep-higher-confidence
-//! and two writes to one key keep their meaning), one revision per write
-//! that lands, the counter set once, one commit. Each caller is answered
-//! after that commit, never before. Revisions stay gapless and in commit
-//! order, so Watch and the hot tier see nothing new.
+//! and two writes to one key keep their meaning; a run of Puts shares one
+//! statement of each kind), one revision per change that lands, the
+//! counter set once, one commit. Each caller is answered after that
+//! commit, never before. Revisions stay gapless and in commit order, so
+//! Watch and the hot tier see nothing new.
 //!
 //! A write that fails inside a batch (a statement error) fails nothing
 //! else: the batch is rolled back and each write is run again on its own.
@@ -27,12 +29,15 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    Compression, StoreError,
-    change::announce,
-    entry::{EntryPut, PutResult, entries_put_in, last_written},
+    Backend, Compression, DeleteResult, StoreError,
+    change::{announce, revision_lock, revision_set},
+    entry::{
+        Delete, EntryPut, Invalidation, PutResult, entries_invalidate_at, entries_put_at,
+        entry_delete_at, last_written,
+    },
 };
 
-/// How entry writes are grouped.
+/// How the store's writes are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     /// The most writes one transaction takes.
@@ -52,12 +57,41 @@ impl Default for Batching {
     }
 }
 
-type Reply = oneshot::Sender<Result<PutResult, StoreError>>;
+/// One write the committer takes.
+#[derive(Debug)]
+enum Write {
+    Put(Box<EntryPut>),
+    Delete(Delete),
+    Invalidate(Invalidation),
+}
+
+/// What a write did, answered after its commit.
+#[derive(Debug)]
+enum Outcome {
+    Put(PutResult),
+    Delete(DeleteResult),
+    /// The count each selector removed, and the last revision (0: none).
+    Invalidate(Vec<u64>, u64),
+}
+
+impl Outcome {
+    /// The last revision this write took, if it took any.
+    fn revision(&self) -> Option<u64> {
+        match self {
+            Outcome::Put(result) => last_written(std::slice::from_ref(result)),
+            Outcome::Delete(DeleteResult::Deleted { revision }) => Some(*revision),
+            Outcome::Invalidate(_, last) if *last > 0 => Some(*last),
+            _ => None,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 
 /// The handle writers send to; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Committer {
-    writes: mpsc::Sender<(EntryPut, Reply)>,
+    writes: mpsc::Sender<(Write, Reply)>,
     counts: Arc<Counts>,
 }
 
@@ -87,6 +121,7 @@ pub struct WriteBatches {
 /// handle holds the sender: the task ends when the last handle goes).
 struct Target {
     pub pool: AnyPool,
+    pub backend: Backend,
     pub counts: Arc<Counts>,
     pub compression: Option<Compression>,
     pub committed: Arc<watch::Sender<u64>>,
@@ -96,6 +131,7 @@ impl Committer {
     /// Starts the committer task on the current runtime.
     pub(crate) fn start(
         pool: AnyPool,
+        backend: Backend,
         compression: Option<Compression>,
         committed: Arc<watch::Sender<u64>>,
         batching: Batching,
@@ -105,6 +141,7 @@ impl Committer {
         let counts = Arc::new(Counts::default());
         let target = Target {
             pool,
+            backend,
             counts: counts.clone(),
             compression,
             committed,
@@ -131,9 +168,35 @@ impl Committer {
 
     /// Writes `put` in the next batch; answers after its commit.
     pub(crate) async fn put(&self, put: EntryPut) -> Result<PutResult, StoreError> {
+        match self.write(Write::Put(Box::new(put))).await? {
+            Outcome::Put(result) => Ok(result),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    /// Runs `delete` in the next batch; answers after its commit.
+    pub(crate) async fn delete(&self, delete: Delete) -> Result<DeleteResult, StoreError> {
+        match self.write(Write::Delete(delete)).await? {
+            Outcome::Delete(result) => Ok(result),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    /// Runs `invalidation` in the next batch; answers after its commit.
+    pub(crate) async fn invalidate(
+        &self,
+        invalidation: Invalidation,
+    ) -> Result<(Vec<u64>, u64), StoreError> {
+        match self.write(Write::Invalidate(invalidation)).await? {
+            Outcome::Invalidate(counts, last) => Ok((counts, last)),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    async fn write(&self, write: Write) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send((put, reply))
+            .send((write, reply))
             .await
             .map_err(|_| StoreError::Unavailable("the store is closed".to_owned()))?;
         answer
@@ -142,7 +205,12 @@ impl Committer {
     }
 }
 
-async fn run(mut queue: mpsc::Receiver<(EntryPut, Reply)>, target: Target, batching: Batching) {
+/// A write answered with another write's outcome: a defect of this file.
+fn mismatched(outcome: &Outcome) -> StoreError {
+    StoreError::Corrupt(format!("a write was answered with {outcome:?}"))
+}
+
+async fn run(mut queue: mpsc::Receiver<(Write, Reply)>, target: Target, batching: Batching) {
     while let Some(batch) = gather(&mut queue, batching).await {
         commit(&target, batch).await;
     }
@@ -181,26 +249,26 @@ enum Failure {
     Commit(StoreError),
 }
 
-async fn commit(target: &Target, batch: Vec<(EntryPut, Reply)>) {
+async fn commit(target: &Target, batch: Vec<(Write, Reply)>) {
     target.counts.batches.fetch_add(1, Ordering::Relaxed);
     target
         .counts
         .writes
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let (puts, replies): (Vec<EntryPut>, Vec<Reply>) = batch.into_iter().unzip();
-    match write_all(target, &puts).await {
-        Ok(results) => answer(replies, results.into_iter().map(Ok)),
+    let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+    match write_all(target, &writes).await {
+        Ok(outcomes) => answer(replies, outcomes.into_iter().map(Ok)),
         Err(Failure::Commit(error)) => {
-            answer(replies, puts.iter().map(|_| Err(unconfirmed(&error))));
+            answer(replies, writes.iter().map(|_| Err(unconfirmed(&error))));
         }
-        Err(Failure::Statement(error)) if puts.len() == 1 => answer(replies, [Err(error)]),
+        Err(Failure::Statement(error)) if writes.len() == 1 => answer(replies, [Err(error)]),
         Err(Failure::Statement(_)) => {
             // One bad write must not fail its neighbours: each alone.
             target.counts.split.fetch_add(1, Ordering::Relaxed);
-            for (put, reply) in puts.iter().zip(replies) {
-                let result = match write_all(target, std::slice::from_ref(put)).await {
-                    Ok(mut results) => results.pop().ok_or_else(|| {
-                        StoreError::Corrupt("a write of one gave no result".to_owned())
+            for (write, reply) in writes.iter().zip(replies) {
+                let result = match write_all(target, std::slice::from_ref(write)).await {
+                    Ok(mut outcomes) => outcomes.pop().ok_or_else(|| {
+                        StoreError::Corrupt("a write of one gave no outcome".to_owned())
                     }),
                     Err(Failure::Statement(error)) => Err(error),
                     Err(Failure::Commit(error)) => Err(unconfirmed(&error)),
@@ -221,27 +289,71 @@ fn unconfirmed(error: &StoreError) -> StoreError {
     }
 }
 
-fn answer(replies: Vec<Reply>, results: impl IntoIterator<Item = Result<PutResult, StoreError>>) {
-    for (reply, result) in replies.into_iter().zip(results) {
+fn answer(replies: Vec<Reply>, outcomes: impl IntoIterator<Item = Result<Outcome, StoreError>>) {
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that went away (a cancelled RPC) needs no answer.
-        let _ = reply.send(result);
+        let _ = reply.send(outcome);
     }
 }
 
-/// One transaction for `puts`, in order; commits when any was written.
-async fn write_all(target: &Target, puts: &[EntryPut]) -> Result<Vec<PutResult>, Failure> {
+/// One transaction for `writes`, in order; commits when any changed the
+/// store.
+async fn write_all(target: &Target, writes: &[Write]) -> Result<Vec<Outcome>, Failure> {
+    let statement = |e: StoreError| Failure::Statement(e);
     let mut tx = target
         .pool
         .begin()
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
-    let puts: Vec<&EntryPut> = puts.iter().collect();
-    let results = entries_put_in(&mut tx, &puts, target.compression.as_ref())
-        .await
-        .map_err(Failure::Statement)?;
-    if let Some(last) = last_written(&results) {
-        tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
-        announce(&target.committed, last);
+    let start = revision_lock(&mut tx).await.map_err(statement)?;
+    let mut base = start;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    let mut rest = writes;
+    while let Some((write, after)) = rest.split_first() {
+        let done = match write {
+            Write::Put(_) => {
+                // A run of Puts goes as one statement of each kind.
+                let run: Vec<&EntryPut> = rest
+                    .iter()
+                    .map_while(|w| match w {
+                        Write::Put(put) => Some(&**put),
+                        _ => None,
+                    })
+                    .collect();
+                rest = &rest[run.len()..];
+                entries_put_at(&mut tx, &run, target.compression.as_ref(), base)
+                    .await
+                    .map_err(statement)?
+                    .into_iter()
+                    .map(Outcome::Put)
+                    .collect()
+            }
+            Write::Delete(delete) => {
+                rest = after;
+                let result = entry_delete_at(&mut tx, delete, base)
+                    .await
+                    .map_err(statement)?;
+                vec![Outcome::Delete(result)]
+            }
+            Write::Invalidate(invalidation) => {
+                rest = after;
+                let counts = entries_invalidate_at(&mut tx, target.backend, invalidation, base)
+                    .await
+                    .map_err(statement)?;
+                let removed: u64 = counts.iter().sum();
+                let last = if removed > 0 { base + removed } else { 0 };
+                vec![Outcome::Invalidate(counts, last)]
+            }
+        };
+        if let Some(last) = done.iter().filter_map(Outcome::revision).max() {
+            base = last;
+        }
+        outcomes.extend(done);
     }
-    Ok(results)
+    if base > start {
+        revision_set(&mut tx, base).await.map_err(statement)?;
+        tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
+        announce(&target.committed, base);
+    }
+    Ok(outcomes)
 }

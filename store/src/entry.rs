@@ -308,54 +308,21 @@ impl Store {
         self.committer.put(put.clone()).await
     }
 
-    /// Deletes one entry, optionally only at an expected revision.
+    /// Deletes one entry, optionally only at an expected revision. Goes
+    /// through the group commit, like `entry_put`.
     pub async fn entry_delete(
         &self,
         key: &str,
         if_revision: Option<u64>,
         now: i64,
     ) -> Result<DeleteResult, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let base = revision_lock(&mut tx).await?;
-        if let Some(expected) = if_revision {
-            let stored: Option<i64> = sqlx::query_scalar(sql!("entry_meta"))
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match stored.map(from_i64) {
-                None => return Ok(DeleteResult::Absent),
-                Some(actual) if actual != expected => {
-                    return Ok(DeleteResult::RevisionMismatch { revision: actual });
-                }
-                Some(_) => {}
-            }
-        }
-        let Some(row) = sqlx::query(sql!("entry_delete"))
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(DeleteResult::Absent);
-        };
-        let revision = base + 1;
-        let policy: String = row.try_get("policy")?;
-        let tags: String = row.try_get("tags")?;
-        let provider: Option<String> = row.try_get("provider")?;
-        change_insert(
-            &mut tx,
-            revision,
-            ChangeKind::Delete,
-            key,
-            &policy,
-            &tags,
-            provider.as_deref(),
-            now,
-        )
-        .await?;
-        revision_set(&mut tx, revision).await?;
-        tx.commit().await?;
-        self.announce(revision);
-        Ok(DeleteResult::Deleted { revision })
+        self.committer
+            .delete(Delete {
+                key: key.to_owned(),
+                if_revision,
+                now,
+            })
+            .await
     }
 
     /// Deletes every entry `selector` matches, logging one change of `kind`
@@ -366,43 +333,32 @@ impl Store {
         kind: ChangeKind,
         now: i64,
     ) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let base = revision_lock(&mut tx).await?;
-        // Writers are serialised by the revision lock, so both statements see
-        // the same set of entries.
-        let (condition, binds) = selector_condition(self.backend, selector, 4);
-        let text = sql!("entry_invalidate_log").replace("SELECTOR", &condition);
-        let mut log = sqlx::query(&text)
-            .bind(to_i64(base))
-            .bind(kind.as_str())
-            .bind(now);
-        for bind in &binds {
-            log = bind.bind_to(log);
-        }
-        let logged = log.execute(&mut *tx).await?.rows_affected();
+        let (counts, last) = self
+            .entry_invalidate_each(std::slice::from_ref(selector), kind, now)
+            .await?;
+        Ok((counts.iter().sum(), last))
+    }
 
-        let (condition, binds) = selector_condition(self.backend, selector, 1);
-        let text = sql!("entry_invalidate_delete").replace("SELECTOR", &condition);
-        let mut delete = sqlx::query(&text);
-        for bind in &binds {
-            delete = bind.bind_to(delete);
+    /// Deletes every entry each selector matches, in order, in one commit
+    /// (a library event's rules land together or not at all): the count
+    /// each selector removed, and the last revision (0 if none). Goes
+    /// through the group commit, like `entry_put`.
+    pub async fn entry_invalidate_each(
+        &self,
+        selectors: &[Selector],
+        kind: ChangeKind,
+        now: i64,
+    ) -> Result<(Vec<u64>, u64), StoreError> {
+        if selectors.is_empty() {
+            return Ok((Vec::new(), 0));
         }
-        let deleted = delete.execute(&mut *tx).await?.rows_affected();
-        if deleted != logged {
-            // Cannot happen while every writer takes the revision lock; refuse
-            // to commit a log that disagrees with the entries.
-            return Err(StoreError::Corrupt(format!(
-                "invalidation logged {logged} changes but deleted {deleted} entries"
-            )));
-        }
-        if deleted == 0 {
-            return Ok((0, 0));
-        }
-        let last = base + deleted;
-        revision_set(&mut tx, last).await?;
-        tx.commit().await?;
-        self.announce(last);
-        Ok((deleted, last))
+        self.committer
+            .invalidate(Invalidation {
+                selectors: selectors.to_vec(),
+                kind,
+                now,
+            })
+            .await
     }
 
     /// A random fresh, non-negative entry carrying `tag`; empty `policy` or
@@ -555,6 +511,114 @@ pub(crate) fn last_written(results: &[PutResult]) -> Option<u64> {
             _ => None,
         })
         .max()
+}
+
+/// A delete for the group commit (`Store::entry_delete`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Delete {
+    pub key: String,
+    pub if_revision: Option<u64>,
+    pub now: i64,
+}
+
+/// An invalidation for the group commit (`Store::entry_invalidate_each`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalidation {
+    pub selectors: Vec<Selector>,
+    pub kind: ChangeKind,
+    pub now: i64,
+}
+
+/// Runs `delete` inside `tx`, which holds the revision lock at `base`:
+/// when it lands, revision `base + 1` and its change row. Leaves the
+/// revision counter to the caller.
+pub(crate) async fn entry_delete_at(
+    tx: &mut Transaction<'_, Any>,
+    delete: &Delete,
+    base: u64,
+) -> Result<DeleteResult, StoreError> {
+    if let Some(expected) = delete.if_revision {
+        let stored: Option<i64> = sqlx::query_scalar(sql!("entry_meta"))
+            .bind(&delete.key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        match stored.map(from_i64) {
+            None => return Ok(DeleteResult::Absent),
+            Some(actual) if actual != expected => {
+                return Ok(DeleteResult::RevisionMismatch { revision: actual });
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(row) = sqlx::query(sql!("entry_delete"))
+        .bind(&delete.key)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(DeleteResult::Absent);
+    };
+    let revision = base + 1;
+    let policy: String = row.try_get("policy")?;
+    let tags: String = row.try_get("tags")?;
+    let provider: Option<String> = row.try_get("provider")?;
+    change_insert(
+        tx,
+        revision,
+        ChangeKind::Delete,
+        &delete.key,
+        &policy,
+        &tags,
+        provider.as_deref(),
+        delete.now,
+    )
+    .await?;
+    Ok(DeleteResult::Deleted { revision })
+}
+
+/// Runs `invalidation` inside `tx`, which holds the revision lock at
+/// `base`: the entries each selector matches go, in order, taking
+/// revisions `base + 1` upwards, each with its change row. The count each
+/// selector removed; leaves the revision counter to the caller.
+pub(crate) async fn entries_invalidate_at(
+    tx: &mut Transaction<'_, Any>,
+    backend: Backend,
+    invalidation: &Invalidation,
+    base: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut counts = Vec::with_capacity(invalidation.selectors.len());
+    let mut last = base;
+    for selector in &invalidation.selectors {
+        // Writers are serialised by the revision lock, so both statements
+        // see the same set of entries.
+        let (condition, binds) = selector_condition(backend, selector, 4);
+        let text = sql!("entry_invalidate_log").replace("SELECTOR", &condition);
+        let mut log = sqlx::query(&text)
+            .bind(to_i64(last))
+            .bind(invalidation.kind.as_str())
+            .bind(invalidation.now);
+        for bind in &binds {
+            log = bind.bind_to(log);
+        }
+        let logged = log.execute(&mut **tx).await?.rows_affected();
+
+        let (condition, binds) = selector_condition(backend, selector, 1);
+        let text = sql!("entry_invalidate_delete").replace("SELECTOR", &condition);
+        let mut delete = sqlx::query(&text);
+        for bind in &binds {
+            delete = bind.bind_to(delete);
+        }
+        let deleted = delete.execute(&mut **tx).await?.rows_affected();
+        if deleted != logged {
+            // Cannot happen while every writer takes the revision lock;
+            // refuse to commit a log that disagrees with the entries.
+            return Err(StoreError::Corrupt(format!(
+                "invalidation logged {logged} changes but deleted {deleted} entries"
+            )));
+        }
+        last += deleted;
+        counts.push(deleted);
+    }
+    Ok(counts)
 }
 
 /// Why `put` must not be written over `stored` (its revision and

@@ -301,6 +301,7 @@ impl Store {
         let committed = std::sync::Arc::new(committed);
         let committer = commit::Committer::start(
             pool.clone(),
+            backend,
             options.compression,
             committed.clone(),
             options.batching,

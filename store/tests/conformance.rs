@@ -792,6 +792,73 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
     assert_eq!(gone, 1);
 }
 
+/// Deletes and invalidations join the Puts' batch and keep their place in
+/// it: each sees the writes before it and none after, and an event's
+/// selectors land in the same commit.
+async fn a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order(db: &TestDb) {
+    let store = batching_store(db, 300).await;
+    let tagged = |key: &str, tag: &str| EntryPut {
+        tags: vec![tag.to_owned()],
+        ..put(key, key)
+    };
+    let (k1, k2, k3) = (tagged("k1", "x"), tagged("k2", "x"), tagged("k3", "y"));
+    // Absent by then (invalidated): created again, if_revision 0.
+    let k2_again = EntryPut {
+        if_revision: Some(0),
+        ..tagged("k2", "z")
+    };
+    let by_tags = [Selector::Tag("x".to_owned()), Selector::Tag("y".to_owned())];
+    // join! polls in order: the writes reach the committer in this order.
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        store.entry_put(&k1),
+        store.entry_put(&k2),
+        store.entry_delete("k1", Some(1), T0),
+        // k2 is at 2, not 1: refused, and nothing logged.
+        store.entry_delete("k2", Some(1), T0),
+        store.entry_put(&k3),
+        store.entry_invalidate_each(&by_tags, ChangeKind::Invalidate, T0),
+        store.entry_put(&k2_again),
+        store.entry_delete("nothing", None, T0),
+    );
+    assert_eq!(a.expect("a"), PutResult::Written { revision: 1 });
+    assert_eq!(b.expect("b"), PutResult::Written { revision: 2 });
+    assert_eq!(c.expect("c"), DeleteResult::Deleted { revision: 3 });
+    assert_eq!(
+        d.expect("d"),
+        DeleteResult::RevisionMismatch { revision: 2 }
+    );
+    assert_eq!(e.expect("e"), PutResult::Written { revision: 4 });
+    assert_eq!(f.expect("f"), (vec![1, 1], 6), "k2 by x, then k3 by y");
+    assert_eq!(g.expect("g"), PutResult::Written { revision: 7 });
+    assert_eq!(h.expect("h"), DeleteResult::Absent);
+    assert_eq!(
+        store.write_batches(),
+        WriteBatches {
+            batches: 1,
+            writes: 8,
+            split: 0
+        },
+        "one transaction took all eight"
+    );
+    assert_log(
+        &store,
+        &[
+            (ChangeKind::Put, "k1"),
+            (ChangeKind::Put, "k2"),
+            (ChangeKind::Delete, "k1"),
+            (ChangeKind::Put, "k3"),
+            (ChangeKind::Invalidate, "k2"),
+            (ChangeKind::Invalidate, "k3"),
+            (ChangeKind::Put, "k2"),
+        ],
+    )
+    .await;
+    assert_eq!(store.entry_get("k1").await.expect("get"), None);
+    assert_eq!(store.entry_get("k3").await.expect("get"), None);
+    let k2 = store.entry_get("k2").await.expect("get").expect("k2");
+    assert_eq!((k2.revision, k2.tags), (7, vec!["z".to_owned()]));
+}
+
 /// A write the database refuses fails alone: the writes batched with it
 /// land, with gapless revisions. (Postgres refuses a NUL in text; SQLite
 /// stores it, and then every write lands.)
@@ -1007,6 +1074,7 @@ macro_rules! batched {
 
 batched!(
     a_batch_keeps_conditions_in_arrival_order,
+    a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order,
     a_bad_write_fails_alone,
     writers_on_two_stores_get_gapless_revisions,
     touches_and_batched_writes_of_the_same_keys_both_land,

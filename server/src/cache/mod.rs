@@ -169,15 +169,25 @@ impl CacheService {
     /// Deletes every entry `selector` matches and forgets them in the hot
     /// tier; the count and the last revision.
     async fn invalidate(&self, selector: &Selector) -> Result<(u64, u64), ApiError> {
-        let (count, revision) = self
+        let (counts, revision) = self.invalidate_each(std::slice::from_ref(selector)).await?;
+        Ok((counts.iter().sum(), revision))
+    }
+
+    /// Deletes every entry each selector matches, in one commit, and
+    /// forgets them in the hot tier; the count of each and the last
+    /// revision.
+    async fn invalidate_each(&self, selectors: &[Selector]) -> Result<(Vec<u64>, u64), ApiError> {
+        let (counts, revision) = self
             .state
             .store
-            .entry_invalidate(selector, ChangeKind::Invalidate, now_ms())
+            .entry_invalidate_each(selectors, ChangeKind::Invalidate, now_ms())
             .await?;
-        if count > 0 {
-            self.forget_selected(selector);
+        for (selector, count) in selectors.iter().zip(&counts) {
+            if *count > 0 {
+                self.forget_selected(selector);
+            }
         }
-        Ok((count, revision))
+        Ok((counts, revision))
     }
 
     /// After this server's own invalidation of many keys.

@@ -74,24 +74,32 @@ pub(super) async fn publish_event(
 ) -> Result<Response<pb::PublishEventResponse>, Status> {
     let event = event_from_proto(request.into_inner())?;
     let settings = &service.state.settings;
-    let mut response = pb::PublishEventResponse::default();
-    for target in events::targets(&settings.events.rules, &settings.policies, &event) {
-        let selector = match &target.tag {
+    let targets = events::targets(&settings.events.rules, &settings.policies, &event);
+    let selectors: Vec<Selector> = targets
+        .iter()
+        .map(|target| match &target.tag {
             Some(tag) => Selector::PolicyTag {
                 policy: target.policy.clone(),
                 tag: tag.clone(),
             },
             None => Selector::Policy(target.policy.clone()),
-        };
-        let (count, revision) = service.invalidate(&selector).await?;
-        response.count += count;
-        response.revision = response.revision.max(revision);
-        response.applied.push(pb::AppliedRule {
-            policy: target.policy,
-            tag: target.tag.unwrap_or_default(),
-            count,
-        });
-    }
+        })
+        .collect();
+    // Every rule of the event lands in one commit, or none does.
+    let (counts, revision) = service.invalidate_each(&selectors).await?;
+    let response = pb::PublishEventResponse {
+        count: counts.iter().sum(),
+        revision,
+        applied: targets
+            .into_iter()
+            .zip(counts)
+            .map(|(target, count)| pb::AppliedRule {
+                policy: target.policy,
+                tag: target.tag.unwrap_or_default(),
+                count,
+            })
+            .collect(),
+    };
     tracing::info!(kind = ?event.kind, count = response.count, "library event applied");
     Ok(Response::new(response))
 }
