@@ -363,24 +363,36 @@ pub(crate) struct ChangeRow<'a> {
     pub at: i64,
 }
 
+/// Placeholders of one row of `change_insert.sql`.
+pub(crate) const CHANGE_WIDTH: usize = 7;
+
+impl ChangeRow<'_> {
+    /// Binds the row's [`CHANGE_WIDTH`] values, in the statement's column order.
+    pub(crate) fn bind_to<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        query
+            .bind(to_i64(self.revision))
+            .bind(self.kind.as_str())
+            .bind(self.key)
+            .bind(self.policy)
+            .bind(self.tags)
+            .bind(self.provider)
+            .bind(self.at)
+    }
+}
+
 /// Appends changes to the log, in the transaction of the writes they record.
 pub(crate) async fn changes_insert(
     tx: &mut Transaction<'_, Any>,
     rows: &[ChangeRow<'_>],
 ) -> Result<(), StoreError> {
-    const WIDTH: usize = 7;
-    for chunk in rows.chunks(MAX_PARAMS / WIDTH) {
-        let text = with_rows(sql!("change_insert"), chunk.len(), WIDTH);
+    for chunk in rows.chunks(MAX_PARAMS / CHANGE_WIDTH) {
+        let text = with_rows(sql!("change_insert"), chunk.len(), CHANGE_WIDTH);
         let mut query = sqlx::query(&text);
         for row in chunk {
-            query = query
-                .bind(to_i64(row.revision))
-                .bind(row.kind.as_str())
-                .bind(row.key)
-                .bind(row.policy)
-                .bind(row.tags)
-                .bind(row.provider)
-                .bind(row.at);
+            query = row.bind_to(query);
         }
         query.execute(&mut **tx).await?;
     }

@@ -321,12 +321,18 @@ async fn write_all(target: &Target, writes: &[Write]) -> Result<Vec<Outcome>, Fa
                     })
                     .collect();
                 rest = &rest[run.len()..];
-                entries_put_at(&mut tx, &run, target.compression.as_ref(), base)
-                    .await
-                    .map_err(statement)?
-                    .into_iter()
-                    .map(Outcome::Put)
-                    .collect()
+                entries_put_at(
+                    &mut tx,
+                    target.backend,
+                    &run,
+                    target.compression.as_ref(),
+                    base,
+                )
+                .await
+                .map_err(statement)?
+                .into_iter()
+                .map(Outcome::Put)
+                .collect()
             }
             Write::Delete(delete) => {
                 rest = after;

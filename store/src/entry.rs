@@ -8,11 +8,11 @@ use sqlx::{Any, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags, revision_lock,
-        revision_set, to_i64,
+        CHANGE_WIDTH, ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags,
+        revision_lock, revision_set, to_i64,
     },
     compress::{self, Compression},
-    sql::{MAX_PARAMS, sql, with_rows},
+    sql::{MAX_PARAMS, sql, with_rows, with_rows_after},
 };
 
 /// Where a fetched entry came from.
@@ -491,11 +491,12 @@ impl Store {
 /// [`entries_put_at`], and the counter moved to the last revision written.
 pub(crate) async fn entries_put_in(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     puts: &[&EntryPut],
     compression: Option<&Compression>,
 ) -> Result<Vec<PutResult>, StoreError> {
     let base = revision_lock(tx).await?;
-    let results = entries_put_at(tx, puts, compression, base).await?;
+    let results = entries_put_at(tx, backend, puts, compression, base).await?;
     if let Some(last) = last_written(&results) {
         revision_set(tx, last).await?;
     }
@@ -654,6 +655,7 @@ fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
 /// caller.
 pub(crate) async fn entries_put_at(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     puts: &[&EntryPut],
     compression: Option<&Compression>,
     base: u64,
@@ -707,15 +709,6 @@ pub(crate) async fn entries_put_at(
         return Ok(results);
     }
 
-    struct Row<'a> {
-        put: &'a EntryPut,
-        revision: u64,
-        created_at: i64,
-        tags: String,
-        metadata: String,
-        stored: std::borrow::Cow<'a, [u8]>,
-        encoding: &'static str,
-    }
     let mut finals: Vec<usize> = last_of.values().copied().collect();
     finals.sort_unstable();
     let mut rows = Vec::with_capacity(finals.len());
@@ -729,7 +722,7 @@ pub(crate) async fn entries_put_at(
             first_at[key]
         };
         let (stored, encoding) = compress::encode(&put.value, &put.media_type, compression);
-        rows.push(Row {
+        rows.push(UpsertRow {
             put,
             revision,
             created_at,
@@ -747,51 +740,6 @@ pub(crate) async fn entries_put_at(
     // in a circle (Postgres would break the deadlock only after its
     // deadlock_timeout, a second, and fail the batch).
     rows.sort_unstable_by(|a, b| a.put.key.cmp(&b.put.key));
-    const UPSERT_WIDTH: usize = 22;
-    for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
-        let text = with_rows(sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH);
-        let mut query = sqlx::query(&text);
-        for row in chunk {
-            let put = row.put;
-            let provenance = put.provenance.as_ref();
-            let raw_bytes =
-                (row.encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
-            query = query
-                .bind(&put.key)
-                .bind(row.stored.as_ref())
-                .bind(&put.media_type)
-                .bind(&put.policy)
-                .bind(&row.tags)
-                .bind(i64::from(put.confidence))
-                .bind(put.fingerprint.as_deref())
-                .bind(&row.metadata)
-                .bind(put.negative)
-                .bind(row.created_at)
-                .bind(put.now)
-                .bind(put.expires_at)
-                .bind(to_i64(row.revision))
-                .bind(provenance.map(|p| p.provider.as_str()))
-                .bind(provenance.map(|p| i64::from(p.upstream_status)))
-                .bind(provenance.and_then(|p| p.etag.as_deref()))
-                .bind(provenance.and_then(|p| p.last_modified.as_deref()))
-                .bind(to_i64(row.stored.len() as u64))
-                .bind(row.encoding)
-                .bind(raw_bytes)
-                .bind(put.now)
-                .bind(0_i64);
-        }
-        query.execute(&mut **tx).await?;
-    }
-
-    // Tags: the rows' old tags go, their last writes' tags come.
-    for chunk in rows.chunks(MAX_PARAMS) {
-        let text = with_rows(sql!("entry_tags_delete"), 1, chunk.len());
-        let mut query = sqlx::query(&text);
-        for row in chunk {
-            query = query.bind(&row.put.key);
-        }
-        query.execute(&mut **tx).await?;
-    }
     let mut tag_rows: Vec<(&str, &str)> = rows
         .iter()
         .flat_map(|row| {
@@ -803,14 +751,6 @@ pub(crate) async fn entries_put_at(
         .collect();
     tag_rows.sort_unstable();
     tag_rows.dedup();
-    for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
-        let text = with_rows(sql!("entry_tag_insert"), chunk.len(), 2);
-        let mut query = sqlx::query(&text);
-        for (tag, key) in chunk {
-            query = query.bind(*tag).bind(*key);
-        }
-        query.execute(&mut **tx).await?;
-    }
 
     // One change row per landed write, in revision order.
     let change_tags: Vec<String> = landed
@@ -834,8 +774,120 @@ pub(crate) async fn entries_put_at(
             }
         })
         .collect();
+
+    let params = rows.len() * UPSERT_WIDTH + tag_rows.len() * 2 + changes.len() * CHANGE_WIDTH;
+    if backend == Backend::Postgres && params <= MAX_PARAMS {
+        // All of it in one statement.
+        let upsert = with_rows(sql!("entry_upsert"), rows.len(), UPSERT_WIDTH);
+        let mut fixed = rows.len() * UPSERT_WIDTH;
+        let tags = if tag_rows.is_empty() {
+            "SELECT 1".to_owned()
+        } else {
+            with_rows_after(sql!("entry_tag_insert"), fixed, tag_rows.len(), 2)
+        };
+        fixed += tag_rows.len() * 2;
+        let logged = with_rows_after(sql!("change_insert"), fixed, changes.len(), CHANGE_WIDTH);
+        let text = sql!("postgres/entries_write")
+            .replace("{upsert}", &upsert)
+            .replace("{tags}", &tags)
+            .replace("{changes}", &logged);
+        let mut query = sqlx::query(&text);
+        for row in &rows {
+            query = row.bind_to(query);
+        }
+        for (tag, key) in &tag_rows {
+            query = query.bind(*tag).bind(*key);
+        }
+        for change in &changes {
+            query = change.bind_to(query);
+        }
+        let written: i64 = query.fetch_one(&mut **tx).await?.try_get("written")?;
+        if from_i64(written) != rows.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "a batch of {} rows wrote {written}",
+                rows.len()
+            )));
+        }
+        return Ok(results);
+    }
+
+    for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
+        let text = with_rows(sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH);
+        let mut query = sqlx::query(&text);
+        for row in chunk {
+            query = row.bind_to(query);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    // Tags: the rows' old tags go, their last writes' tags come.
+    for chunk in rows.chunks(MAX_PARAMS) {
+        let text = with_rows(sql!("entry_tags_delete"), 1, chunk.len());
+        let mut query = sqlx::query(&text);
+        for row in chunk {
+            query = query.bind(&row.put.key);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
+        let text = with_rows(sql!("entry_tag_insert"), chunk.len(), 2);
+        let mut query = sqlx::query(&text);
+        for (tag, key) in chunk {
+            query = query.bind(*tag).bind(*key);
+        }
+        query.execute(&mut **tx).await?;
+    }
     changes_insert(tx, &changes).await?;
     Ok(results)
+}
+
+/// Placeholders of one row of `entry_upsert.sql`.
+const UPSERT_WIDTH: usize = 22;
+
+/// One entry row as `entry_upsert.sql` takes it.
+struct UpsertRow<'a> {
+    put: &'a EntryPut,
+    revision: u64,
+    created_at: i64,
+    tags: String,
+    metadata: String,
+    stored: std::borrow::Cow<'a, [u8]>,
+    encoding: &'static str,
+}
+
+impl<'a> UpsertRow<'a> {
+    /// Binds the row's [`UPSERT_WIDTH`] values, in the statement's column order.
+    fn bind_to<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        let put = self.put;
+        let provenance = put.provenance.as_ref();
+        let raw_bytes =
+            (self.encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
+        query
+            .bind(&put.key)
+            .bind(self.stored.as_ref())
+            .bind(&put.media_type)
+            .bind(&put.policy)
+            .bind(&self.tags)
+            .bind(i64::from(put.confidence))
+            .bind(put.fingerprint.as_deref())
+            .bind(&self.metadata)
+            .bind(put.negative)
+            .bind(self.created_at)
+            .bind(put.now)
+            .bind(put.expires_at)
+            .bind(to_i64(self.revision))
+            .bind(provenance.map(|p| p.provider.as_str()))
+            .bind(provenance.map(|p| i64::from(p.upstream_status)))
+            .bind(provenance.and_then(|p| p.etag.as_deref()))
+            .bind(provenance.and_then(|p| p.last_modified.as_deref()))
+            .bind(to_i64(self.stored.len() as u64))
+            .bind(self.encoding)
+            .bind(raw_bytes)
+            .bind(put.now)
+            .bind(0_i64)
+    }
 }
 
 /// A value bound into a selector's condition.

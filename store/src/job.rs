@@ -539,7 +539,7 @@ impl Store {
         let written = if puts.is_empty() {
             Vec::new()
         } else {
-            entries_put_in(&mut tx, &puts, self.compression.as_ref()).await?
+            entries_put_in(&mut tx, self.backend, &puts, self.compression.as_ref()).await?
         };
         let revision = last_written(&written).unwrap_or(0);
         let mut written = written.into_iter();

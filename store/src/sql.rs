@@ -44,6 +44,12 @@ pub(crate) fn with_rows(template: &str, rows: usize, width: usize) -> String {
 /// As [`with_rows`], for a text whose first `fixed` placeholders (`$1` to
 /// `$fixed`) are its own: the groups are numbered from `$fixed + 1`.
 pub(crate) fn with_rows_after(template: &str, fixed: usize, rows: usize, width: usize) -> String {
+    template.replace("{rows}", &groups(fixed, rows, width))
+}
+
+/// `rows` groups of `width` placeholders numbered from `$fixed + 1`:
+/// `($1, $2), ($3, $4)`.
+fn groups(fixed: usize, rows: usize, width: usize) -> String {
     let mut groups = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         groups.push_str(if row == 0 { "(" } else { ", (" });
@@ -56,5 +62,5 @@ pub(crate) fn with_rows_after(template: &str, fixed: usize, rows: usize, width: 
         }
         groups.push(')');
     }
-    template.replace("{rows}", &groups)
+    groups
 }

@@ -215,6 +215,38 @@ async fn compare_and_set_on_revision(store: Store) {
     .await;
 }
 
+/// A rewrite replaces an entry's tags: the ones it no longer names stop
+/// selecting it, the ones it keeps or adds select it, and no other entry's
+/// tags move.
+async fn a_rewrite_replaces_the_tags(store: Store) {
+    let tagged = |key: &str, tags: &[&str]| EntryPut {
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        ..put(key, key)
+    };
+    written(
+        store
+            .entry_put(&tagged("k1", &["a", "b", "it's ü"]))
+            .await
+            .expect("put"),
+    );
+    written(store.entry_put(&tagged("k2", &["a"])).await.expect("put"));
+    written(
+        store
+            .entry_put(&tagged("k1", &["b", "c"]))
+            .await
+            .expect("put"),
+    );
+    let stored = store.entry_get("k1").await.expect("get").expect("k1");
+    assert_eq!(stored.tags, vec!["b".to_owned(), "c".to_owned()]);
+    for (tag, expected) in [("it's ü", 0), ("a", 1), ("c", 1), ("b", 0)] {
+        let (count, _) = store
+            .entry_invalidate(&Selector::Tag(tag.to_owned()), ChangeKind::Invalidate, T0)
+            .await
+            .expect("invalidate");
+        assert_eq!(count, expected, "tag {tag:?}");
+    }
+}
+
 async fn invalidate_by_every_selector(store: Store) {
     let seed = [
         ("mb/a%1", "api_metadata", vec!["artist:a"]),
@@ -678,6 +710,7 @@ macro_rules! conformance {
 
 conformance!(
     round_trip_keeps_every_field,
+    a_rewrite_replaces_the_tags,
     keep_higher_confidence_refuses_lower_writes,
     compare_and_set_on_revision,
     invalidate_by_every_selector,
