@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool, Connection, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
@@ -211,8 +211,23 @@ fn mismatched(outcome: &Outcome) -> StoreError {
 }
 
 async fn run(mut queue: mpsc::Receiver<(Write, Reply)>, target: Target, batching: Batching) {
-    while let Some(batch) = gather(&mut queue, batching).await {
-        commit(&target, batch).await;
+    // The committer keeps its connection from one batch to the next: no
+    // pool checkout (and its liveness ping) per batch. A batch that fails
+    // gives it back to the pool, which closes it if its transaction did not
+    // end cleanly; the next takes a fresh one.
+    // Closing the pool waits for every connection to come back: the held
+    // one goes back then, and the committer stops.
+    let mut held = None;
+    let closed = target.pool.close_event();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            batch = gather(&mut queue, batching) => match batch {
+                Some(batch) => commit(&target, &mut held, batch).await,
+                None => return,
+            },
+            () = &mut closed => return,
+        }
     }
 }
 
@@ -249,14 +264,14 @@ enum Failure {
     Commit(StoreError),
 }
 
-async fn commit(target: &Target, batch: Vec<(Write, Reply)>) {
+async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
     target.counts.batches.fetch_add(1, Ordering::Relaxed);
     target
         .counts
         .writes
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
-    match write_all(target, &writes).await {
+    match write_all(target, held, &writes).await {
         Ok(outcomes) => answer(replies, outcomes.into_iter().map(Ok)),
         Err(Failure::Commit(error)) => {
             answer(replies, writes.iter().map(|_| Err(unconfirmed(&error))));
@@ -266,7 +281,7 @@ async fn commit(target: &Target, batch: Vec<(Write, Reply)>) {
             // One bad write must not fail its neighbours: each alone.
             target.counts.split.fetch_add(1, Ordering::Relaxed);
             for (write, reply) in writes.iter().zip(replies) {
-                let result = match write_all(target, std::slice::from_ref(write)).await {
+                let result = match write_all(target, held, std::slice::from_ref(write)).await {
                     Ok(mut outcomes) => outcomes.pop().ok_or_else(|| {
                         StoreError::Corrupt("a write of one gave no outcome".to_owned())
                     }),
@@ -296,12 +311,48 @@ fn answer(replies: Vec<Reply>, outcomes: impl IntoIterator<Item = Result<Outcome
     }
 }
 
-/// One transaction for `writes`, in order; commits when any changed the
-/// store.
-async fn write_all(target: &Target, writes: &[Write]) -> Result<Vec<Outcome>, Failure> {
+/// The committer's connection between batches.
+type Held = Option<PoolConnection<Any>>;
+
+/// One transaction for `writes`, in order, on the held connection (or a
+/// fresh one); commits when any changed the store. The connection is held
+/// again only when the transaction ended cleanly.
+async fn write_all(
+    target: &Target,
+    held: &mut Held,
+    writes: &[Write],
+) -> Result<Vec<Outcome>, Failure> {
+    let mut conn = match held.take() {
+        Some(conn) => conn,
+        None => take_connection(target).await.map_err(Failure::Statement)?,
+    };
+    let outcomes = write_on(target, &mut conn, writes).await?;
+    *held = Some(conn);
+    Ok(outcomes)
+}
+
+/// A connection for the committer from the pool. On Postgres its
+/// statements are planned for their values at every run: they are
+/// prepared once and run thousands of times on this connection, and a
+/// generic plan made while the tables were small (a new database) would
+/// go on scanning them whole once they are large.
+async fn take_connection(target: &Target) -> Result<PoolConnection<Any>, StoreError> {
+    let mut conn = target.pool.acquire().await?;
+    if target.backend == Backend::Postgres {
+        sqlx::query("SET plan_cache_mode = force_custom_plan")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(conn)
+}
+
+async fn write_on(
+    target: &Target,
+    conn: &mut PoolConnection<Any>,
+    writes: &[Write],
+) -> Result<Vec<Outcome>, Failure> {
     let statement = |e: StoreError| Failure::Statement(e);
-    let mut tx = target
-        .pool
+    let mut tx = conn
         .begin()
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
