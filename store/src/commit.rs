@@ -327,7 +327,10 @@ async fn write_all(
         None => take_connection(target).await.map_err(Failure::Statement)?,
     };
     let outcomes = write_on(target, &mut conn, writes).await?;
-    *held = Some(conn);
+    // A pool of one connection is everyone's: it goes back after each batch.
+    if target.pool.options().get_max_connections() > 1 {
+        *held = Some(conn);
+    }
     Ok(outcomes)
 }
 
