@@ -414,6 +414,14 @@ async fn write_on(
         revision_set(&mut tx, base).await.map_err(statement)?;
         tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
         announce(&target.committed, base);
+    } else {
+        // Nothing landed. Rolled back now, not when the transaction drops:
+        // a dropped transaction's ROLLBACK waits for the connection's next
+        // use, and the held connection would keep the revision lock (every
+        // other writer of the database) until this process writes again.
+        tx.rollback()
+            .await
+            .map_err(|e| Failure::Statement(e.into()))?;
     }
     Ok(outcomes)
 }

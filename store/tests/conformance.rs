@@ -923,6 +923,47 @@ async fn a_bad_write_fails_alone(db: &TestDb) {
 /// 64 writers on two stores (two processes' worth of committers and pools)
 /// on one database: every acknowledged write has its own revision, the log
 /// is gapless and in commit order, and each entry holds its last write.
+/// A batch that changes nothing (a Delete of an absent key, a refused
+/// Put, an invalidation that matches nothing) leaves no lock behind: a
+/// writer on another store of the same database goes on at once.
+async fn a_batch_that_changes_nothing_holds_no_lock(db: &TestDb) {
+    let (first, second) = (batching_store(db, 0).await, batching_store(db, 0).await);
+    written(first.entry_put(&put("k", "v")).await.expect("put"));
+    assert_eq!(
+        first
+            .entry_delete("absent", None, T0)
+            .await
+            .expect("delete"),
+        DeleteResult::Absent
+    );
+    let refused = EntryPut {
+        if_revision: Some(7),
+        ..put("k", "w")
+    };
+    assert_eq!(
+        first.entry_put(&refused).await.expect("put"),
+        PutResult::RevisionMismatch { revision: 1 }
+    );
+    let (gone, _) = first
+        .entry_invalidate(
+            &Selector::Tag("none".to_owned()),
+            ChangeKind::Invalidate,
+            T0,
+        )
+        .await
+        .expect("invalidate");
+    assert_eq!(gone, 0);
+    // The first store now sits idle; the second must not wait on it.
+    let other = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        second.entry_put(&put("k2", "v")),
+    )
+    .await
+    .expect("a write on another store waited on an idle one")
+    .expect("put");
+    assert_eq!(other, PutResult::Written { revision: 2 });
+}
+
 async fn writers_on_two_stores_get_gapless_revisions(db: &TestDb) {
     let stores = [batching_store(db, 2).await, batching_store(db, 0).await];
     let mut tasks = Vec::new();
@@ -1110,6 +1151,7 @@ batched!(
     a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order,
     a_bad_write_fails_alone,
     writers_on_two_stores_get_gapless_revisions,
+    a_batch_that_changes_nothing_holds_no_lock,
     touches_and_batched_writes_of_the_same_keys_both_land,
     enqueues_in_one_batch_keep_their_meaning,
 );
