@@ -71,6 +71,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// True when calls were answered and none failed: a load whose calls
+    /// all hung or failed has no latency to meet a target with.
+    pub fn clean(&self) -> bool {
+        self.throughput > 0.0 && self.errors == 0
+    }
+
     /// Milliseconds, for tables.
     pub fn ms(us: u64) -> f64 {
         us as f64 / 1000.0

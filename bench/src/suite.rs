@@ -440,7 +440,7 @@ async fn reads(
                 format!("{name}: p99 ms"),
                 Report::ms(report.p99_us),
                 "< 1",
-                report.p99_us < 1000 && report.errors == 0,
+                report.p99_us < 1000 && report.clean(),
             );
         }
     }
@@ -573,7 +573,7 @@ async fn writes(
             format!("Put p99 ms at {} callers ({b})", options.concurrency),
             Report::ms(put.p99_us),
             "< 20",
-            put.p99_us < 20_000 && put.errors == 0,
+            put.p99_us < 20_000 && put.clean(),
         );
         let ratio = mixed.throughput / get.throughput;
         results.target(
@@ -816,7 +816,7 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             Backend::Postgres => 2.0,
         };
         println!("\nFetch overhead over the plain GET, p50: {overhead:.3} ms");
-        let errors: u64 = rounds[1].iter().map(|r| r.errors).sum();
+        let clean = rounds[1].iter().all(Report::clean);
         results.target(
             format!(
                 "Fetch (wait) overhead over a plain GET, p50 ms ({})",
@@ -824,7 +824,7 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
             ),
             overhead,
             &format!("< {goal}"),
-            overhead < goal && errors == 0,
+            overhead < goal && clean,
         );
         results.loads.extend(rounds.into_iter().flatten());
         worker.stop().await;
