@@ -6,8 +6,8 @@
 //! waiting at most [`Batching::max_wait`] for company) and runs them in one
 //! transaction: the revision lock taken once, the writes in arrival order
 //! (each sees the ones before it, so `if_revision`, keep-higher-confidence
-//! and two writes to one key keep their meaning; a run of Puts shares one
-//! statement of each kind), one revision per change that lands, the
+//! and two writes to one key keep their meaning; a run of Puts is written
+//! together by `entries_put_at`), one revision per change that lands, the
 //! counter set once, one commit. Each caller is answered after that
 //! commit, never before. Revisions stay gapless and in commit order, so
 //! Watch and the hot tier see nothing new.
@@ -335,7 +335,8 @@ async fn write_all(
 }
 
 /// A connection for the committer from the pool. On Postgres its
-/// statements are planned for their values at every run: they are
+/// statements are planned for their values at every run (a setting the
+/// connection keeps if a failed batch gives it back to the pool): they are
 /// prepared once and run thousands of times on this connection, and a
 /// generic plan made while the tables were small (a new database) would
 /// go on scanning them whole once they are large.

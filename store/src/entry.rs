@@ -646,8 +646,9 @@ fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
 }
 
 /// Writes `puts` inside `tx`, which holds the revision lock taken at
-/// revision `base`, with one statement of each kind however many they are
-/// (the texts in `sql/`, written for many rows). Each put is judged in order against the
+/// revision `base`, however many they are: on Postgres in one statement
+/// (`sql/postgres/entries_write.sql`), elsewhere (or past `MAX_PARAMS`) with
+/// one statement of each kind (the texts in `sql/`, written for many rows). Each put is judged in order against the
 /// store as the ones before it left it; those that land take revisions
 /// `base + 1` upwards, in order; each key's row ends as its last write left
 /// it (created when the first write of a key absent before created it), and
