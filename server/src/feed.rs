@@ -136,7 +136,7 @@ impl Feed {
         )
     }
 
-    /// The hot tier, for removing keys after this server's own writes.
+    /// The hot tier, told of this server's own writes at once.
     pub fn hot_tier(&self) -> Option<&HotTier> {
         self.hot.as_ref()
     }
@@ -238,7 +238,7 @@ impl Feed {
             };
             if let Some(hot) = &self.hot {
                 for change in &changes {
-                    hot.remove(&change.key);
+                    hot.changed(&change.key, change.revision);
                 }
             }
             let now = roadie_store::now_ms();

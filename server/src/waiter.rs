@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use roadie_store::{Backend, JOB_CHANNEL, Job, Store, StoreError, WORK_CHANNEL};
+use roadie_store::{Backend, Entry, JOB_CHANNEL, Job, Store, StoreError, WORK_CHANNEL};
 use tokio::{
     sync::{Notify, broadcast},
     time::Instant,
@@ -67,7 +67,8 @@ impl JobWaiter {
     }
 
     /// `job` (fetching `url`, as the enqueue answered) once it has
-    /// finished, or as it stands at `until`; `None` if it is gone.
+    /// finished, with `url`'s entry read after it ended, or the job as it
+    /// stands at `until` (no entry); `None` if it is gone.
     pub async fn wait(
         &self,
         store: &Store,
@@ -75,7 +76,7 @@ impl JobWaiter {
         url: &str,
         heard: Heard,
         until: Instant,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<Waited>, StoreError> {
         let Heard {
             mut finished,
             mut changes,
@@ -83,19 +84,26 @@ impl JobWaiter {
         let id = job.id;
         let mut job = Some(job);
         loop {
-            match &job {
-                Some(job) if !job.state.is_finished() && Instant::now() < until => {}
-                _ => return Ok(job),
+            match job {
+                Some(ref waiting) if !waiting.state.is_finished() && Instant::now() < until => {}
+                Some(job) if job.state.is_finished() => {
+                    let entry = store.entry_get(url).await?;
+                    return Ok(Some(Waited { job, entry }));
+                }
+                job => return Ok(job.map(|job| Waited { job, entry: None })),
             }
+            // Whether this job's end was announced: the job's own id, not a
+            // missed batch of ids.
             let woken = async {
                 loop {
                     match finished.recv().await {
-                        Ok(done) if done != id => continue,
+                        Ok(done) if done == id => return true,
+                        Ok(_) => continue,
                         Err(broadcast::error::RecvError::Closed) => {
                             std::future::pending::<()>().await
                         }
-                        // Ours, or missed some: look at the row.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        // Missed some: look at the row.
+                        Err(broadcast::error::RecvError::Lagged(_)) => return false,
                     }
                 }
             };
@@ -110,15 +118,38 @@ impl JobWaiter {
                     }
                 }
             };
-            tokio::select! {
-                () = woken => {}
-                () = written => {}
-                () = tokio::time::sleep(self.poll) => {}
-                () = tokio::time::sleep_until(until) => {}
+            let announced = tokio::select! {
+                announced = woken => announced,
+                () = written => false,
+                () = tokio::time::sleep(self.poll) => false,
+                () = tokio::time::sleep_until(until) => false,
+            };
+            if announced {
+                // The end has committed, its entry with it: the job and the
+                // entry side by side, not one round trip after the other.
+                let (ended, entry) = tokio::try_join!(store.job_get(id), store.entry_get(url))?;
+                match ended {
+                    Some(job) if job.state.is_finished() => {
+                        return Ok(Some(Waited { job, entry }));
+                    }
+                    ended => job = ended,
+                }
+            } else {
+                job = store.job_get(id).await?;
             }
-            job = store.job_get(id).await?;
         }
     }
+}
+
+/// A job a call waited for, and when it had finished, the entry it waited
+/// for (read after the job ended).
+#[derive(Debug)]
+pub struct Waited {
+    /// The job.
+    pub job: Job,
+    /// The entry of the job's URL; `None` when absent or when the job had
+    /// not finished.
+    pub entry: Option<Entry>,
 }
 
 /// The notifications one waiting call subscribed to, from
@@ -129,29 +160,24 @@ pub struct Heard {
     changes: broadcast::Receiver<Arc<Live>>,
 }
 
-/// Tells idle workers there is new work. Background work: at most one
-/// NOTIFY per [`WORK_DEBOUNCE`] however many jobs are enqueued, so a burst of
+/// Tells idle workers there is new background work: at most one NOTIFY per
+/// [`WORK_DEBOUNCE`] however many jobs are enqueued, so a burst of
 /// BACKGROUND fetches costs one notification, not one each. A job a caller
-/// waits for goes at once: a serial caller's next job would otherwise always
-/// fall inside the last one's window and wait out the rest of it (a Fetch
-/// (wait) took the debounce's 10 ms and 1.5 ms of work).
+/// waits for is announced by the statement that enqueues it (the store's
+/// `enqueue`): a serial caller's next job would otherwise always fall inside
+/// the last one's window and wait out the rest of it.
 #[derive(Debug, Default)]
 pub struct WorkSignal {
     pending: Notify,
-    urgent: Notify,
 }
 
 /// Shortest gap between two work notifications for background jobs.
 pub const WORK_DEBOUNCE: Duration = Duration::from_millis(10);
 
 impl WorkSignal {
-    /// Notes that jobs were enqueued; `waited` when a caller waits for one.
-    pub fn nudge(&self, waited: bool) {
-        if waited {
-            self.urgent.notify_one();
-        } else {
-            self.pending.notify_one();
-        }
+    /// Notes that background jobs were enqueued.
+    pub fn nudge(&self) {
+        self.pending.notify_one();
     }
 
     /// Sends the notifications until `cancel` fires (Postgres only).
@@ -167,7 +193,6 @@ impl WorkSignal {
             };
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = self.urgent.notified() => {}
                 () = background => {}
             }
             if let Err(error) = store.notify(WORK_CHANNEL, "").await {

@@ -1,5 +1,6 @@
 -- Ends many of one worker's attempts in one statement, each only while the
--- worker still holds its lease; returns the ids it ended. $1 is the clock,
+-- worker still holds its lease; returns the ids it ended (announced on
+-- Postgres: `announcing_ends`). $1 is the clock,
 -- $2 the worker; {rows} is replaced by groups of 3 placeholders from $3:
 -- the job's id, its new state, its error (NULL when completed).
 WITH ended (id, state, error) AS (VALUES {rows})

@@ -17,7 +17,7 @@ use sqlx::{Any, AnyConnection, Connection, Row, Transaction, any::AnyRow};
 use tokio::sync::watch;
 
 use crate::{
-    Store, StoreError,
+    Backend, Store, StoreError,
     sql::{MAX_PARAMS, sql, with_rows},
 };
 
@@ -332,6 +332,7 @@ pub(crate) async fn revision_set(
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn change_insert(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     revision: u64,
     kind: ChangeKind,
     key: &str,
@@ -349,7 +350,7 @@ pub(crate) async fn change_insert(
         provider,
         at,
     };
-    changes_insert(tx, std::slice::from_ref(&row)).await
+    changes_insert(tx, backend, std::slice::from_ref(&row)).await
 }
 
 /// One row of the change log (`changes_insert`).
@@ -385,16 +386,17 @@ impl ChangeRow<'_> {
 
 /// Appends changes to the log, in the transaction of the writes they record.
 pub(crate) async fn changes_insert(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     rows: &[ChangeRow<'_>],
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(MAX_PARAMS / CHANGE_WIDTH) {
-        let text = with_rows(sql!("change_insert"), chunk.len(), CHANGE_WIDTH);
+        let text = with_rows(backend, sql!("change_insert"), chunk.len(), CHANGE_WIDTH);
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = row.bind_to(query);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }

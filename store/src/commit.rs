@@ -22,18 +22,18 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::{Any, AnyPool, Connection, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    Backend, Compression, DeleteResult, StoreError,
+    Backend, Compression, DeleteResult, StoreError, TRUSTED_IDLE,
     change::{announce, revision_lock, revision_set},
     entry::{
         Delete, EntryPut, Invalidation, PutResult, entries_invalidate_at, entries_put_at,
-        entry_delete_at, last_written,
+        entry_delete_at, last_written, writes_alone,
     },
 };
 
@@ -211,8 +211,8 @@ fn mismatched(outcome: &Outcome) -> StoreError {
 }
 
 async fn run(mut queue: mpsc::Receiver<(Write, Reply)>, target: Target, batching: Batching) {
-    // The committer keeps its connection from one batch to the next: no
-    // pool checkout (and its liveness ping) per batch. A batch that fails
+    // The committer keeps its connection from one batch to the next while
+    // writes keep coming: no pool checkout per batch. A batch that fails
     // gives it back to the pool, which closes it if its transaction did not
     // end cleanly; the next takes a fresh one.
     // Closing the pool waits for every connection to come back: the held
@@ -311,8 +311,8 @@ fn answer(replies: Vec<Reply>, outcomes: impl IntoIterator<Item = Result<Outcome
     }
 }
 
-/// The committer's connection between batches.
-type Held = Option<PoolConnection<Any>>;
+/// The committer's connection between batches, and when it was last used.
+type Held = Option<(PoolConnection<Any>, Instant)>;
 
 /// One transaction for `writes`, in order, on the held connection (or a
 /// fresh one); commits when any changed the store. The connection is held
@@ -322,14 +322,16 @@ async fn write_all(
     held: &mut Held,
     writes: &[Write],
 ) -> Result<Vec<Outcome>, Failure> {
+    // One idle past `TRUSTED_IDLE` goes back to the pool, which checks it
+    // before anyone uses it again: the database may have ended it meanwhile.
     let mut conn = match held.take() {
-        Some(conn) => conn,
-        None => take_connection(target).await.map_err(Failure::Statement)?,
+        Some((conn, used)) if used.elapsed() <= TRUSTED_IDLE => conn,
+        _ => take_connection(target).await.map_err(Failure::Statement)?,
     };
     let outcomes = write_on(target, &mut conn, writes).await?;
     // A pool of one connection is everyone's: it goes back after each batch.
     if target.pool.options().get_max_connections() > 1 {
-        *held = Some(conn);
+        *held = Some((conn, Instant::now()));
     }
     Ok(outcomes)
 }
@@ -356,12 +358,18 @@ async fn write_on(
     writes: &[Write],
 ) -> Result<Vec<Outcome>, Failure> {
     let statement = |e: StoreError| Failure::Statement(e);
+    if let Some(puts) = alone(target.backend, writes) {
+        return write_alone(target, conn, &puts).await;
+    }
     let mut tx = conn
         .begin()
         .await
         .map_err(|e| Failure::Statement(e.into()))?;
     let start = revision_lock(&mut tx).await.map_err(statement)?;
     let mut base = start;
+    // What the counter holds in this transaction: a run of Puts on
+    // Postgres moves it itself.
+    let mut counter = start;
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut rest = writes;
     while let Some((write, after)) = rest.split_first() {
@@ -381,7 +389,8 @@ async fn write_on(
                     target.backend,
                     &run,
                     target.compression.as_ref(),
-                    base,
+                    Some(base),
+                    &mut counter,
                 )
                 .await
                 .map_err(statement)?
@@ -391,7 +400,7 @@ async fn write_on(
             }
             Write::Delete(delete) => {
                 rest = after;
-                let result = entry_delete_at(&mut tx, delete, base)
+                let result = entry_delete_at(&mut tx, target.backend, delete, base)
                     .await
                     .map_err(statement)?;
                 vec![Outcome::Delete(result)]
@@ -412,7 +421,9 @@ async fn write_on(
         outcomes.extend(done);
     }
     if base > start {
-        revision_set(&mut tx, base).await.map_err(statement)?;
+        if base > counter {
+            revision_set(&mut tx, base).await.map_err(statement)?;
+        }
         tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
         announce(&target.committed, base);
     } else {
@@ -425,4 +436,48 @@ async fn write_on(
             .map_err(|e| Failure::Statement(e.into()))?;
     }
     Ok(outcomes)
+}
+
+/// The Puts of `writes` when the batch is only Puts that [`writes_alone`]
+/// allows to go in one statement without a transaction around it.
+fn alone(backend: Backend, writes: &[Write]) -> Option<Vec<&EntryPut>> {
+    let puts: Vec<&EntryPut> = writes
+        .iter()
+        .map(|write| match write {
+            Write::Put(put) => Some(&**put),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    writes_alone(backend, &puts).then_some(puts)
+}
+
+/// A batch of unconditional Puts on Postgres: one statement, its own
+/// transaction, that takes the revision lock, writes and moves the counter
+/// (one round trip instead of BEGIN, the lock, the write and COMMIT). An
+/// error the database answered means it rolled the statement back: the
+/// writes may be retried. Any other (the connection lost on the way, a
+/// result that does not read back) leaves the outcome unknown.
+async fn write_alone(
+    target: &Target,
+    conn: &mut PoolConnection<Any>,
+    puts: &[&EntryPut],
+) -> Result<Vec<Outcome>, Failure> {
+    let mut counter = 0;
+    let results = entries_put_at(
+        conn,
+        target.backend,
+        puts,
+        target.compression.as_ref(),
+        None,
+        &mut counter,
+    )
+    .await
+    .map_err(|error| match error {
+        StoreError::Database(_) | StoreError::Full(_) | StoreError::Conflict(_) => {
+            Failure::Statement(error)
+        }
+        other => Failure::Commit(other),
+    })?;
+    announce(&target.committed, counter);
+    Ok(results.into_iter().map(Outcome::Put).collect())
 }

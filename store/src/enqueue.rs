@@ -11,6 +11,13 @@
 //! job (raising its priority), answers `None`, or inserts after all. A batch
 //! whose statement fails is retried request by request, so one bad request
 //! fails alone.
+//!
+//! On Postgres the statement that enqueues a job a caller waits for (or
+//! raises a shared job to that priority) also tells idle workers
+//! ([`WORK_CHANNEL`], delivered at its commit): a notification sent after the
+//! answer, from another task and connection, reached the worker half a
+//! millisecond later. Background jobs are announced by the server, at most
+//! once per debounce window however many are enqueued.
 
 use std::collections::HashMap;
 
@@ -18,10 +25,10 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    StoreError,
+    Backend, StoreError, WORK_CHANNEL,
     change::to_i64,
     commit::{Batching, gather},
-    job::{Job, JobNew, JobState, job_from_row},
+    job::{Job, JobNew, JobState, WAIT_PRIORITY, job_from_row},
     sql::{MAX_PARAMS, sql, with_rows},
 };
 
@@ -41,17 +48,45 @@ pub(crate) struct Enqueuer {
     requests: mpsc::Sender<Request>,
 }
 
+/// Where the batches run.
+struct Queue {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Queue {
+    /// `template` with its `{announce}` marker filled in for this backend.
+    fn announcing(&self, template: &str) -> String {
+        template.replace("{announce}", &announce(self.backend))
+    }
+}
+
+/// The extra column of `job_insert` and `job_raise_priority` that tells
+/// idle workers of a job a caller waits for: `pg_notify` for such a row
+/// (Postgres sends it when the statement commits), nothing on SQLite, whose
+/// workers watch `data_version`.
+fn announce(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => format!(
+            ", CASE WHEN priority = {WAIT_PRIORITY} \
+             THEN pg_notify('{WORK_CHANNEL}', '') IS NOT NULL END AS announced"
+        ),
+        Backend::Sqlite => String::new(),
+    }
+}
+
 impl Enqueuer {
     /// Starts the task that runs the batches on `pool`.
-    pub(crate) fn start(pool: AnyPool, batching: Batching) -> Enqueuer {
+    pub(crate) fn start(pool: AnyPool, backend: Backend, batching: Batching) -> Enqueuer {
         let batching = Batching {
             max_batch: batching.max_batch.max(1),
             ..batching
         };
-        let (requests, mut queue) = mpsc::channel(batching.max_batch * 4);
+        let (requests, mut waiting) = mpsc::channel(batching.max_batch * 4);
+        let queue = Queue { pool, backend };
         tokio::spawn(async move {
-            while let Some(batch) = gather(&mut queue, batching).await {
-                run(&pool, batch).await;
+            while let Some(batch) = gather(&mut waiting, batching).await {
+                run(&queue, batch).await;
             }
         });
         Enqueuer { requests }
@@ -74,14 +109,14 @@ impl Enqueuer {
     }
 }
 
-async fn run(pool: &AnyPool, batch: Vec<Request>) {
+async fn run(queue: &Queue, batch: Vec<Request>) {
     // A lone request goes straight to `enqueue_one`, whose first step is
     // the same insert. A failed statement inserted nothing: every request
     // goes alone.
     let mut inserted: HashMap<String, Job> = if batch.len() > 1 {
         let wanted: Vec<(&JobNew, Option<u64>)> =
             batch.iter().map(|(job, seen, _)| (job, *seen)).collect();
-        insert(pool, &wanted)
+        insert(queue, &wanted)
             .await
             .map(|jobs| jobs.into_iter().map(|job| (job.url.clone(), job)).collect())
             .unwrap_or_default()
@@ -91,7 +126,7 @@ async fn run(pool: &AnyPool, batch: Vec<Request>) {
     for (job, seen, reply) in batch {
         let result = match inserted.remove(&job.url) {
             Some(new) => Ok(Some((new, false))),
-            None => enqueue_one(pool, &job, seen).await,
+            None => enqueue_one(queue, &job, seen).await,
         };
         // A caller that went away (a cancelled RPC) needs no answer.
         let _ = reply.send(result);
@@ -100,7 +135,7 @@ async fn run(pool: &AnyPool, batch: Vec<Request>) {
 
 /// One `INSERT` per chunk of `requests`; the jobs it created.
 async fn insert(
-    pool: &AnyPool,
+    queue: &Queue,
     requests: &[(&JobNew, Option<u64>)],
 ) -> Result<Vec<Job>, StoreError> {
     const WIDTH: usize = 9;
@@ -111,7 +146,12 @@ async fn insert(
             .map(|(job, _)| serde_json::to_string(&job.tags))
             .collect::<Result<_, _>>()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let text = with_rows(sql!("job_insert"), chunk.len(), WIDTH);
+        let text = queue.announcing(&with_rows(
+            queue.backend,
+            sql!("job_insert"),
+            chunk.len(),
+            WIDTH,
+        ));
         let mut query = sqlx::query(&text);
         for ((job, seen), tags) in chunk.iter().zip(&tags) {
             query = query
@@ -125,7 +165,7 @@ async fn insert(
                 .bind(job.traceparent.as_deref())
                 .bind(seen.map(to_i64));
         }
-        for row in query.fetch_all(pool).await? {
+        for row in query.fetch_all(&queue.pool).await? {
             jobs.push(job_from_row(&row)?);
         }
     }
@@ -135,29 +175,29 @@ async fn insert(
 /// Enqueues one job, or shares the unfinished job for its key (raising
 /// that job's priority to the request's), or answers `None` when `seen` no
 /// longer holds.
-pub(crate) async fn enqueue_one(
-    pool: &AnyPool,
+async fn enqueue_one(
+    queue: &Queue,
     job: &JobNew,
     seen: Option<u64>,
 ) -> Result<Enqueued, StoreError> {
     // The unfinished job found by a conflicting insert may finish before
     // it is read; then the key is free again and the insert is retried.
     for _ in 0..5 {
-        if let Some(new) = insert(pool, &[(job, seen)]).await?.pop() {
+        if let Some(new) = insert(queue, &[(job, seen)]).await?.pop() {
             return Ok(Some((new, false)));
         }
         let existing = sqlx::query(sql!("job_unfinished_by_key"))
             .bind(&job.url)
-            .fetch_optional(pool)
+            .fetch_optional(&queue.pool)
             .await?;
         if let Some(row) = existing {
             let mut shared = job_from_row(&row)?;
             if shared.state == JobState::Available && shared.priority > job.priority {
-                sqlx::query(sql!("job_raise_priority"))
+                sqlx::query(&queue.announcing(sql!("job_raise_priority")))
                     .bind(to_i64(shared.id))
                     .bind(i64::from(job.priority))
                     .bind(job.now)
-                    .execute(pool)
+                    .fetch_optional(&queue.pool)
                     .await?;
                 shared.priority = job.priority;
             }
@@ -166,7 +206,7 @@ pub(crate) async fn enqueue_one(
         if let Some(seen) = seen {
             let meta = sqlx::query(sql!("entry_meta"))
                 .bind(&job.url)
-                .fetch_optional(pool)
+                .fetch_optional(&queue.pool)
                 .await?;
             let at: i64 = meta
                 .map(|m| m.try_get("revision"))

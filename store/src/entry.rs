@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 
 use crate::{
     Backend, Store, StoreError,
@@ -12,7 +12,7 @@ use crate::{
         revision_lock, revision_set, to_i64,
     },
     compress::{self, Compression},
-    sql::{MAX_PARAMS, sql, with_rows, with_rows_after},
+    sql::{MAX_PARAMS, sql, with_rows, with_rows_after, with_rows_shifted},
 };
 
 /// Where a fetched entry came from.
@@ -108,6 +108,30 @@ pub struct EntryPut {
     pub now: i64,
 }
 
+impl EntryPut {
+    /// The entry the store holds once this write landed at `revision` on a
+    /// row first written at `created_at`: what a read would answer, without
+    /// the read.
+    pub fn landed(self, revision: u64, created_at: i64) -> Entry {
+        Entry {
+            key: self.key,
+            value: Bytes::from(self.value),
+            media_type: self.media_type,
+            policy: self.policy,
+            tags: self.tags,
+            confidence: self.confidence,
+            fingerprint: self.fingerprint,
+            metadata: self.metadata,
+            negative: self.negative,
+            created_at,
+            updated_at: self.now,
+            expires_at: self.expires_at,
+            revision,
+            provenance: self.provenance,
+        }
+    }
+}
+
 /// What a conditional write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutResult {
@@ -115,6 +139,10 @@ pub enum PutResult {
     Written {
         /// The new revision.
         revision: u64,
+        /// The entry's first write (kept from a row the write replaced), ms
+        /// since the epoch: with the write itself, the whole entry as the
+        /// store now holds it ([`EntryPut::landed`]).
+        created_at: i64,
     },
     /// Dropped: the stored entry has a higher confidence.
     KeptHigherConfidence {
@@ -447,6 +475,7 @@ impl Store {
             remaining = remaining.saturating_sub(size);
             change_insert(
                 &mut tx,
+                self.backend,
                 base + eviction.count,
                 ChangeKind::Evict,
                 &key,
@@ -473,7 +502,12 @@ impl Store {
         // same keys waits a moment at most (and on Postgres a touch never
         // waits for a write: see the statement).
         for chunk in sorted.chunks(MAX_PARAMS / 3) {
-            let text = with_rows(sql!(self.backend, "entry_touch"), chunk.len(), 3);
+            let text = with_rows(
+                self.backend,
+                sql!(self.backend, "entry_touch"),
+                chunk.len(),
+                3,
+            );
             let mut query = sqlx::query(&text);
             for access in chunk {
                 query = query
@@ -488,16 +522,22 @@ impl Store {
 }
 
 /// Writes `puts` in `tx` as one batch, in order: the revision lock,
-/// [`entries_put_at`], and the counter moved to the last revision written.
+/// [`entries_put_at`], and the counter moved to the last revision written
+/// (a batch that [`writes_alone`] in one statement that does all three).
 pub(crate) async fn entries_put_in(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
     puts: &[&EntryPut],
     compression: Option<&Compression>,
 ) -> Result<Vec<PutResult>, StoreError> {
+    let mut counter = 0;
+    if writes_alone(backend, puts) {
+        return entries_put_at(tx, backend, puts, compression, None, &mut counter).await;
+    }
     let base = revision_lock(tx).await?;
-    let results = entries_put_at(tx, backend, puts, compression, base).await?;
-    if let Some(last) = last_written(&results) {
+    counter = base;
+    let results = entries_put_at(tx, backend, puts, compression, Some(base), &mut counter).await?;
+    if let Some(last) = last_written(&results).filter(|last| *last > counter) {
         revision_set(tx, last).await?;
     }
     Ok(results)
@@ -508,7 +548,7 @@ pub(crate) fn last_written(results: &[PutResult]) -> Option<u64> {
     results
         .iter()
         .filter_map(|r| match r {
-            PutResult::Written { revision } => Some(*revision),
+            PutResult::Written { revision, .. } => Some(*revision),
             _ => None,
         })
         .max()
@@ -535,6 +575,7 @@ pub(crate) struct Invalidation {
 /// revision counter to the caller.
 pub(crate) async fn entry_delete_at(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     delete: &Delete,
     base: u64,
 ) -> Result<DeleteResult, StoreError> {
@@ -564,6 +605,7 @@ pub(crate) async fn entry_delete_at(
     let provider: Option<String> = row.try_get("provider")?;
     change_insert(
         tx,
+        backend,
         revision,
         ChangeKind::Delete,
         &delete.key,
@@ -645,35 +687,69 @@ fn refused(put: &EntryPut, stored: Option<(u64, u8)>) -> Option<PutResult> {
     }
 }
 
-/// Writes `puts` inside `tx`, which holds the revision lock taken at
-/// revision `base`, however many they are: on Postgres in one statement
-/// (`sql/postgres/entries_write.sql`), elsewhere (or past `MAX_PARAMS`) with
-/// one statement of each kind (the texts in `sql/`, written for many rows). Each put is judged in order against the
-/// store as the ones before it left it; those that land take revisions
-/// `base + 1` upwards, in order; each key's row ends as its last write left
-/// it (created when the first write of a key absent before created it), and
-/// every landed write has its change row. Leaves the revision counter to the
-/// caller.
+/// Whether `put` has a condition to judge against what the store holds.
+fn conditional(put: &EntryPut) -> bool {
+    put.if_revision.is_some() || put.keep_higher_confidence
+}
+
+/// Whether `puts` may go to [`entries_put_at`] without the revision lock
+/// held before: on Postgres, a batch with no condition to judge (it lands
+/// whole whatever the store holds) that fits one statement, which takes
+/// the lock itself.
+pub(crate) fn writes_alone(backend: Backend, puts: &[&EntryPut]) -> bool {
+    let tags: usize = puts.iter().map(|put| put.tags.len()).sum();
+    backend == Backend::Postgres
+        && !puts.iter().copied().any(conditional)
+        && puts.len() * (UPSERT_WIDTH + CHANGE_WIDTH) + tags * 2 < MAX_PARAMS
+}
+
+/// Writes `puts` on `conn`, however many they are: on Postgres in one
+/// statement (`sql/postgres/entries_write.sql`), elsewhere (or past
+/// `MAX_PARAMS`) with one statement of each kind (the texts in `sql/`,
+/// written for many rows). Each put is judged in order against the store as
+/// the ones before it left it; those that land take the next revisions, in
+/// order; each key's row ends as its last write left it (created when the
+/// first write of a key absent before created it), and every landed write
+/// has its change row.
+///
+/// `base`: `Some` when `conn`'s transaction holds the revision lock, taken
+/// at that revision; `counter` is then the value the counter holds in it,
+/// and the one statement of Postgres moves the counter to its last revision
+/// too and says so there (otherwise moving it is left to the caller).
+/// `None` ([`writes_alone`] only): the one statement takes the lock itself
+/// and moves the counter; the revisions follow whatever it held.
 pub(crate) async fn entries_put_at(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     backend: Backend,
     puts: &[&EntryPut],
     compression: Option<&Compression>,
-    base: u64,
+    base: Option<u64>,
+    counter: &mut u64,
 ) -> Result<Vec<PutResult>, StoreError> {
-    // What the store holds for every key the batch names.
-    let mut keys: Vec<&str> = puts.iter().map(|p| p.key.as_str()).collect();
+    if base.is_none() && !writes_alone(backend, puts) {
+        return Err(StoreError::Corrupt(
+            "a batch that needs the revision lock was written without it".to_owned(),
+        ));
+    }
+    // What the store holds for every key the batch names, when a write of
+    // the batch has a condition to judge against it: a batch of
+    // unconditional writes (every fetch result, most Puts) skips the read,
+    // one round trip less under the revision lock: such a batch lands whole.
+    let mut keys: Vec<&str> = if puts.iter().copied().any(conditional) {
+        puts.iter().map(|p| p.key.as_str()).collect()
+    } else {
+        Vec::new()
+    };
     keys.sort_unstable();
     keys.dedup();
     let mut state: std::collections::HashMap<&str, (u64, u8)> = std::collections::HashMap::new();
-    let mut existed = std::collections::HashSet::new();
     for chunk in keys.chunks(MAX_PARAMS) {
-        let text = with_rows(sql!("entry_meta_many"), 1, chunk.len());
+        let text = with_rows(backend, sql!("entry_meta_many"), 1, chunk.len());
         let mut query = sqlx::query(&text);
         for key in chunk {
             query = query.bind(*key);
         }
-        for row in query.fetch_all(&mut **tx).await? {
+        for row in query.fetch_all(&mut *conn).await? {
             let key: String = row.try_get("key")?;
             if let Ok(at) = chunk.binary_search(&key.as_str()) {
                 let found = chunk[at];
@@ -682,7 +758,6 @@ pub(crate) async fn entries_put_at(
                     confidence_from(row.try_get("confidence")?),
                 );
                 state.insert(found, stored);
-                existed.insert(found);
             }
         }
     }
@@ -692,7 +767,9 @@ pub(crate) async fn entries_put_at(
     let mut landed: Vec<(usize, u64)> = Vec::new();
     let mut last_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut first_at: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    let mut revision = base;
+    // Without the lock the revisions counted here are offsets from the
+    // counter's value, which the statement adds.
+    let mut revision = base.unwrap_or(0);
     for (index, put) in puts.iter().enumerate() {
         let key = put.key.as_str();
         if let Some(refusal) = refused(put, state.get(key).copied()) {
@@ -704,7 +781,11 @@ pub(crate) async fn entries_put_at(
         landed.push((index, revision));
         last_of.insert(key, landed.len() - 1);
         first_at.entry(key).or_insert(put.now);
-        results.push(PutResult::Written { revision });
+        // The row's created_at is known once it is written (below).
+        results.push(PutResult::Written {
+            revision,
+            created_at: 0,
+        });
     }
     if landed.is_empty() {
         return Ok(results);
@@ -717,11 +798,8 @@ pub(crate) async fn entries_put_at(
         let (index, revision) = landed[at];
         let put = puts[index];
         let key = put.key.as_str();
-        let created_at = if existed.contains(key) {
-            put.now
-        } else {
-            first_at[key]
-        };
+        // Used only by a row the batch creates (see `entry_upsert`).
+        let created_at = first_at[key];
         let (stored, encoding) = compress::encode(&put.value, &put.media_type, compression);
         rows.push(UpsertRow {
             put,
@@ -776,19 +854,45 @@ pub(crate) async fn entries_put_at(
         })
         .collect();
 
-    let params = rows.len() * UPSERT_WIDTH + tag_rows.len() * 2 + changes.len() * CHANGE_WIDTH;
+    let params = rows.len() * UPSERT_WIDTH + tag_rows.len() * 2 + changes.len() * CHANGE_WIDTH + 1;
     if backend == Backend::Postgres && params <= MAX_PARAMS {
-        // All of it in one statement.
-        let upsert = with_rows(sql!("entry_upsert"), rows.len(), UPSERT_WIDTH);
+        // All of it in one statement, each row's revision `base + $n`.
+        const BASE: &str = "(SELECT base FROM counter) + ";
+        let upsert = with_rows_shifted(
+            sql!("entry_upsert"),
+            0,
+            rows.len(),
+            UPSERT_WIDTH,
+            (UPSERT_REVISION, BASE),
+        );
         let mut fixed = rows.len() * UPSERT_WIDTH;
         let tags = if tag_rows.is_empty() {
             "SELECT 1".to_owned()
         } else {
             with_rows_after(sql!("entry_tag_insert"), fixed, tag_rows.len(), 2)
+                .replace("{after}", "EXISTS (SELECT 1 FROM counter)")
         };
         fixed += tag_rows.len() * 2;
-        let logged = with_rows_after(sql!("change_insert"), fixed, changes.len(), CHANGE_WIDTH);
+        let logged = with_rows_shifted(
+            sql!("change_insert"),
+            fixed,
+            changes.len(),
+            CHANGE_WIDTH,
+            (0, BASE),
+        );
+        fixed += changes.len() * CHANGE_WIDTH;
+        let last = fixed + 1;
+        let counted = match base {
+            Some(_) => format!(
+                "UPDATE roadie_revision SET value = ${last} WHERE id = 1 RETURNING 0::bigint AS base"
+            ),
+            None => format!(
+                "UPDATE roadie_revision SET value = value + ${last} WHERE id = 1 \
+                 RETURNING value - ${last} AS base"
+            ),
+        };
         let text = sql!("postgres/entries_write")
+            .replace("{counter}", &counted)
             .replace("{upsert}", &upsert)
             .replace("{tags}", &tags)
             .replace("{changes}", &logged);
@@ -802,47 +906,93 @@ pub(crate) async fn entries_put_at(
         for change in &changes {
             query = change.bind_to(query);
         }
-        let written: i64 = query.fetch_one(&mut **tx).await?.try_get("written")?;
-        if from_i64(written) != rows.len() as u64 {
+        query = query.bind(to_i64(revision));
+        let done = query.fetch_all(&mut *conn).await?;
+        if done.len() != rows.len() {
             return Err(StoreError::Corrupt(format!(
-                "a batch of {} rows wrote {written}",
-                rows.len()
+                "a batch of {} rows wrote {}",
+                rows.len(),
+                done.len()
             )));
         }
+        let shift = match done.first() {
+            Some(row) => from_i64(row.try_get("base")?),
+            None => 0,
+        };
+        let created = created_by_key(&done)?;
+        settle(&mut results, puts, shift, &created)?;
+        *counter = shift + revision;
         return Ok(results);
     }
 
+    let mut created = std::collections::HashMap::with_capacity(rows.len());
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
-        let text = with_rows(sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH);
+        let text = with_rows(backend, sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH)
+            + " RETURNING key, created_at";
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = row.bind_to(query);
         }
-        query.execute(&mut **tx).await?;
+        created.extend(created_by_key(&query.fetch_all(&mut *conn).await?)?);
     }
+    settle(&mut results, puts, 0, &created)?;
     // Tags: the rows' old tags go, their last writes' tags come.
     for chunk in rows.chunks(MAX_PARAMS) {
-        let text = with_rows(sql!("entry_tags_delete"), 1, chunk.len());
+        let text = with_rows(backend, sql!("entry_tags_delete"), 1, chunk.len());
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = query.bind(&row.put.key);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
-        let text = with_rows(sql!("entry_tag_insert"), chunk.len(), 2);
+        let text =
+            with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2).replace("{after}", "true");
         let mut query = sqlx::query(&text);
         for (tag, key) in chunk {
             query = query.bind(*tag).bind(*key);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
-    changes_insert(tx, &changes).await?;
+    changes_insert(conn, backend, &changes).await?;
     Ok(results)
+}
+
+/// The `created_at` of every row an upsert returned, by key.
+fn created_by_key(rows: &[AnyRow]) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get("key")?, row.try_get("created_at")?)))
+        .collect()
+}
+
+/// Completes each written result of `puts` once its row is written: the
+/// revision shifted by `shift` (the counter's value, when the statement
+/// took it) and the row's `created_at`.
+fn settle(
+    results: &mut [PutResult],
+    puts: &[&EntryPut],
+    shift: u64,
+    created: &std::collections::HashMap<String, i64>,
+) -> Result<(), StoreError> {
+    for (result, put) in results.iter_mut().zip(puts) {
+        if let PutResult::Written {
+            revision,
+            created_at,
+        } = result
+        {
+            *revision += shift;
+            *created_at = *created.get(&put.key).ok_or_else(|| {
+                StoreError::Corrupt(format!("no row came back for {:?}", put.key))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Placeholders of one row of `entry_upsert.sql`.
 const UPSERT_WIDTH: usize = 22;
+/// The column of a row of `entry_upsert.sql` that holds its revision.
+const UPSERT_REVISION: usize = 12;
 
 /// One entry row as `entry_upsert.sql` takes it.
 struct UpsertRow<'a> {

@@ -2,13 +2,15 @@
 //! under a lease, heartbeat, finish only while holding the lease, rescue
 //! jobs of lost workers, and the admin operations.
 
+use std::sync::LazyLock;
+
 use sqlx::{Row, any::AnyRow};
 
 use crate::{
-    Store, StoreError,
+    Backend, Store, StoreError,
     change::{from_i64, parse_tags, to_i64},
     entry::{EntryPut, PutResult, entries_put_in, last_written},
-    rate::Rates,
+    rate::{Rate, Rates, budget_sql},
     sql::{MAX_PARAMS, sql, with_rows_after},
 };
 
@@ -104,6 +106,9 @@ pub struct Job {
     pub stored_last_modified: Option<String>,
 }
 
+/// The priority of a job a caller waits for; background jobs come after it.
+pub const WAIT_PRIORITY: u32 = 1;
+
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct JobNew {
@@ -115,7 +120,7 @@ pub struct JobNew {
     pub policy: String,
     /// Tags of the result.
     pub tags: Vec<String>,
-    /// 1 = waited for; 2 and up = background.
+    /// [`WAIT_PRIORITY`] = waited for; larger = background.
     pub priority: u32,
     /// Attempts allowed.
     pub max_attempts: u32,
@@ -133,6 +138,119 @@ pub struct Claim {
     /// When a provider that had due work but no budget may be called next
     /// (ms since the epoch): the moment to look again instead of polling.
     pub next_due: Option<i64>,
+}
+
+/// One provider's part of a claim ([`Store::job_claim_within`]): up to
+/// `want` of its due jobs of `priority`.
+struct Wanted<'a> {
+    worker: &'a str,
+    lease_until: i64,
+    now: i64,
+    want: u32,
+    provider: &'a str,
+    priority: i64,
+}
+
+impl Wanted<'_> {
+    /// `text`, a claim statement, with its six parameters bound: at most
+    /// `limit` jobs.
+    fn query<'q>(
+        &'q self,
+        text: &'q str,
+        limit: i64,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        sqlx::query(text)
+            .bind(self.worker)
+            .bind(self.lease_until)
+            .bind(self.now)
+            .bind(limit)
+            .bind(self.provider)
+            .bind(self.priority)
+    }
+}
+
+/// Where one provider's part of a claim ended.
+enum Gated {
+    Claimed(Vec<Job>),
+    /// No budget now; the provider may be called again at `next`.
+    Throttled {
+        next: i64,
+    },
+}
+
+/// A provider's claim held back: when `row` (the provider's `tat` and
+/// `paused_until`, and the jobs `allowed` now) allows none, and when to look
+/// again; `None` when it allows some.
+fn throttled(row: &AnyRow, rate: Rate) -> Result<Option<Gated>, StoreError> {
+    if row.try_get::<i64, _>("allowed")? > 0 {
+        return Ok(None);
+    }
+    let tat: i64 = row.try_get("tat")?;
+    let paused_until: i64 = row.try_get("paused_until")?;
+    Ok(Some(Gated::Throttled {
+        next: rate.next_at(tat).max(paused_until),
+    }))
+}
+
+/// `statement`, which ends jobs and returns their `id`s, made to tell
+/// listeners on [`crate::JOB_CHANNEL`] too on Postgres (delivered when its
+/// transaction commits, so a waiter that hears reads the end and its
+/// entry): one notification per 256 jobs, well under Postgres's 8 000
+/// bytes, the ids separated by commas. Sent by the statement itself, not
+/// one round trip after it. SQLite has no notifications: waiters poll.
+fn announcing_ends(backend: Backend, statement: &str) -> String {
+    match backend {
+        Backend::Sqlite => statement.to_owned(),
+        Backend::Postgres => format!(
+            "WITH ended_ids AS ({statement})
+             SELECT ended_ids.id FROM ended_ids,
+                 (SELECT count(pg_notify('{channel}', ids)) FROM
+                     (SELECT string_agg(id::text, ',') AS ids
+                      FROM (SELECT id, (row_number() OVER ()) / 256 AS part FROM ended_ids) numbered
+                      GROUP BY part) parts) announced",
+            channel = crate::JOB_CHANNEL
+        ),
+    }
+}
+
+/// The claim statements of one backend, their markers filled in.
+struct ClaimTexts {
+    /// `job_claim`, at most `$4` jobs.
+    claim: String,
+    /// Postgres: `job_claim_gated`.
+    gated: String,
+    /// `provider_state_lock`.
+    lock: String,
+    /// `provider_state_spend`.
+    spend: String,
+}
+
+fn claim_texts(backend: Backend) -> &'static ClaimTexts {
+    fn texts(backend: Backend) -> ClaimTexts {
+        let claim = sql!(backend, "job_claim");
+        ClaimTexts {
+            claim: claim.replace("{limit}", "$4"),
+            gated: budget_sql(
+                &sql!("postgres/job_claim_gated").replace(
+                    "{claim}",
+                    &claim.replace("{limit}", "COALESCE((SELECT allowed FROM budget), 0)"),
+                ),
+                "$7",
+                "$4",
+                "(SELECT count(*) FROM claimed)",
+                "$8",
+                "$9",
+            ),
+            lock: budget_sql(sql!("provider_state_lock"), "$2", "$3", "0", "$4", "$5"),
+            spend: budget_sql(sql!("provider_state_spend"), "$2", "0", "$4", "$5", "0"),
+        }
+    }
+    static SQLITE: LazyLock<ClaimTexts> = LazyLock::new(|| texts(Backend::Sqlite));
+    static POSTGRES: LazyLock<ClaimTexts> = LazyLock::new(|| texts(Backend::Postgres));
+    match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
 }
 
 /// One provider's shared state, as `Stats` shows it.
@@ -257,9 +375,10 @@ impl Store {
     /// Claims up to `limit` available jobs for `worker`, leased until
     /// `lease_until`: lowest priority number first across every provider,
     /// oldest first within a priority, and for a provider in `rates` only as
-    /// many as its budget allows now. The budget
-    /// is spent in the transaction that claims, so no worker holds a claim
-    /// it may not use yet. Paused providers are skipped.
+    /// many as its budget allows now. The budget is spent in the
+    /// transaction that claims, so no worker holds a claim it may not use
+    /// yet; on Postgres that is one statement per provider, which holds the
+    /// provider's row only while it runs. Paused providers are skipped.
     #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
     pub async fn job_claim_within(
         &self,
@@ -293,58 +412,142 @@ impl Store {
             if throttled.contains(&provider) {
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
-            let (want, rate, tat) = match rates.get(&provider) {
-                None => (remaining, None, 0),
+            let wanted = Wanted {
+                worker,
+                lease_until,
+                now,
+                want: remaining,
+                provider: &provider,
+                priority,
+            };
+            let gated = match rates.get(&provider) {
+                None => Gated::Claimed(self.claim_ungated(&wanted).await?),
                 Some(rate) => {
-                    let row = sqlx::query(sql!("provider_state_lock"))
-                        .bind(&provider)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let tat: i64 = row.try_get("tat")?;
-                    let paused_until: i64 = row.try_get("paused_until")?;
                     let at = now + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
-                    let allowed = rate.allowance(tat, at, remaining);
-                    if paused_until > at || allowed == 0 {
-                        let next = rate.next_at(tat).max(paused_until);
-                        claim.next_due = Some(claim.next_due.map_or(next, |n: i64| n.min(next)));
-                        throttled.push(provider);
-                        continue;
+                    match self.backend {
+                        Backend::Postgres => self.claim_gated_postgres(&wanted, *rate, at).await?,
+                        Backend::Sqlite => self.claim_gated_sqlite(&wanted, *rate, at).await?,
                     }
-                    (allowed, Some((*rate, at)), tat)
                 }
             };
-            let rows = sqlx::query(sql!(self.backend, "job_claim"))
-                .bind(worker)
-                .bind(lease_until)
-                .bind(now)
-                .bind(i64::from(want))
-                .bind(&provider)
-                .bind(priority)
-                .fetch_all(&mut *tx)
-                .await?;
-            let jobs = rows
-                .iter()
-                .map(job_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some((rate, at)) = rate {
-                let spent = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
-                let waited: i64 = jobs
-                    .iter()
-                    .map(|j| (now - j.run_after.max(j.created_at)).max(0))
-                    .sum();
-                sqlx::query(sql!("provider_state_spend"))
-                    .bind(&provider)
-                    .bind(rate.spend(tat, at, spent))
-                    .bind(waited)
-                    .execute(&mut *tx)
-                    .await?;
+            match gated {
+                Gated::Claimed(jobs) => claim.jobs.extend(jobs),
+                Gated::Throttled { next } => {
+                    claim.next_due = Some(claim.next_due.map_or(next, |n: i64| n.min(next)));
+                    throttled.push(provider);
+                }
             }
-            tx.commit().await?;
-            claim.jobs.extend(jobs);
         }
         claim.jobs.sort_by_key(|j| (j.priority, j.id));
         Ok(claim)
+    }
+
+    /// One provider's due jobs of one priority, with no rate limit: one
+    /// statement.
+    async fn claim_ungated(&self, wanted: &Wanted<'_>) -> Result<Vec<Job>, StoreError> {
+        let texts = claim_texts(self.backend);
+        let rows = wanted
+            .query(&texts.claim, i64::from(wanted.want))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// A rate-limited provider's claim on Postgres: one statement that
+    /// locks the provider's row, claims what the budget allows at `at` and
+    /// spends it (`postgres/job_claim_gated.sql`); the row is created the
+    /// first time.
+    async fn claim_gated_postgres(
+        &self,
+        wanted: &Wanted<'_>,
+        rate: Rate,
+        at: i64,
+    ) -> Result<Gated, StoreError> {
+        let texts = claim_texts(self.backend);
+        for _ in 0..2 {
+            let rows = wanted
+                .query(&texts.gated, i64::from(wanted.want))
+                .bind(at)
+                .bind(rate.interval_ms())
+                .bind(rate.tolerance_ms())
+                .fetch_all(&self.pool)
+                .await?;
+            let Some(first) = rows.first() else {
+                self.provider_state_lock(wanted, rate, at, &self.pool)
+                    .await?;
+                continue;
+            };
+            if let Some(throttled) = throttled(first, rate)? {
+                return Ok(throttled);
+            }
+            let mut jobs = Vec::with_capacity(rows.len());
+            for row in &rows {
+                if row.try_get::<Option<i64>, _>("id")?.is_some() {
+                    jobs.push(job_from_row(row)?);
+                }
+            }
+            return Ok(Gated::Claimed(jobs));
+        }
+        Err(StoreError::Corrupt(format!(
+            "the rate state of provider {} was not created",
+            wanted.provider
+        )))
+    }
+
+    /// A rate-limited provider's claim on SQLite: the provider's row, the
+    /// claim and the spend in one write transaction.
+    async fn claim_gated_sqlite(
+        &self,
+        wanted: &Wanted<'_>,
+        rate: Rate,
+        at: i64,
+    ) -> Result<Gated, StoreError> {
+        let texts = claim_texts(self.backend);
+        let mut tx = self.pool.begin().await?;
+        let row = self.provider_state_lock(wanted, rate, at, &mut *tx).await?;
+        if let Some(throttled) = throttled(&row, rate)? {
+            return Ok(throttled);
+        }
+        let allowed: i64 = row.try_get("allowed")?;
+        let rows = wanted
+            .query(&texts.claim, allowed)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut waited = 0;
+        for row in &rows {
+            waited += row.try_get::<i64, _>("waited")?;
+        }
+        sqlx::query(&texts.spend)
+            .bind(wanted.provider)
+            .bind(at)
+            .bind(waited)
+            .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+            .bind(rate.interval_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Gated::Claimed(
+            rows.iter().map(job_from_row).collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// Creates the provider's rate row if needed and locks it (SQLite: the
+    /// write lock): its `tat`, `paused_until` and the jobs `allowed` at `at`.
+    async fn provider_state_lock<'e>(
+        &self,
+        wanted: &Wanted<'_>,
+        rate: Rate,
+        at: i64,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    ) -> Result<AnyRow, StoreError> {
+        Ok(sqlx::query(&claim_texts(self.backend).lock)
+            .bind(wanted.provider)
+            .bind(at)
+            .bind(i64::from(wanted.want))
+            .bind(rate.interval_ms())
+            .bind(rate.tolerance_ms())
+            .fetch_one(executor)
+            .await?)
     }
 
     /// Each known provider's shared state and backlog, for `Stats`.
@@ -509,7 +712,10 @@ impl Store {
         }
         let mut still_held = std::collections::HashSet::new();
         for chunk in ended.chunks((MAX_PARAMS - 2) / 3) {
-            let text = with_rows_after(sql!("job_finish_if_leased"), 2, chunk.len(), 3);
+            let text = announcing_ends(
+                self.backend,
+                &with_rows_after(sql!("job_finish_if_leased"), 2, chunk.len(), 3),
+            );
             let mut query = sqlx::query(&text).bind(now).bind(worker);
             for (id, state, error) in chunk {
                 query = query.bind(*id).bind(state.as_str()).bind(*error);
@@ -544,8 +750,7 @@ impl Store {
         let revision = last_written(&written).unwrap_or(0);
         let mut written = written.into_iter();
         let mut results = Vec::with_capacity(finishes.len());
-        let mut recorded = Vec::with_capacity(finishes.len());
-        for ((finish, held), entry) in finishes.iter().zip(held).zip(&entries) {
+        for (held, entry) in held.into_iter().zip(&entries) {
             if !held {
                 results.push(Finish::LeaseLost);
                 continue;
@@ -556,12 +761,8 @@ impl Store {
                 })?),
                 None => None,
             };
-            if !matches!(finish.outcome, JobOutcome::RetryLater { .. }) {
-                recorded.push(finish.id);
-            }
             results.push(Finish::Recorded { put });
         }
-        self.jobs_notify(&mut tx, &recorded).await?;
         tx.commit().await?;
         self.announce(revision);
         Ok(results)
@@ -607,38 +808,12 @@ impl Store {
 
     /// Cancels an unfinished job; returns the job as it now is.
     pub async fn job_cancel(&self, id: u64, now: i64) -> Result<Option<Job>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(sql!("job_cancel"))
+        sqlx::query(&announcing_ends(self.backend, sql!("job_cancel")))
             .bind(to_i64(id))
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        self.jobs_notify(&mut tx, &[id]).await?;
-        tx.commit().await?;
         self.job_get(id).await
-    }
-
-    /// On Postgres, tells listeners on [`JOB_CHANNEL`] that the jobs `ids`
-    /// finished, when `tx` commits: one notification per 256 jobs, the ids
-    /// separated by commas. SQLite has no notifications: waiters poll.
-    async fn jobs_notify(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        ids: &[u64],
-    ) -> Result<(), StoreError> {
-        if self.backend != crate::Backend::Postgres {
-            return Ok(());
-        }
-        // A payload stays well under Postgres's 8 000 bytes.
-        for chunk in ids.chunks(256) {
-            let ids: Vec<String> = chunk.iter().map(u64::to_string).collect();
-            sqlx::query(sql!("notify"))
-                .bind(crate::JOB_CHANNEL)
-                .bind(ids.join(","))
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Makes a failed or cancelled job available again with fresh attempts.

@@ -58,6 +58,7 @@ pub use entry::{
 pub use error::StoreError;
 pub use job::{
     Claim, Finish, Job, JobFinish, JobNew, JobOutcome, JobState, ProviderState, QueueDepth,
+    WAIT_PRIORITY,
 };
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
@@ -179,6 +180,11 @@ pub struct Store {
 /// the largest burst of writes it ever held.
 pub const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
+/// How long a pooled connection may sit idle and still be handed out
+/// without a ping first: longer, and a database restart or a dropped
+/// connection may have ended it meanwhile.
+pub(crate) const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
 static MIGRATOR_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static MIGRATOR_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -235,6 +241,19 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection as it goes back to the pool; one
+            // handed out again within `TRUSTED_IDLE` was alive a moment ago,
+            // and a second ping before each use would add a round trip to
+            // every step of every call (eight on a Fetch that waits).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > TRUSTED_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -306,7 +325,7 @@ impl Store {
             committed.clone(),
             options.batching,
         );
-        let enqueuer = enqueue::Enqueuer::start(pool.clone(), options.batching);
+        let enqueuer = enqueue::Enqueuer::start(pool.clone(), backend, options.batching);
         Ok(Store {
             pool,
             backend,

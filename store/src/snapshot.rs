@@ -6,7 +6,7 @@
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::{
-    Store, StoreError,
+    Backend, Store, StoreError,
     change::{ChangeKind, change_insert, from_i64, revision_lock, revision_set, to_i64},
     sql::sql,
 };
@@ -166,7 +166,7 @@ impl Store {
             .bind(generation)
             .execute(&mut *tx)
             .await?;
-        record(&mut tx, name, revision, now).await?;
+        record(&mut tx, self.backend, name, revision, now).await?;
         tx.commit().await?;
         self.announce(revision);
         Ok(meta)
@@ -284,7 +284,7 @@ impl Store {
         meta.updated_at = now;
         meta.revision = revision;
         save_meta(&mut tx, &meta, next_position).await?;
-        record(&mut tx, name, revision, now).await?;
+        record(&mut tx, self.backend, name, revision, now).await?;
         tx.commit().await?;
         self.announce(revision);
         Ok(Merged::Done(meta))
@@ -308,7 +308,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let revision = base + 1;
-        record(&mut tx, name, revision, now).await?;
+        record(&mut tx, self.backend, name, revision, now).await?;
         tx.commit().await?;
         self.announce(revision);
         Ok(Some(revision))
@@ -358,12 +358,14 @@ async fn save_meta(
 /// The change a snapshot's write, merge or deletion leaves on the log.
 async fn record(
     tx: &mut Transaction<'_, Any>,
+    backend: Backend,
     name: &str,
     revision: u64,
     now: i64,
 ) -> Result<(), StoreError> {
     change_insert(
         tx,
+        backend,
         revision,
         ChangeKind::Snapshot,
         name,

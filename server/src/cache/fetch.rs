@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use roadie_proto::v1 as pb;
 use roadie_providers::{check_address, resolve_url};
-use roadie_store::{Job, JobNew, now_ms};
+use roadie_store::{Job, JobNew, WAIT_PRIORITY, now_ms};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +19,7 @@ use crate::{
     error::ApiError,
     stats::Answer,
     validate::{self, FieldError},
+    waiter::Waited,
 };
 
 /// What a Fetch asks for, validated.
@@ -47,8 +48,6 @@ enum Settled {
     },
 }
 
-/// Jobs a caller waits for.
-const WAIT_PRIORITY: u32 = 1;
 /// Background jobs by default.
 const BACKGROUND_PRIORITY: u32 = 2;
 /// The largest background priority a request may name.
@@ -119,18 +118,11 @@ pub(super) async fn fetch(
             .into());
         }
     };
-    let job = waited.unwrap_or(job);
-    let now = now_ms();
-    let entry = if job.state.is_finished() {
-        service
-            .state
-            .store
-            .entry_get(&plan.url)
-            .await
-            .map_err(ApiError::from)?
-    } else {
-        None
+    let (job, entry) = match waited {
+        Some(Waited { job, entry }) => (job, entry),
+        None => (job, None),
     };
+    let now = now_ms();
     let fresh = ReadOptions {
         max_stale_ms: 0,
         ..plan.read
@@ -420,8 +412,10 @@ impl CacheService {
         else {
             return Ok(None);
         };
-        if !shared || job.priority == priority {
-            self.state.work.nudge(priority <= WAIT_PRIORITY);
+        // A job a caller waits for was announced by the statement that
+        // enqueued it (or raised it to that priority).
+        if !shared && priority > WAIT_PRIORITY {
+            self.state.work.nudge();
         }
         Ok(Some((job, shared)))
     }

@@ -159,10 +159,11 @@ impl CacheService {
         Ok(by_key)
     }
 
-    /// After this server's own write of `key`: its next read sees it.
-    fn forget(&self, key: &str) {
+    /// After this server's own write of `key` at `revision`: its next read
+    /// sees it.
+    fn forget(&self, key: &str, revision: u64) {
         if let Some(hot) = self.state.feed.hot_tier() {
-            hot.remove(key);
+            hot.changed(key, revision);
         }
     }
 
@@ -184,17 +185,18 @@ impl CacheService {
             .await?;
         for (selector, count) in selectors.iter().zip(&counts) {
             if *count > 0 {
-                self.forget_selected(selector);
+                self.forget_selected(selector, revision);
             }
         }
         Ok((counts, revision))
     }
 
-    /// After this server's own invalidation of many keys.
-    fn forget_selected(&self, selector: &Selector) {
+    /// After this server's own invalidation of many keys, committed by
+    /// `revision`.
+    fn forget_selected(&self, selector: &Selector, revision: u64) {
         if let Some(hot) = self.state.feed.hot_tier() {
             match selector {
-                Selector::Key(key) => hot.remove(key),
+                Selector::Key(key) => hot.changed(key, revision),
                 _ => hot.clear(),
             }
         }

@@ -27,8 +27,13 @@ pub(super) async fn put(
         .await
         .map_err(ApiError::from)?;
     let response = match result {
-        PutResult::Written { revision } => {
-            service.forget(&put.key);
+        PutResult::Written {
+            revision,
+            created_at,
+        } => {
+            if let Some(hot) = service.state.feed.hot_tier() {
+                hot.written(put.landed(revision, created_at));
+            }
             service.state.nudge.notify_one();
             pb::PutResponse {
                 outcome: pb::PutOutcome::Written.into(),
@@ -68,7 +73,7 @@ pub(super) async fn delete(
         .map_err(ApiError::from)?;
     let response = match result {
         DeleteResult::Deleted { revision } => {
-            service.forget(&req.key);
+            service.forget(&req.key, revision);
             pb::DeleteResponse {
                 deleted: true,
                 revision,

@@ -170,7 +170,50 @@ async fn the_hot_tier_can_be_switched_off(backend: Backend) {
     server.stop().await;
 }
 
+/// A server's own Put of a key its tier holds is what its next Get
+/// answers, from memory with no read of the store, and exactly as the
+/// store holds it (every field, the created_at an overwrite kept among
+/// them): a server without a tier on the same database reads the same
+/// entry.
+async fn an_own_put_is_answered_from_memory_as_stored(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let url = db.url.clone();
+    let hot_server = TestServer::start_on(db, hot).await;
+    let cold = TestServer::start_at(&url, |s| s.hot_tier.enabled = false).await;
+    let client = &hot_server.client;
+    client.put(put("k", "first")).await.expect("put");
+    assert_eq!(value(client, "k").await.as_deref(), Some("first"));
+    let mut rewrite = put("k", "second");
+    rewrite.media_type = "application/json".to_owned();
+    rewrite.tags = vec!["artist:x".to_owned(), "album:x/y".to_owned()];
+    rewrite.confidence = 70;
+    rewrite.fingerprint = "fp".to_owned();
+    rewrite.metadata = [("source".to_owned(), "test".to_owned())].into();
+    rewrite.ttl = Some(crate::common::secs(600));
+    let written = client.put(rewrite).await.expect("put");
+
+    let stats = client.stats(StatsRequest::default()).await.expect("stats");
+    let before = stats.hot_tier.expect("the hot tier is on");
+    let answer = client.get(get("k")).await.expect("get");
+    let stats = client.stats(StatsRequest::default()).await.expect("stats");
+    let after = stats.hot_tier.expect("the hot tier is on");
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (1, 0),
+        "answered from memory"
+    );
+    let stored = cold.client.get(get("k")).await.expect("get");
+    assert_eq!(answer, stored, "the tier holds what the store holds");
+    let entry = answer.entry.expect("an entry");
+    assert_eq!(entry.revision, written.revision);
+    cold.stop().await;
+    hot_server.stop().await;
+}
+
 on_both_backends!(
     writes_elsewhere_reach_the_hot_tier_within_the_bound,
     the_hot_tier_can_be_switched_off,
+    an_own_put_is_answered_from_memory_as_stored,
 );

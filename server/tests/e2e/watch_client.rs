@@ -234,7 +234,7 @@ async fn a_watch_resumes_across_a_server_restart_losing_and_repeating_nothing(ba
             .await
             .expect("put")
         {
-            PutResult::Written { revision } => expected.push((revision, key.to_owned())),
+            PutResult::Written { revision, .. } => expected.push((revision, key.to_owned())),
             other => panic!("not written: {other:?}"),
         }
     }

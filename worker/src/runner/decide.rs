@@ -31,7 +31,7 @@ pub(crate) fn decide(
     now: i64,
 ) -> (JobOutcome, PauseUntil) {
     let retry_or_fail = |error: String, at: Option<i64>| -> (JobOutcome, PauseUntil) {
-        if job.attempt < job.max_attempts {
+        if !last_attempt(job) {
             let at = at.unwrap_or_else(|| now + millis(backoff));
             (
                 JobOutcome::RetryLater {
@@ -153,6 +153,24 @@ pub(crate) fn decide(
     }
 }
 
+/// Whether [`decide`] looks at the stored entry for what `fetched` did: to
+/// extend it on a 304, or to keep it when the job gives up (stale-if-error).
+/// Every other outcome is decided without it, so the worker reads the entry
+/// only then: a round trip less between the answer and the job's end.
+pub(crate) fn needs_stored(job: &Job, fetched: &Result<Outcome, Refusal>) -> bool {
+    match fetched {
+        Ok(Outcome::NotModified { .. } | Outcome::Final { .. }) => true,
+        Ok(Outcome::Transient { .. }) => last_attempt(job),
+        Ok(Outcome::Success { .. } | Outcome::NotFound { .. } | Outcome::Throttled { .. })
+        | Err(_) => false,
+    }
+}
+
+/// Whether a failure of this attempt gives the job up.
+fn last_attempt(job: &Job) -> bool {
+    job.attempt >= job.max_attempts
+}
+
 /// The last word on a job that will not succeed: a NEGATIVE
 /// `failed_lookup` entry, unless a good entry is stored (stale-if-error).
 fn give_up(
@@ -231,7 +249,7 @@ mod tests {
 
     use roadie_store::JobOutcome;
 
-    use super::decide;
+    use super::{decide, needs_stored};
     use crate::fetcher::Outcome;
 
     const NOW: i64 = 1_800_000_000_000;
@@ -498,5 +516,52 @@ mod tests {
             NOW,
         );
         assert_eq!(entry_of(&outcome).unwrap().expires_at, None);
+    }
+
+    #[test]
+    fn the_stored_entry_is_read_only_for_the_outcomes_it_changes() {
+        let body = || Bytes::from_static(b"{}");
+        let outcomes = || {
+            vec![
+                Ok(Outcome::Success {
+                    status: 200,
+                    body: body(),
+                    media_type: "application/json".to_owned(),
+                    etag: None,
+                    last_modified: None,
+                }),
+                Ok(Outcome::NotModified {
+                    etag: None,
+                    last_modified: None,
+                }),
+                Ok(Outcome::NotFound { status: 404 }),
+                Ok(Outcome::Throttled {
+                    status: 429,
+                    retry_at: None,
+                }),
+                transient(),
+                Ok(Outcome::Final {
+                    status: Some(400),
+                    reason: "bad".to_owned(),
+                }),
+                Err(Refusal::BadUrl("ftp://x".to_owned())),
+            ]
+        };
+        let stored = stored();
+        let mut read = Vec::new();
+        for job in [job(1, 5), job(5, 5)] {
+            for (without, with) in outcomes().into_iter().zip(outcomes()) {
+                let needed = needs_stored(&job, &without);
+                let name = format!("{without:?} at attempt {}", job.attempt);
+                let decided = run(&job, without, None);
+                if needed {
+                    read.push(name);
+                } else {
+                    assert_eq!(decided, run(&job, with, Some(&stored)), "{name}");
+                }
+            }
+        }
+        // A 304, a final failure, and a transient one on the last attempt.
+        assert_eq!(read.len(), 5, "{read:#?}");
     }
 }

@@ -34,7 +34,7 @@ mod decide;
 mod rescuer;
 
 use completer::Done;
-use decide::decide;
+use decide::{decide, needs_stored};
 use rescuer::rescue;
 
 /// How a worker runs.
@@ -378,11 +378,14 @@ impl Worker {
         // when the request went out: a slow upstream must not write an entry
         // that is already expired.
         let now = now_ms();
-        let stored = self
-            .store
-            .entry_get(&job.url)
-            .await?
-            .filter(|e| !e.negative);
+        let stored = if needs_stored(job, &fetched) {
+            self.store
+                .entry_get(&job.url)
+                .await?
+                .filter(|e| !e.negative)
+        } else {
+            None
+        };
         let backoff = self.backoff(job.attempt);
         let (outcome, pause_until) = decide(
             job,
