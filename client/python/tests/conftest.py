@@ -10,6 +10,7 @@ the Postgres tests instead of skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -58,16 +59,22 @@ class Upstream:
 
     ``/img/...`` serves JPEG bytes (``/img/missing/...`` answers 404);
     ``/ws/2/artist?query=Q`` answers MusicBrainz-shaped JSON naming Q.
-    ``hits`` counts requests by path."""
+    ``hits`` counts requests by path. ``holding(path)`` keeps requests for
+    that path unanswered until its block ends, so a job stays running while a
+    test looks at it."""
 
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
+        self.held: dict[str, threading.Event] = {}
         upstream = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 url = urlsplit(self.path)
                 upstream.hits[url.path] += 1
+                held = upstream.held.get(url.path)
+                if held is not None:
+                    held.wait()
                 if url.path.startswith("/img/missing/"):
                     self.answer(404, "text/plain", b"not found")
                 elif url.path.startswith("/img/"):
@@ -94,7 +101,19 @@ class Upstream:
         self.base = f"http://{HOST}:{self.port}"
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
+    @contextlib.contextmanager
+    def holding(self, path: str) -> Iterator[None]:
+        released = threading.Event()
+        self.held[path] = released
+        try:
+            yield
+        finally:
+            del self.held[path]
+            released.set()
+
     def close(self) -> None:
+        for released in self.held.values():
+            released.set()
         self.http.shutdown()
         self.http.server_close()
 

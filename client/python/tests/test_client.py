@@ -133,20 +133,26 @@ def test_background_fetch_and_the_jobs_service(client: roadie.Client, upstream: 
     assert client.get(job.url).status == LookupStatus.HIT
 
 
-def test_batch_fetch_answers_each_item(client: roadie.Client) -> None:
+def test_batch_fetch_answers_each_item(client: roadie.Client, upstream: Upstream) -> None:
     client.fetch("images", "bf/cached.jpg", timeout=20)
     items = [
         roadie.BatchFetchItem("images", "bf/cached.jpg"),
         roadie.BatchFetchItem("images", "bf/new.jpg", tags=("t:1",)),
         roadie.BatchFetchItem("no_such_provider", "x"),
     ]
-    cached, new, refused = client.batch_fetch(items)
-    assert cached.status == LookupStatus.HIT and cached.job is None
-    assert new.status == LookupStatus.MISS and new.job is not None
-    assert refused.error is not None and refused.error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.error.field.endswith("provider")
-    shared = client.batch_fetch([roadie.BatchFetchItem("images", "bf/new.jpg")])[0]
-    assert shared.job is not None and shared.job.id == new.job.id
+    # The upstream serves every test of the session: count from here.
+    before = upstream.hits["/img/bf/new.jpg"]
+    with upstream.holding("/img/bf/new.jpg"):
+        cached, new, refused = client.batch_fetch(items)
+        assert cached.status == LookupStatus.HIT and cached.job is None
+        assert new.status == LookupStatus.MISS and new.job is not None
+        assert refused.error is not None and refused.error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.error.field.endswith("provider")
+        shared = client.batch_fetch([roadie.BatchFetchItem("images", "bf/new.jpg")])[0]
+        assert shared.status == LookupStatus.MISS and shared.job is not None
+        assert shared.job.id == new.job.id and shared.job_shared
+    wait_until(lambda: client.get(new.job.url).status == LookupStatus.HIT, "the held fetch lands")
+    assert upstream.hits["/img/bf/new.jpg"] == before + 1
 
 
 def test_publish_event_invalidates_by_the_server_rules(client: roadie.Client) -> None:
