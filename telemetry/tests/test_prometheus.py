@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -59,6 +60,23 @@ def query(port: int, expr: str) -> dict[str, Any]:
     url = f"http://{HOST}:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=10) as answer:
         return json.load(answer)
+
+
+def until_ready(prometheus: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Waits for Prometheus's own readiness endpoint: it listens only after
+    opening its TSDB and loading the rules, which a slow machine stretches
+    past the server's start. A Prometheus that exited fails with its log."""
+
+    def ready() -> bool:
+        if prometheus.poll() is not None:
+            raise AssertionError(f"prometheus exited with {prometheus.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/-/ready", timeout=5) as answer:
+                return int(answer.status) == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    wait_until(ready, "prometheus to say it is ready")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -111,6 +129,7 @@ def test_every_dashboard_query_and_alert_rule_has_series(pb, tmp_path: Path) -> 
     )
     try:
         until_serving(f"{HOST}:{port}", "roadie.v1.Cache")
+        until_ready(prometheus, prom_port, tmp_path / "prometheus.log")
         channel = grpc.insecure_channel(f"{HOST}:{port}", options=CHANNEL_OPTIONS)
         cache = pb.cache_grpc.CacheStub(channel)
         answer = cache.Fetch(
