@@ -54,6 +54,12 @@ pub enum ChangeKind {
     Snapshot,
 }
 
+impl serde::Serialize for ChangeKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl ChangeKind {
     /// Every kind, in the order of the API's enum.
     pub const ALL: [ChangeKind; 8] = [
@@ -354,6 +360,7 @@ pub(crate) async fn change_insert(
 }
 
 /// One row of the change log (`changes_insert`).
+#[derive(serde::Serialize)]
 pub(crate) struct ChangeRow<'a> {
     pub revision: u64,
     pub kind: ChangeKind,

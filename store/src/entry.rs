@@ -8,11 +8,11 @@ use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        CHANGE_WIDTH, ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags,
-        revision_lock, revision_set, to_i64,
+        ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags, revision_lock,
+        revision_set, to_i64,
     },
     compress::{self, Compression},
-    sql::{MAX_PARAMS, sql, with_rows, with_rows_after, with_rows_shifted},
+    sql::{MAX_PARAMS, sql, with_rows},
 };
 
 /// Where a fetched entry came from.
@@ -694,19 +694,15 @@ fn conditional(put: &EntryPut) -> bool {
 
 /// Whether `puts` may go to [`entries_put_at`] without the revision lock
 /// held before: on Postgres, a batch with no condition to judge (it lands
-/// whole whatever the store holds) that fits one statement, which takes
-/// the lock itself.
+/// whole whatever the store holds), whose one statement takes the lock
+/// itself.
 pub(crate) fn writes_alone(backend: Backend, puts: &[&EntryPut]) -> bool {
-    let tags: usize = puts.iter().map(|put| put.tags.len()).sum();
-    backend == Backend::Postgres
-        && !puts.iter().copied().any(conditional)
-        && puts.len() * (UPSERT_WIDTH + CHANGE_WIDTH) + tags * 2 < MAX_PARAMS
+    backend == Backend::Postgres && !puts.iter().copied().any(conditional)
 }
 
 /// Writes `puts` on `conn`, however many they are: on Postgres in one
-/// statement (`sql/postgres/entries_write.sql`), elsewhere (or past
-/// `MAX_PARAMS`) with one statement of each kind (the texts in `sql/`,
-/// written for many rows). Each put is judged in order against the store as
+/// statement of one text ([`write_at_once`]), on SQLite with one statement
+/// of each kind ([`write_step_by_step`]). Each put is judged in order against the store as
 /// the ones before it left it; those that land take the next revisions, in
 /// order; each key's row ends as its last write left it (created when the
 /// first write of a key absent before created it), and every landed write
@@ -819,17 +815,6 @@ pub(crate) async fn entries_put_at(
     // in a circle (Postgres would break the deadlock only after its
     // deadlock_timeout, a second, and fail the batch).
     rows.sort_unstable_by(|a, b| a.put.key.cmp(&b.put.key));
-    let mut tag_rows: Vec<(&str, &str)> = rows
-        .iter()
-        .flat_map(|row| {
-            row.put
-                .tags
-                .iter()
-                .map(move |tag| (tag.as_str(), row.put.key.as_str()))
-        })
-        .collect();
-    tag_rows.sort_unstable();
-    tag_rows.dedup();
 
     // One change row per landed write, in revision order.
     let change_tags: Vec<String> = landed
@@ -854,88 +839,98 @@ pub(crate) async fn entries_put_at(
         })
         .collect();
 
-    let params = rows.len() * UPSERT_WIDTH + tag_rows.len() * 2 + changes.len() * CHANGE_WIDTH + 1;
-    if backend == Backend::Postgres && params <= MAX_PARAMS {
-        // All of it in one statement, each row's revision `base + $n`.
-        const BASE: &str = "(SELECT base FROM counter) + ";
-        let upsert = with_rows_shifted(
-            sql!("entry_upsert"),
-            0,
-            rows.len(),
-            UPSERT_WIDTH,
-            (UPSERT_REVISION, BASE),
-        );
-        let mut fixed = rows.len() * UPSERT_WIDTH;
-        let tags = if tag_rows.is_empty() {
-            "SELECT 1".to_owned()
-        } else {
-            with_rows_after(sql!("entry_tag_insert"), fixed, tag_rows.len(), 2)
-                .replace("{after}", "EXISTS (SELECT 1 FROM counter)")
-        };
-        fixed += tag_rows.len() * 2;
-        let logged = with_rows_shifted(
-            sql!("change_insert"),
-            fixed,
-            changes.len(),
-            CHANGE_WIDTH,
-            (0, BASE),
-        );
-        fixed += changes.len() * CHANGE_WIDTH;
-        let last = fixed + 1;
-        let counted = match base {
-            Some(_) => format!(
-                "UPDATE roadie_revision SET value = ${last} WHERE id = 1 RETURNING 0::bigint AS base"
-            ),
-            None => format!(
-                "UPDATE roadie_revision SET value = value + ${last} WHERE id = 1 \
-                 RETURNING value - ${last} AS base"
-            ),
-        };
-        let text = sql!("postgres/entries_write")
-            .replace("{counter}", &counted)
-            .replace("{upsert}", &upsert)
-            .replace("{tags}", &tags)
-            .replace("{changes}", &logged);
-        let mut query = sqlx::query(&text);
-        for row in &rows {
-            query = row.bind_to(query);
+    match backend {
+        Backend::Postgres => {
+            let shift =
+                write_at_once(conn, &rows, &changes, base, revision, &mut results, puts).await?;
+            *counter = shift + revision;
         }
-        for (tag, key) in &tag_rows {
-            query = query.bind(*tag).bind(*key);
-        }
-        for change in &changes {
-            query = change.bind_to(query);
-        }
-        query = query.bind(to_i64(revision));
-        let done = query.fetch_all(&mut *conn).await?;
-        if done.len() != rows.len() {
-            return Err(StoreError::Corrupt(format!(
-                "a batch of {} rows wrote {}",
-                rows.len(),
-                done.len()
-            )));
-        }
-        let shift = match done.first() {
-            Some(row) => from_i64(row.try_get("base")?),
-            None => 0,
-        };
-        let created = created_by_key(&done)?;
-        settle(&mut results, puts, shift, &created)?;
-        *counter = shift + revision;
-        return Ok(results);
+        Backend::Sqlite => write_step_by_step(conn, &rows, &changes, &mut results, puts).await?,
     }
+    Ok(results)
+}
 
+/// The rows and change rows of a batch in one statement of one text
+/// (`sql/postgres/entries_write.sql`): the rows and the change rows as JSON,
+/// the values as one bytea. Returns the base the statement added to the
+/// rows' revisions (0 when `base` is `Some`: the caller held the lock and
+/// numbered them).
+async fn write_at_once(
+    conn: &mut AnyConnection,
+    rows: &[UpsertRow<'_>],
+    changes: &[ChangeRow<'_>],
+    base: Option<u64>,
+    last: u64,
+    results: &mut [PutResult],
+    puts: &[&EntryPut],
+) -> Result<u64, StoreError> {
+    let mut values = Vec::with_capacity(rows.iter().map(|row| row.stored.len()).sum());
+    let mut columns = Vec::with_capacity(rows.len());
+    for row in rows {
+        columns.push(row.columns(values.len()));
+        values.extend_from_slice(&row.stored);
+    }
+    let rows_json =
+        serde_json::to_string(&columns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let changes_json =
+        serde_json::to_string(changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let counted = match base {
+        Some(_) => "UPDATE roadie_revision SET value = $4 WHERE id = 1 RETURNING 0::bigint AS base",
+        None => {
+            "UPDATE roadie_revision SET value = value + $4 WHERE id = 1 RETURNING value - $4 AS base"
+        }
+    };
+    let text = sql!("postgres/entries_write")
+        .replace("{counter}", counted)
+        .replace(
+            "{upsert}",
+            &sql!("entry_upsert").replace("{source}", "SELECT * FROM input ORDER BY key"),
+        );
+    let done = sqlx::query(&text)
+        .bind(rows_json)
+        .bind(values)
+        .bind(changes_json)
+        .bind(to_i64(last))
+        .fetch_all(&mut *conn)
+        .await?;
+    if done.len() != rows.len() {
+        return Err(StoreError::Corrupt(format!(
+            "a batch of {} rows wrote {}",
+            rows.len(),
+            done.len()
+        )));
+    }
+    let shift = match done.first() {
+        Some(row) => from_i64(row.try_get("base")?),
+        None => 0,
+    };
+    settle(results, puts, shift, &created_by_key(&done)?)?;
+    Ok(shift)
+}
+
+/// The rows and change rows of a batch with one statement of each kind,
+/// each a list of placeholders (SQLite, where planning costs next to
+/// nothing).
+async fn write_step_by_step(
+    conn: &mut AnyConnection,
+    rows: &[UpsertRow<'_>],
+    changes: &[ChangeRow<'_>],
+    results: &mut [PutResult],
+    puts: &[&EntryPut],
+) -> Result<(), StoreError> {
+    let backend = Backend::Sqlite;
     let mut created = std::collections::HashMap::with_capacity(rows.len());
+    let upsert = sql!("entry_upsert").replace("{source}", "VALUES {rows}");
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
-        let text = with_rows(backend, sql!("entry_upsert"), chunk.len(), UPSERT_WIDTH)
-            + " RETURNING key, created_at";
+        let text =
+            with_rows(backend, &upsert, chunk.len(), UPSERT_WIDTH) + " RETURNING key, created_at";
         let mut query = sqlx::query(&text);
         for row in chunk {
             query = row.bind_to(query);
         }
         created.extend(created_by_key(&query.fetch_all(&mut *conn).await?)?);
     }
-    settle(&mut results, puts, 0, &created)?;
+    settle(results, puts, 0, &created)?;
     // Tags: the rows' old tags go, their last writes' tags come.
     for chunk in rows.chunks(MAX_PARAMS) {
         let text = with_rows(backend, sql!("entry_tags_delete"), 1, chunk.len());
@@ -945,20 +940,28 @@ pub(crate) async fn entries_put_at(
         }
         query.execute(&mut *conn).await?;
     }
+    let mut tag_rows: Vec<(&str, &str)> = rows
+        .iter()
+        .flat_map(|row| {
+            row.put
+                .tags
+                .iter()
+                .map(move |tag| (tag.as_str(), row.put.key.as_str()))
+        })
+        .collect();
+    tag_rows.sort_unstable();
+    tag_rows.dedup();
     for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
-        let text =
-            with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2).replace("{after}", "true");
+        let text = with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2);
         let mut query = sqlx::query(&text);
         for (tag, key) in chunk {
             query = query.bind(*tag).bind(*key);
         }
         query.execute(&mut *conn).await?;
     }
-    changes_insert(conn, backend, &changes).await?;
-    Ok(results)
+    changes_insert(conn, backend, changes).await
 }
 
-/// The `created_at` of every row an upsert returned, by key.
 fn created_by_key(rows: &[AnyRow]) -> Result<std::collections::HashMap<String, i64>, StoreError> {
     rows.iter()
         .map(|row| Ok((row.try_get("key")?, row.try_get("created_at")?)))
@@ -991,8 +994,6 @@ fn settle(
 
 /// Placeholders of one row of `entry_upsert.sql`.
 const UPSERT_WIDTH: usize = 22;
-/// The column of a row of `entry_upsert.sql` that holds its revision.
-const UPSERT_REVISION: usize = 12;
 
 /// One entry row as `entry_upsert.sql` takes it.
 struct UpsertRow<'a> {
@@ -1005,39 +1006,104 @@ struct UpsertRow<'a> {
     encoding: &'static str,
 }
 
-impl<'a> UpsertRow<'a> {
+/// The columns of an [`UpsertRow`], decided here once for both ways a row
+/// reaches the store: bound one by one ([`UpsertRow::bind_to`]), or as an
+/// element of the JSON array of `postgres/entries_write.sql`, which reads
+/// the value as the slice `value_at..value_at + value_len` of a bytea
+/// bound beside it.
+#[derive(serde::Serialize)]
+struct Columns<'a> {
+    key: &'a str,
+    #[serde(skip)]
+    value: &'a [u8],
+    value_at: usize,
+    value_len: usize,
+    media_type: &'a str,
+    policy: &'a str,
+    tags: &'a str,
+    confidence: i64,
+    fingerprint: Option<&'a str>,
+    metadata: &'a str,
+    negative: bool,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: Option<i64>,
+    revision: i64,
+    provider: Option<&'a str>,
+    upstream_status: Option<i64>,
+    etag: Option<&'a str>,
+    last_modified: Option<&'a str>,
+    size_bytes: i64,
+    encoding: &'a str,
+    raw_bytes: Option<i64>,
+    accessed_at: i64,
+    access_count: i64,
+}
+
+impl UpsertRow<'_> {
+    /// The row's columns, its value placed at `value_at` of the batch's
+    /// values.
+    fn columns(&self, value_at: usize) -> Columns<'_> {
+        let put = self.put;
+        let provenance = put.provenance.as_ref();
+        Columns {
+            key: &put.key,
+            value: &self.stored,
+            value_at,
+            value_len: self.stored.len(),
+            media_type: &put.media_type,
+            policy: &put.policy,
+            tags: &self.tags,
+            confidence: i64::from(put.confidence),
+            fingerprint: put.fingerprint.as_deref(),
+            metadata: &self.metadata,
+            negative: put.negative,
+            created_at: self.created_at,
+            updated_at: put.now,
+            expires_at: put.expires_at,
+            revision: to_i64(self.revision),
+            provider: provenance.map(|p| p.provider.as_str()),
+            upstream_status: provenance.map(|p| i64::from(p.upstream_status)),
+            etag: provenance.and_then(|p| p.etag.as_deref()),
+            last_modified: provenance.and_then(|p| p.last_modified.as_deref()),
+            size_bytes: to_i64(self.stored.len() as u64),
+            encoding: self.encoding,
+            raw_bytes: (self.encoding != compress::IDENTITY)
+                .then_some(to_i64(put.value.len() as u64)),
+            accessed_at: put.now,
+            access_count: 0,
+        }
+    }
+
     /// Binds the row's [`UPSERT_WIDTH`] values, in the statement's column order.
     fn bind_to<'q>(
         &'q self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
     ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-        let put = self.put;
-        let provenance = put.provenance.as_ref();
-        let raw_bytes =
-            (self.encoding != compress::IDENTITY).then_some(to_i64(put.value.len() as u64));
+        let c = self.columns(0);
         query
-            .bind(&put.key)
-            .bind(self.stored.as_ref())
-            .bind(&put.media_type)
-            .bind(&put.policy)
-            .bind(&self.tags)
-            .bind(i64::from(put.confidence))
-            .bind(put.fingerprint.as_deref())
-            .bind(&self.metadata)
-            .bind(put.negative)
-            .bind(self.created_at)
-            .bind(put.now)
-            .bind(put.expires_at)
-            .bind(to_i64(self.revision))
-            .bind(provenance.map(|p| p.provider.as_str()))
-            .bind(provenance.map(|p| i64::from(p.upstream_status)))
-            .bind(provenance.and_then(|p| p.etag.as_deref()))
-            .bind(provenance.and_then(|p| p.last_modified.as_deref()))
-            .bind(to_i64(self.stored.len() as u64))
-            .bind(self.encoding)
-            .bind(raw_bytes)
-            .bind(put.now)
-            .bind(0_i64)
+            .bind(c.key)
+            .bind(c.value)
+            .bind(c.media_type)
+            .bind(c.policy)
+            .bind(c.tags)
+            .bind(c.confidence)
+            .bind(c.fingerprint)
+            .bind(c.metadata)
+            .bind(c.negative)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .bind(c.expires_at)
+            .bind(c.revision)
+            .bind(c.provider)
+            .bind(c.upstream_status)
+            .bind(c.etag)
+            .bind(c.last_modified)
+            .bind(c.size_bytes)
+            .bind(c.encoding)
+            .bind(c.raw_bytes)
+            .bind(c.accessed_at)
+            .bind(c.access_count)
     }
 }
 

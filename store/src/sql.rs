@@ -54,23 +54,7 @@ pub(crate) fn with_rows(backend: Backend, template: &str, rows: usize, width: us
 /// As [`with_rows`], for a text whose first `fixed` placeholders (`$1` to
 /// `$fixed`) are its own: the groups are numbered from `$fixed + 1`.
 pub(crate) fn with_rows_after(template: &str, fixed: usize, rows: usize, width: usize) -> String {
-    template.replace("{rows}", &groups(fixed, rows, width, None))
-}
-
-/// As [`with_rows_after`] (Postgres), with the placeholder of column
-/// `column` (from 0) of every group written after `prefix`: `(SELECT base
-/// FROM counter) + $13`, a value the statement itself adds to.
-pub(crate) fn with_rows_shifted(
-    template: &str,
-    fixed: usize,
-    rows: usize,
-    width: usize,
-    (column, prefix): (usize, &str),
-) -> String {
-    template.replace(
-        "{rows}",
-        &groups(fixed, rows, width, Some((column, prefix))),
-    )
+    template.replace("{rows}", &groups(fixed, rows, width))
 }
 
 /// `rows` groups of `width` anonymous placeholders: `(?, ?), (?, ?)`.
@@ -80,19 +64,14 @@ fn anonymous_groups(rows: usize, width: usize) -> String {
 }
 
 /// `rows` groups of `width` placeholders numbered from `$fixed + 1`:
-/// `($1, $2), ($3, $4)`; `shifted` puts a prefix before one column's.
-fn groups(fixed: usize, rows: usize, width: usize, shifted: Option<(usize, &str)>) -> String {
+/// `($1, $2), ($3, $4)`.
+fn groups(fixed: usize, rows: usize, width: usize) -> String {
     let mut groups = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         groups.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..width {
             if column > 0 {
                 groups.push_str(", ");
-            }
-            if let Some((at, prefix)) = shifted
-                && at == column
-            {
-                groups.push_str(prefix);
             }
             groups.push('$');
             groups.push_str(&(fixed + row * width + column + 1).to_string());
@@ -105,14 +84,6 @@ fn groups(fixed: usize, rows: usize, width: usize, shifted: Option<(usize, &str)
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_shifted_column_carries_its_prefix() {
-        assert_eq!(
-            with_rows_shifted("VALUES {rows}", 1, 2, 2, (1, "b + ")),
-            "VALUES ($2, b + $3), ($4, b + $5)"
-        );
-    }
 
     #[test]
     fn groups_are_numbered_on_postgres_and_anonymous_on_sqlite() {
