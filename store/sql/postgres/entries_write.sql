@@ -40,10 +40,16 @@ WITH counter AS (
 {upsert}
 RETURNING key, tags, created_at
 ), tags_gone AS (
+    -- The keys as one array, not a join: the planner cannot count the
+    -- rows a JSON array holds (it takes 100), and a join planned for 100
+    -- keys scans every tag of every entry; an array of keys is looked up
+    -- in the index.
     DELETE FROM entry_tags t
-    USING upserted u
-    WHERE t.key = u.key
-      AND t.tag NOT IN (SELECT json_array_elements_text(u.tags::json))
+    WHERE t.key = ANY (ARRAY(SELECT key FROM upserted))
+      AND NOT EXISTS (
+          SELECT 1 FROM upserted u, json_array_elements_text(u.tags::json) AS kept
+          WHERE u.key = t.key AND kept = t.tag
+      )
 ), tags_added AS (
     INSERT INTO entry_tags (tag, key)
     SELECT DISTINCT tag, i.key
