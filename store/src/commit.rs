@@ -32,7 +32,7 @@ use crate::{
     Backend, Compression, DeleteResult, StoreError, TRUSTED_IDLE,
     change::{announce, revision_lock, revision_set},
     entry::{
-        Delete, EntryPut, Invalidation, PutResult, entries_invalidate_at, entries_put_at,
+        Delete, EntryPut, Invalidation, Lock, PutResult, entries_invalidate_at, entries_put_at,
         entry_delete_at, last_written, writes_alone,
     },
 };
@@ -389,7 +389,7 @@ async fn write_on(
                     target.backend,
                     &run,
                     target.compression.as_ref(),
-                    Some(base),
+                    Lock::Held(base),
                     &mut counter,
                 )
                 .await
@@ -468,7 +468,7 @@ async fn write_alone(
         target.backend,
         puts,
         target.compression.as_ref(),
-        None,
+        Lock::Taken,
         &mut counter,
     )
     .await

@@ -532,11 +532,19 @@ pub(crate) async fn entries_put_in(
 ) -> Result<Vec<PutResult>, StoreError> {
     let mut counter = 0;
     if writes_alone(backend, puts) {
-        return entries_put_at(tx, backend, puts, compression, None, &mut counter).await;
+        return entries_put_at(tx, backend, puts, compression, Lock::Taken, &mut counter).await;
     }
     let base = revision_lock(tx).await?;
     counter = base;
-    let results = entries_put_at(tx, backend, puts, compression, Some(base), &mut counter).await?;
+    let results = entries_put_at(
+        tx,
+        backend,
+        puts,
+        compression,
+        Lock::Held(base),
+        &mut counter,
+    )
+    .await?;
     if let Some(last) = last_written(&results).filter(|last| *last > counter) {
         revision_set(tx, last).await?;
     }
@@ -708,20 +716,22 @@ pub(crate) fn writes_alone(backend: Backend, puts: &[&EntryPut]) -> bool {
 /// first write of a key absent before created it), and every landed write
 /// has its change row.
 ///
-/// `base`: `Some` when `conn`'s transaction holds the revision lock, taken
-/// at that revision; `counter` is then the value the counter holds in it,
-/// and the one statement of Postgres moves the counter to its last revision
-/// too and says so there (otherwise moving it is left to the caller).
-/// `None` ([`writes_alone`] only): the one statement takes the lock itself
-/// and moves the counter; the revisions follow whatever it held.
+/// `lock` says how the write stands to the revision lock ([`Lock`]);
+/// `counter` ends as the value the counter holds after the write where the
+/// one statement of Postgres moved it (otherwise moving it is left to the
+/// caller).
 pub(crate) async fn entries_put_at(
     conn: &mut AnyConnection,
     backend: Backend,
     puts: &[&EntryPut],
     compression: Option<&Compression>,
-    base: Option<u64>,
+    lock: Lock<'_>,
     counter: &mut u64,
 ) -> Result<Vec<PutResult>, StoreError> {
+    let base = match lock {
+        Lock::Held(base) => Some(base),
+        Lock::Taken | Lock::TakenAfter(_) => None,
+    };
     if base.is_none() && !writes_alone(backend, puts) {
         return Err(StoreError::Corrupt(
             "a batch that needs the revision lock was written without it".to_owned(),
@@ -842,7 +852,7 @@ pub(crate) async fn entries_put_at(
     match backend {
         Backend::Postgres => {
             let shift =
-                write_at_once(conn, &rows, &changes, base, revision, &mut results, puts).await?;
+                write_at_once(conn, &rows, &changes, lock, revision, &mut results, puts).await?;
             *counter = shift + revision;
         }
         Backend::Sqlite => write_step_by_step(conn, &rows, &changes, &mut results, puts).await?,
@@ -850,16 +860,72 @@ pub(crate) async fn entries_put_at(
     Ok(results)
 }
 
+/// How a batch's write stands to the revision lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lock<'a> {
+    /// The caller's transaction holds it, taken at this revision.
+    Held(u64),
+    /// The write's one statement takes it ([`writes_alone`] only).
+    Taken,
+    /// The write's one statement ends a worker's jobs, then takes it: all
+    /// or nothing ([`writes_alone`] only; Postgres).
+    TakenAfter(&'a Ending<'a>),
+}
+
+/// A worker's finished jobs, ended by the statement that writes their
+/// entries (`sql/postgres/jobs_end_gate.sql`).
+#[derive(Debug)]
+pub(crate) struct Ending<'a> {
+    /// JSON: one `{id, state, error}` per job.
+    pub jobs: String,
+    pub count: usize,
+    pub worker: &'a str,
+    pub now: i64,
+}
+
+/// The texts of `sql/postgres/entries_write.sql`, one per [`Lock`], made once.
+fn write_texts() -> &'static [String; 3] {
+    static TEXTS: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    TEXTS.get_or_init(|| {
+        const SET: &str =
+            "UPDATE roadie_revision SET value = $4 WHERE id = 1 RETURNING 0::bigint AS base";
+        const ADD: &str = "UPDATE roadie_revision SET value = value + $4 WHERE id = 1";
+        const BASE: &str = " RETURNING value - $4 AS base";
+        let text = |ending: &str, counter: &str, announced: &str| {
+            sql!("postgres/entries_write")
+                .replace("{ending}", ending)
+                .replace("{counter}", counter)
+                .replace(
+                    "{upsert}",
+                    &sql!("entry_upsert").replace("{source}", "SELECT * FROM input ORDER BY key"),
+                )
+                .replace("{announced}", announced)
+        };
+        let ending = sql!("postgres/jobs_end_gate")
+            .replace("{announce}", &crate::job::announce_ended("ended"));
+        [
+            text("", SET, ""),
+            text("", &format!("{ADD}{BASE}"), ""),
+            text(
+                &ending,
+                &format!("{ADD} AND (SELECT open FROM gate){BASE}"),
+                ", announced",
+            ),
+        ]
+    })
+}
+
 /// The rows and change rows of a batch in one statement of one text
 /// (`sql/postgres/entries_write.sql`): the rows and the change rows as JSON,
 /// the values as one bytea. Returns the base the statement added to the
-/// rows' revisions (0 when `base` is `Some`: the caller held the lock and
-/// numbered them).
+/// rows' revisions (0 when the caller held the lock and numbered them).
+/// With [`Lock::TakenAfter`], a worker that no longer holds every lease
+/// gets [`StoreError::Conflict`] and nothing is written.
 async fn write_at_once(
     conn: &mut AnyConnection,
     rows: &[UpsertRow<'_>],
     changes: &[ChangeRow<'_>],
-    base: Option<u64>,
+    lock: Lock<'_>,
     last: u64,
     results: &mut [PutResult],
     puts: &[&EntryPut],
@@ -874,25 +940,30 @@ async fn write_at_once(
         serde_json::to_string(&columns).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let changes_json =
         serde_json::to_string(changes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let counted = match base {
-        Some(_) => "UPDATE roadie_revision SET value = $4 WHERE id = 1 RETURNING 0::bigint AS base",
-        None => {
-            "UPDATE roadie_revision SET value = value + $4 WHERE id = 1 RETURNING value - $4 AS base"
-        }
+    let [held, taken, taken_after] = write_texts();
+    let text = match lock {
+        Lock::Held(_) => held,
+        Lock::Taken => taken,
+        Lock::TakenAfter(_) => taken_after,
     };
-    let text = sql!("postgres/entries_write")
-        .replace("{counter}", counted)
-        .replace(
-            "{upsert}",
-            &sql!("entry_upsert").replace("{source}", "SELECT * FROM input ORDER BY key"),
-        );
-    let done = sqlx::query(&text)
+    let mut query = sqlx::query(text)
         .bind(rows_json)
         .bind(values)
         .bind(changes_json)
-        .bind(to_i64(last))
-        .fetch_all(&mut *conn)
-        .await?;
+        .bind(to_i64(last));
+    if let Lock::TakenAfter(ending) = lock {
+        query = query
+            .bind(ending.jobs.as_str())
+            .bind(ending.worker)
+            .bind(ending.now)
+            .bind(to_i64(ending.count as u64));
+    }
+    let done = query.fetch_all(&mut *conn).await?;
+    if done.is_empty() && !rows.is_empty() && matches!(lock, Lock::TakenAfter(_)) {
+        return Err(StoreError::Conflict(
+            "the worker no longer holds every lease of the batch".to_owned(),
+        ));
+    }
     if done.len() != rows.len() {
         return Err(StoreError::Corrupt(format!(
             "a batch of {} rows wrote {}",

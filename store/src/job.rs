@@ -9,7 +9,10 @@ use sqlx::{Row, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{from_i64, parse_tags, to_i64},
-    entry::{EntryPut, PutResult, entries_put_in, last_written},
+    entry::{
+        Ending, EntryPut, Lock, PutResult, entries_put_at, entries_put_in, last_written,
+        writes_alone,
+    },
     rate::{Rate, Rates, budget_sql},
     sql::{MAX_PARAMS, sql, with_rows_after},
 };
@@ -193,24 +196,33 @@ fn throttled(row: &AnyRow, rate: Rate) -> Result<Option<Gated>, StoreError> {
 }
 
 /// `statement`, which ends jobs and returns their `id`s, made to tell
-/// listeners on [`crate::JOB_CHANNEL`] too on Postgres (delivered when its
-/// transaction commits, so a waiter that hears reads the end and its
-/// entry): one notification per 256 jobs, well under Postgres's 8 000
-/// bytes, the ids separated by commas. Sent by the statement itself, not
-/// one round trip after it. SQLite has no notifications: waiters poll.
+/// listeners on [`crate::JOB_CHANNEL`] too on Postgres ([`announce_ended`]).
+/// SQLite has no notifications: waiters poll.
 fn announcing_ends(backend: Backend, statement: &str) -> String {
     match backend {
         Backend::Sqlite => statement.to_owned(),
         Backend::Postgres => format!(
             "WITH ended_ids AS ({statement})
-             SELECT ended_ids.id FROM ended_ids,
-                 (SELECT count(pg_notify('{channel}', ids)) FROM
-                     (SELECT string_agg(id::text, ',') AS ids
-                      FROM (SELECT id, (row_number() OVER ()) / 256 AS part FROM ended_ids) numbered
-                      GROUP BY part) parts) announced",
-            channel = crate::JOB_CHANNEL
+             SELECT ended_ids.id FROM ended_ids, ({}) announced",
+            announce_ended("ended_ids")
         ),
     }
+}
+
+/// A query (one row) that tells listeners on [`crate::JOB_CHANNEL`] of the
+/// jobs `ended` (a name in the statement, with an `id` column) ended: one
+/// notification per 256 jobs, well under Postgres's 8 000 bytes, the ids
+/// separated by commas, delivered when the statement's transaction commits,
+/// so a waiter that hears reads the end and its entry. Sent by the
+/// statement that ends the jobs, not one round trip after it.
+pub(crate) fn announce_ended(ended: &str) -> String {
+    format!(
+        "SELECT count(pg_notify('{channel}', ids)) AS sent FROM
+             (SELECT string_agg(id::text, ',') AS ids
+              FROM (SELECT id, (row_number() OVER ()) / 256 AS part FROM {ended}) numbered
+              GROUP BY part) parts",
+        channel = crate::JOB_CHANNEL
+    )
 }
 
 /// The claim statements of one backend, their markers filled in.
@@ -678,6 +690,9 @@ impl Store {
         finishes: &[JobFinish],
         now: i64,
     ) -> Result<Vec<Finish>, StoreError> {
+        if let Some(done) = self.job_finish_at_once(worker, finishes, now).await? {
+            return Ok(done);
+        }
         let mut tx = self.pool.begin().await?;
         // Every job row first, then the entries (which take the revision
         // counter): the order a single finish has always locked in. Retries
@@ -766,6 +781,84 @@ impl Store {
         tx.commit().await?;
         self.announce(revision);
         Ok(results)
+    }
+
+    /// [`Self::job_finish_many_if_leased`] in one statement, with no
+    /// transaction around it (one round trip instead of BEGIN, the jobs,
+    /// the entries and COMMIT), for the usual batch on Postgres: every job
+    /// completed or failed with an entry to write, none conditional. `None`
+    /// when the batch is not such a batch, or when the worker no longer
+    /// holds every lease (then the statement changed nothing, and the
+    /// caller sorts the batch out job by job).
+    async fn job_finish_at_once(
+        &self,
+        worker: &str,
+        finishes: &[JobFinish],
+        now: i64,
+    ) -> Result<Option<Vec<Finish>>, StoreError> {
+        #[derive(serde::Serialize)]
+        struct Ended<'a> {
+            id: u64,
+            state: &'static str,
+            error: Option<&'a str>,
+        }
+        if self.backend != Backend::Postgres || finishes.is_empty() {
+            return Ok(None);
+        }
+        let mut ended = Vec::with_capacity(finishes.len());
+        let mut puts = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            let (state, error, entry) = match &finish.outcome {
+                JobOutcome::Complete { entry } => (JobState::Completed, None, entry),
+                JobOutcome::Fail { error, entry } => {
+                    (JobState::Failed, Some(error.as_str()), entry)
+                }
+                JobOutcome::RetryLater { .. } => return Ok(None),
+            };
+            let Some(entry) = entry else {
+                return Ok(None);
+            };
+            ended.push(Ended {
+                id: finish.id,
+                state: state.as_str(),
+                error,
+            });
+            puts.push(entry);
+        }
+        if !writes_alone(self.backend, &puts) {
+            return Ok(None);
+        }
+        let ending = Ending {
+            jobs: serde_json::to_string(&ended).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            count: ended.len(),
+            worker,
+            now,
+        };
+        let mut conn = self.pool.acquire().await?;
+        let mut counter = 0;
+        let written = match entries_put_at(
+            &mut conn,
+            self.backend,
+            &puts,
+            self.compression.as_ref(),
+            Lock::TakenAfter(&ending),
+            &mut counter,
+        )
+        .await
+        {
+            Ok(written) => written,
+            // A lease lost, or a rule the statement broke: nothing was
+            // written; the careful way finds out which.
+            Err(StoreError::Conflict(_)) => return Ok(None),
+            Err(other) => return Err(other),
+        };
+        self.announce(counter);
+        Ok(Some(
+            written
+                .into_iter()
+                .map(|put| Finish::Recorded { put: Some(put) })
+                .collect(),
+        ))
     }
 
     /// Hands back every job `worker` holds, for another worker to take at once.

@@ -2110,6 +2110,94 @@ mod queue {
         assert_eq!(*store.committed().borrow(), 2, "the commit is announced");
     }
 
+    /// A batch of nothing but completions and failures, each with its entry
+    /// (the usual batch; on Postgres one statement, all or nothing): with
+    /// every lease held, every job ends and every entry lands at
+    /// consecutive revisions; with one lease lost, that job alone is
+    /// skipped and the revisions stay gapless.
+    pub async fn a_batch_of_completions_with_one_lease_lost(store: Store) {
+        let urls = ["done:a", "done:b", "done:c", "done:d", "done:e"];
+        let mut ids = Vec::new();
+        for url in urls {
+            ids.push(store.job_enqueue(&job(url, 2)).await.expect("enqueue").0.id);
+        }
+        let claimed = store
+            .job_claim("w", 5, T0 + 30_000, T0)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 5);
+        let finish = |id: u64, url: &str| JobFinish {
+            id,
+            outcome: if url == "done:b" {
+                JobOutcome::Fail {
+                    error: "gave up".to_owned(),
+                    entry: Some(put(url, "")),
+                }
+            } else {
+                JobOutcome::Complete {
+                    entry: Some(put(url, url)),
+                }
+            },
+        };
+        let first: Vec<JobFinish> = ids[..2]
+            .iter()
+            .zip(urls)
+            .map(|(id, url)| finish(*id, url))
+            .collect();
+        let done = store
+            .job_finish_many_if_leased("w", &first, T0 + 5)
+            .await
+            .expect("finish");
+        let written = |revision| Finish::Recorded {
+            put: Some(PutResult::Written {
+                revision,
+                created_at: T0,
+            }),
+        };
+        assert_eq!(done, [written(1), written(2)]);
+        // Job d is taken away while w works on it.
+        store.job_cancel(ids[3], T0).await.expect("cancel");
+        let rest: Vec<JobFinish> = ids[2..]
+            .iter()
+            .zip(&urls[2..])
+            .map(|(id, url)| finish(*id, url))
+            .collect();
+        let done = store
+            .job_finish_many_if_leased("w", &rest, T0 + 6)
+            .await
+            .expect("finish");
+        assert_eq!(done, [written(3), Finish::LeaseLost, written(4)]);
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(store.job_get(*id).await.expect("get").expect("job").state);
+        }
+        assert_eq!(
+            states,
+            [
+                JobState::Completed,
+                JobState::Failed,
+                JobState::Completed,
+                JobState::Cancelled,
+                JobState::Completed
+            ]
+        );
+        assert_eq!(store.entry_get("done:d").await.expect("get"), None);
+        let log: Vec<(u64, String)> = store
+            .change_list_since(0, 10)
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|c| (c.revision, c.key))
+            .collect();
+        let expected: Vec<(u64, String)> =
+            [(1, "done:a"), (2, "done:b"), (3, "done:c"), (4, "done:e")]
+                .into_iter()
+                .map(|(revision, key)| (revision, key.to_owned()))
+                .collect();
+        assert_eq!(log, expected);
+        assert_eq!(*store.committed().borrow(), 4, "the commit is announced");
+    }
+
     pub async fn retries_and_failures(store: Store) {
         let (j, _) = store.job_enqueue(&job("flaky", 2)).await.expect("enqueue");
         store
@@ -2468,6 +2556,7 @@ mod jobs {
         finishing_needs_the_lease_and_writes_the_entry_atomically,
         retries_and_failures,
         many_finish_in_one_transaction,
+        a_batch_of_completions_with_one_lease_lost,
         expired_leases_are_rescued_and_releases_hand_back,
         list_pages_and_purge,
         claims_spend_the_providers_budget,

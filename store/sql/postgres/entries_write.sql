@@ -1,23 +1,28 @@
 -- A batch's rows in one statement on Postgres, of one text whatever the
 -- batch's size, so each connection prepares it once and planning it costs
 -- little: the rows come as JSON ($1, the last write of each key, in key
--- order), their values as one bytea ($2, each row naming its slice), and the
--- change rows as JSON ($3, one per landed write). It writes the revision
--- counter ({counter}), the rows (`entry_upsert`, its source set in at the
--- {source} marker), the old tags of the keys written that their new tags no
--- longer name, the new tags, and the change rows. The sub-statements see one
--- snapshot and touch disjoint rows: the tags that go are never the ones that
--- come. SQLite runs the same steps one by one, as lists of placeholders.
+-- order), their values as one bytea ($2, each row naming its slice), and
+-- the change rows as JSON ($3, one per landed write). It writes the
+-- revision counter (`counter`), the rows (`entry_upsert`, reading
+-- `input`), the old tags of the keys written that their new tags no longer
+-- name, the new tags, and the change rows. The sub-statements see one
+-- snapshot and touch disjoint rows: the tags that go are never the ones
+-- that come. SQLite runs the same steps one by one, as lists of
+-- placeholders.
 --
 -- `counter` yields the base the rows' revisions are added to. Under the
 -- revision lock (taken by an earlier statement) it sets the counter to the
 -- batch's last revision ($4) and yields 0: the rows carry their revisions.
 -- A batch of unconditional writes takes the lock here instead, one round
--- trip less: the counter moves by the batch's count ($4), and the rows carry
--- 1, 2, ... Every other sub-statement reads `counter` before it writes a
--- row, so the lock is always the statement's first, as in every other
--- writer (no two writers wait on each other in a circle).
-WITH counter AS (
+-- trip less: the counter moves by the batch's count ($4), and the rows
+-- carry 1, 2, ... Every other sub-statement reads `counter` before it
+-- writes a row, so the lock is always the statement's first, as in every
+-- other writer (no two writers wait on each other in a circle). A worker's
+-- finish puts its job rows before it, as every finish does: the marker
+-- after WITH is `jobs_end_gate.sql` or nothing, and the marker after the
+-- last FROM joins in its notification or is empty. A `counter` that yields
+-- no row (the gate closed) writes nothing.
+WITH {ending}counter AS (
 {counter}
 ), input AS (
     -- The columns of `entry_upsert`, in its order.
@@ -36,6 +41,7 @@ WITH counter AS (
         size_bytes bigint, encoding text, raw_bytes bigint,
         accessed_at bigint, access_count bigint
     )
+    WHERE EXISTS (SELECT 1 FROM counter)
 ), upserted AS (
 {upsert}
 RETURNING key, tags, created_at
@@ -64,6 +70,7 @@ RETURNING key, tags, created_at
         revision bigint, kind text, key text, policy text, tags text,
         provider text, at bigint
     )
+    WHERE EXISTS (SELECT 1 FROM counter)
 )
 -- One row per entry written: the base and the row's created_at.
-SELECT counter.base, upserted.key, upserted.created_at FROM counter, upserted
+SELECT counter.base, upserted.key, upserted.created_at FROM counter, upserted{announced}
