@@ -2015,6 +2015,26 @@ mod queue {
         assert_eq!(again, Finish::LeaseLost);
     }
 
+    /// The state of each job of `ids`, in order.
+    async fn states_of(store: &Store, ids: &[u64]) -> Vec<JobState> {
+        let mut states = Vec::new();
+        for id in ids {
+            states.push(store.job_get(*id).await.expect("get").expect("job").state);
+        }
+        states
+    }
+
+    /// The change log's first changes: revision and key.
+    async fn logged(store: &Store) -> Vec<(u64, String)> {
+        store
+            .change_list_since(0, 10)
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|c| (c.revision, c.key))
+            .collect()
+    }
+
     /// One transaction for many finishes: each job counts only while its
     /// lease is held, a lost lease skips that job alone, entries get
     /// consecutive revisions in the order given.
@@ -2085,12 +2105,8 @@ mod queue {
                 },
             ]
         );
-        let mut states = Vec::new();
-        for id in &ids {
-            states.push(store.job_get(*id).await.expect("get").expect("job").state);
-        }
         assert_eq!(
-            states,
+            states_of(&store, &ids).await,
             [
                 JobState::Completed,
                 JobState::Available,
@@ -2099,13 +2115,7 @@ mod queue {
             ]
         );
         assert_eq!(store.entry_get("many:c").await.expect("get"), None);
-        let log: Vec<(u64, String)> = store
-            .change_list_since(0, 10)
-            .await
-            .expect("log")
-            .into_iter()
-            .map(|c| (c.revision, c.key))
-            .collect();
+        let log = logged(&store).await;
         assert_eq!(log, [(1, "many:a".to_owned()), (2, "many:d".to_owned())]);
         assert_eq!(*store.committed().borrow(), 2, "the commit is announced");
     }
@@ -2167,12 +2177,8 @@ mod queue {
             .await
             .expect("finish");
         assert_eq!(done, [written(3), Finish::LeaseLost, written(4)]);
-        let mut states = Vec::new();
-        for id in &ids {
-            states.push(store.job_get(*id).await.expect("get").expect("job").state);
-        }
         assert_eq!(
-            states,
+            states_of(&store, &ids).await,
             [
                 JobState::Completed,
                 JobState::Failed,
@@ -2182,13 +2188,7 @@ mod queue {
             ]
         );
         assert_eq!(store.entry_get("done:d").await.expect("get"), None);
-        let log: Vec<(u64, String)> = store
-            .change_list_since(0, 10)
-            .await
-            .expect("log")
-            .into_iter()
-            .map(|c| (c.revision, c.key))
-            .collect();
+        let log = logged(&store).await;
         let expected: Vec<(u64, String)> =
             [(1, "done:a"), (2, "done:b"), (3, "done:c"), (4, "done:e")]
                 .into_iter()
