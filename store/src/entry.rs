@@ -902,7 +902,7 @@ fn write_texts() -> &'static [String; 3] {
                 .replace("{announced}", announced)
         };
         let ending = sql!("postgres/jobs_end_gate")
-            .replace("{announce}", &crate::job::announce_ended("ended"));
+            .replace("{announce}", &crate::notify::announce_ended("ended"));
         [
             text("", SET, ""),
             text("", &format!("{ADD}{BASE}"), ""),

@@ -196,7 +196,7 @@ fn throttled(row: &AnyRow, rate: Rate) -> Result<Option<Gated>, StoreError> {
 }
 
 /// `statement`, which ends jobs and returns their `id`s, made to tell
-/// listeners on [`crate::JOB_CHANNEL`] too on Postgres ([`announce_ended`]).
+/// listeners on [`crate::JOB_CHANNEL`] too on Postgres ([`crate::notify::announce_ended`]).
 /// SQLite has no notifications: waiters poll.
 fn announcing_ends(backend: Backend, statement: &str) -> String {
     match backend {
@@ -204,25 +204,9 @@ fn announcing_ends(backend: Backend, statement: &str) -> String {
         Backend::Postgres => format!(
             "WITH ended_ids AS ({statement})
              SELECT ended_ids.id FROM ended_ids, ({}) announced",
-            announce_ended("ended_ids")
+            crate::notify::announce_ended("ended_ids")
         ),
     }
-}
-
-/// A query (one row) that tells listeners on [`crate::JOB_CHANNEL`] of the
-/// jobs `ended` (a name in the statement, with an `id` column) ended: one
-/// notification per 256 jobs, well under Postgres's 8 000 bytes, the ids
-/// separated by commas, delivered when the statement's transaction commits,
-/// so a waiter that hears reads the end and its entry. Sent by the
-/// statement that ends the jobs, not one round trip after it.
-pub(crate) fn announce_ended(ended: &str) -> String {
-    format!(
-        "SELECT count(pg_notify('{channel}', ids)) AS sent FROM
-             (SELECT string_agg(id::text, ',') AS ids
-              FROM (SELECT id, (row_number() OVER ()) / 256 AS part FROM {ended}) numbered
-              GROUP BY part) parts",
-        channel = crate::JOB_CHANNEL
-    )
 }
 
 /// The claim statements of one backend, their markers filled in.

@@ -16,6 +16,22 @@ pub const JOB_CHANNEL: &str = "roadie_jobs";
 /// "There is new work", for idle workers.
 pub const WORK_CHANNEL: &str = "roadie_work";
 
+/// A query (one row) that tells listeners on [`JOB_CHANNEL`] of the
+/// jobs `ended` (a name in the statement, with an `id` column) ended: one
+/// notification per 256 jobs, well under Postgres's 8 000 bytes, the ids
+/// separated by commas, delivered when the statement's transaction commits,
+/// so a waiter that hears reads the end and its entry. Sent by the
+/// statement that ends the jobs, not one round trip after it.
+pub(crate) fn announce_ended(ended: &str) -> String {
+    format!(
+        "SELECT count(pg_notify('{channel}', ids)) AS sent FROM
+             (SELECT string_agg(id::text, ',') AS ids
+              FROM (SELECT id, (row_number() OVER ()) / 256 AS part FROM {ended}) numbered
+              GROUP BY part) parts",
+        channel = JOB_CHANNEL
+    )
+}
+
 impl Store {
     /// Sends `payload` on `channel` (Postgres; nothing on SQLite).
     pub async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
