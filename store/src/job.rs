@@ -221,16 +221,31 @@ struct ClaimTexts {
     spend: String,
 }
 
+/// A claim on Postgres commits without waiting for its WAL to reach the
+/// disk (`synchronous_commit` off for its own transaction alone): the
+/// provider's row is locked until the commit, so a flush there (a
+/// millisecond or more) would hold every other claim for the provider
+/// back, and the worker's request after it. What a crash of the database
+/// can lose is safe to lose: the last claims of the moment before it. Their
+/// jobs are available again (their workers' finishes find the lease gone
+/// and write nothing), and the budget they spent is spent again once. The
+/// WAL writer flushes such commits within three of its delays (0.6 s by
+/// default), and any later commit that waits for the disk (every enqueue,
+/// finish and Put does) flushes the claims before it.
+const UNFLUSHED: &str = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL";
+
 fn claim_texts(backend: Backend) -> &'static ClaimTexts {
     fn texts(backend: Backend) -> ClaimTexts {
-        let claim = sql!(backend, "job_claim");
+        let claim = sql!(backend, "job_claim").replace("{unflushed}", UNFLUSHED);
         ClaimTexts {
             claim: claim.replace("{limit}", "$4"),
             gated: budget_sql(
-                &sql!("postgres/job_claim_gated").replace(
-                    "{claim}",
-                    &claim.replace("{limit}", "COALESCE((SELECT allowed FROM budget), 0)"),
-                ),
+                &sql!("postgres/job_claim_gated")
+                    .replace("{unflushed}", UNFLUSHED)
+                    .replace(
+                        "{claim}",
+                        &claim.replace("{limit}", "COALESCE((SELECT allowed FROM budget), 0)"),
+                    ),
                 "$7",
                 "$4",
                 "(SELECT count(*) FROM claimed)",

@@ -8,6 +8,8 @@ WHERE id IN (
     WHERE state = 'available' AND run_after <= $3 AND provider = $5 AND priority = $6
       -- Not for a provider that pushed back: no worker calls it until the pause ends.
       AND provider NOT IN (SELECT provider FROM provider_state WHERE paused_until > $3)
+      -- Committed without waiting for the disk: the unflushed marker.
+      AND {unflushed}
     ORDER BY priority, id
     LIMIT {limit}
     FOR UPDATE SKIP LOCKED

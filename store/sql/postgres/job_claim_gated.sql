@@ -7,9 +7,10 @@
 -- means the budget or a pause held them back. No row at all: the provider
 -- has no row yet (and nothing is claimed: the limit is 0, not the NULL
 -- that would lift it). The claim marker is `job_claim`, taking at most
--- `allowed` jobs; the allowance and spend markers are `rate::budget_sql`.
+-- `allowed` jobs; the allowance and spend markers are `rate::budget_sql`;
+-- the unflushed marker commits the claim without waiting for the disk.
 WITH gate AS (
-    SELECT tat, paused_until FROM provider_state WHERE provider = $5 FOR UPDATE
+    SELECT tat, paused_until FROM provider_state WHERE provider = $5 AND {unflushed} FOR UPDATE
 ), budget AS (
     SELECT tat, paused_until, {allowance} AS allowed FROM gate
 ), claimed AS (
