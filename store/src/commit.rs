@@ -102,6 +102,7 @@ pub(crate) struct Counts {
     batches: AtomicU64,
     writes: AtomicU64,
     split: AtomicU64,
+    replans: AtomicU64,
 }
 
 /// What the group commit has done since the store opened.
@@ -115,6 +116,9 @@ pub struct WriteBatches {
     /// alone (a bad write among good ones, or a transaction Postgres
     /// chose to fail to break a deadlock).
     pub split: u64,
+    /// Times the committer's connection threw its plans away (Postgres:
+    /// a fresh connection's first batch, then at most once per `REPLAN`).
+    pub replans: u64,
 }
 
 /// What the committer task needs of the store (not the store itself, whose
@@ -163,6 +167,7 @@ impl Committer {
             batches: self.counts.batches.load(Ordering::Relaxed),
             writes: self.counts.writes.load(Ordering::Relaxed),
             split: self.counts.split.load(Ordering::Relaxed),
+            replans: self.counts.replans.load(Ordering::Relaxed),
         }
     }
 
@@ -311,8 +316,21 @@ fn answer(replies: Vec<Reply>, outcomes: impl IntoIterator<Item = Result<Outcome
     }
 }
 
-/// The committer's connection between batches, and when it was last used.
-type Held = Option<(PoolConnection<Any>, Instant)>;
+/// The committer's connection between batches, when it was last used, and
+/// when its plans were last thrown away.
+type Held = Option<(PoolConnection<Any>, Instant, Instant)>;
+
+/// How long a plan the committer's connection keeps may be run. Postgres
+/// plans a statement prepared on a connection for its values for five runs,
+/// then keeps one generic plan when that costs no more: the batch statement
+/// of Puts (`entries_write.sql`, whose JSON rows are estimated alike
+/// whatever they hold) goes generic at once, which spares the planning of
+/// each batch. But a plan made while the tables were small (a new
+/// database) would go on scanning them whole once they are large, until
+/// an ANALYZE invalidates it (autovacuum's, which may be late or off).
+/// Thrown away this often, no plan outlives a second of the tables'
+/// growth.
+pub const REPLAN: Duration = Duration::from_secs(1);
 
 /// One transaction for `writes`, in order, on the held connection (or a
 /// fresh one); commits when any changed the store. The connection is held
@@ -324,32 +342,44 @@ async fn write_all(
 ) -> Result<Vec<Outcome>, Failure> {
     // One idle past `TRUSTED_IDLE` goes back to the pool, which checks it
     // before anyone uses it again: the database may have ended it meanwhile.
-    let mut conn = match held.take() {
-        Some((conn, used)) if used.elapsed() <= TRUSTED_IDLE => conn,
-        _ => take_connection(target).await.map_err(Failure::Statement)?,
+    // A connection from the pool holds plans of unknown age.
+    let (mut conn, planned) = match held.take() {
+        Some((conn, used, planned)) if used.elapsed() <= TRUSTED_IDLE => (conn, Some(planned)),
+        _ => (
+            target
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| Failure::Statement(e.into()))?,
+            None,
+        ),
+    };
+    let planned = match planned {
+        Some(at) if at.elapsed() <= REPLAN => at,
+        _ => {
+            replan(target, &mut conn)
+                .await
+                .map_err(Failure::Statement)?;
+            Instant::now()
+        }
     };
     let outcomes = write_on(target, &mut conn, writes).await?;
     // A pool of one connection is everyone's: it goes back after each batch.
     if target.pool.options().get_max_connections() > 1 {
-        *held = Some((conn, Instant::now()));
+        *held = Some((conn, Instant::now(), planned));
     }
     Ok(outcomes)
 }
 
-/// A connection for the committer from the pool. On Postgres its
-/// statements are planned for their values at every run (a setting the
-/// connection keeps if a failed batch gives it back to the pool): they are
-/// prepared once and run thousands of times on this connection, and a
-/// generic plan made while the tables were small (a new database) would
-/// go on scanning them whole once they are large.
-async fn take_connection(target: &Target) -> Result<PoolConnection<Any>, StoreError> {
-    let mut conn = target.pool.acquire().await?;
+/// Throws away the plans `conn` keeps (Postgres; SQLite keeps none that
+/// outlive its statistics): the next runs of every statement are planned
+/// for the tables as they are now.
+async fn replan(target: &Target, conn: &mut PoolConnection<Any>) -> Result<(), StoreError> {
     if target.backend == Backend::Postgres {
-        sqlx::query("SET plan_cache_mode = force_custom_plan")
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query("DISCARD PLANS").execute(&mut **conn).await?;
+        target.counts.replans.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(conn)
+    Ok(())
 }
 
 async fn write_on(

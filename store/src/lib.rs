@@ -49,7 +49,7 @@ use sqlx::{
 };
 
 pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion, PollPace};
-pub use commit::{Batching, WriteBatches};
+pub use commit::{Batching, REPLAN, WriteBatches};
 pub use compress::{Compression, compressible};
 pub use entry::{
     Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,

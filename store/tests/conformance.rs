@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use roadie_store::{
-    Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, Job, PutResult, Selector, Store,
-    WriteBatches, testing::TestDb,
+    Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, Job, PutResult, REPLAN,
+    Selector, Store, WriteBatches, testing::TestDb,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -823,13 +823,15 @@ async fn a_batch_keeps_conditions_in_arrival_order(db: &TestDb) {
             created_at: T0
         }
     );
+    let WriteBatches {
+        batches,
+        writes,
+        split,
+        ..
+    } = store.write_batches();
     assert_eq!(
-        store.write_batches(),
-        WriteBatches {
-            batches: 1,
-            writes: 5,
-            split: 0
-        },
+        (batches, writes, split),
+        (1, 5, 0),
         "one transaction took all five"
     );
     let k1 = store.entry_get("k1").await.expect("get").expect("k1");
@@ -924,13 +926,15 @@ async fn a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order(db: &Test
         }
     );
     assert_eq!(h.expect("h"), DeleteResult::Absent);
+    let WriteBatches {
+        batches,
+        writes,
+        split,
+        ..
+    } = store.write_batches();
     assert_eq!(
-        store.write_batches(),
-        WriteBatches {
-            batches: 1,
-            writes: 8,
-            split: 0
-        },
+        (batches, writes, split),
+        (1, 8, 0),
         "one transaction took all eight"
     );
     assert_log(
@@ -1236,6 +1240,45 @@ async fn enqueues_in_one_batch_keep_their_meaning(db: &TestDb) {
     }
 }
 
+/// The committer's connection throws its plans away when it is new, then
+/// once per `REPLAN` while writes keep it busy (Postgres): no plan made
+/// while the tables were small runs on once they have grown for longer.
+/// SQLite keeps no plans to throw away.
+async fn the_committer_replans_once_per_interval(db: &TestDb) {
+    let store = batching_store(db, 0).await;
+    let replans = || store.write_batches().replans;
+    let first = match db.backend() {
+        Backend::Postgres => 1,
+        Backend::Sqlite => 0,
+    };
+    written(store.entry_put(&put("k0", "v")).await.expect("put"));
+    assert_eq!(replans(), first, "a fresh connection's plans go");
+    written(store.entry_put(&put("k1", "v")).await.expect("put"));
+    assert_eq!(replans(), first, "a plan a moment old is kept");
+    // A write every 50 ms, never idle long enough for the connection to go
+    // back to the pool, for one and a half intervals.
+    let started = std::time::Instant::now();
+    let mut count = 2;
+    while started.elapsed() < REPLAN * 3 / 2 {
+        let key = format!("k{count}");
+        written(store.entry_put(&put(&key, "v")).await.expect("put"));
+        count += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let replanned = replans();
+    match db.backend() {
+        Backend::Sqlite => assert_eq!(replanned, 0),
+        // One more after the interval; a third only if a write stalled
+        // past the pool's idle bound and a fresh connection came.
+        Backend::Postgres => assert!(
+            (2..=3).contains(&replanned),
+            "{replanned} re-plans over {count} writes in {:?}",
+            started.elapsed()
+        ),
+    }
+    store.close().await;
+}
+
 macro_rules! batched {
     ($($name:ident),* $(,)?) => {
         mod batched_sqlite {
@@ -1262,6 +1305,7 @@ macro_rules! batched {
 }
 
 batched!(
+    the_committer_replans_once_per_interval,
     a_batch_keeps_conditions_in_arrival_order,
     a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order,
     a_bad_write_fails_alone,
