@@ -8,7 +8,7 @@ use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        ChangeKind, ChangeRow, change_insert, changes_insert, from_i64, parse_tags, revision_lock,
+        CHANGE_WIDTH, ChangeKind, ChangeRow, change_insert, from_i64, parse_tags, revision_lock,
         revision_set, to_i64,
     },
     compress::{self, Compression},
@@ -979,9 +979,11 @@ async fn write_at_once(
     Ok(shift)
 }
 
-/// The rows and change rows of a batch with one statement of each kind,
-/// each a list of placeholders (SQLite, where planning costs next to
-/// nothing).
+/// The rows and change rows of a batch as lists of placeholders (SQLite,
+/// where planning costs next to nothing), every statement in one query:
+/// the connection's thread runs them one after the other, so the batch
+/// crosses to it and back once, not once per statement. Each kind is one
+/// statement unless its placeholders would pass SQLite's limit.
 async fn write_step_by_step(
     conn: &mut AnyConnection,
     rows: &[UpsertRow<'_>],
@@ -990,27 +992,8 @@ async fn write_step_by_step(
     puts: &[&EntryPut],
 ) -> Result<(), StoreError> {
     let backend = Backend::Sqlite;
-    let mut created = std::collections::HashMap::with_capacity(rows.len());
     let upsert = sql!("entry_upsert").replace("{source}", "VALUES {rows}");
-    for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
-        let text =
-            with_rows(backend, &upsert, chunk.len(), UPSERT_WIDTH) + " RETURNING key, created_at";
-        let mut query = sqlx::query(&text);
-        for row in chunk {
-            query = row.bind_to(query);
-        }
-        created.extend(created_by_key(&query.fetch_all(&mut *conn).await?)?);
-    }
-    settle(results, puts, 0, &created)?;
     // Tags: the rows' old tags go, their last writes' tags come.
-    for chunk in rows.chunks(MAX_PARAMS) {
-        let text = with_rows(backend, sql!("entry_tags_delete"), 1, chunk.len());
-        let mut query = sqlx::query(&text);
-        for row in chunk {
-            query = query.bind(&row.put.key);
-        }
-        query.execute(&mut *conn).await?;
-    }
     let mut tag_rows: Vec<(&str, &str)> = rows
         .iter()
         .flat_map(|row| {
@@ -1022,15 +1005,51 @@ async fn write_step_by_step(
         .collect();
     tag_rows.sort_unstable();
     tag_rows.dedup();
-    for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
-        let text = with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2);
-        let mut query = sqlx::query(&text);
-        for (tag, key) in chunk {
-            query = query.bind(*tag).bind(*key);
-        }
-        query.execute(&mut *conn).await?;
+    let mut statements = Vec::new();
+    for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
+        statements.push(
+            with_rows(backend, &upsert, chunk.len(), UPSERT_WIDTH) + " RETURNING key, created_at",
+        );
     }
-    changes_insert(conn, backend, changes).await
+    for chunk in rows.chunks(MAX_PARAMS) {
+        statements.push(with_rows(
+            backend,
+            sql!("entry_tags_delete"),
+            1,
+            chunk.len(),
+        ));
+    }
+    for chunk in tag_rows.chunks(MAX_PARAMS / 2) {
+        statements.push(with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2));
+    }
+    for chunk in changes.chunks(MAX_PARAMS / CHANGE_WIDTH) {
+        statements.push(with_rows(
+            backend,
+            sql!("change_insert"),
+            chunk.len(),
+            CHANGE_WIDTH,
+        ));
+    }
+    if statements.is_empty() {
+        return settle(results, puts, 0, &std::collections::HashMap::new());
+    }
+    // The values in the statements' order (chunks follow one another).
+    let text = statements.join(";\n");
+    let mut query = sqlx::query(&text);
+    for row in rows {
+        query = row.bind_to(query);
+    }
+    for row in rows {
+        query = query.bind(&row.put.key);
+    }
+    for (tag, key) in &tag_rows {
+        query = query.bind(*tag).bind(*key);
+    }
+    for change in changes {
+        query = change.bind_to(query);
+    }
+    let created = created_by_key(&query.fetch_all(&mut *conn).await?)?;
+    settle(results, puts, 0, &created)
 }
 
 fn created_by_key(rows: &[AnyRow]) -> Result<std::collections::HashMap<String, i64>, StoreError> {

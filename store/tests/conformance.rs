@@ -1240,6 +1240,71 @@ async fn enqueues_in_one_batch_keep_their_meaning(db: &TestDb) {
     }
 }
 
+/// A batch larger than one statement may hold (on SQLite, 1 363 rows of
+/// 22 values) lands whole: every write acknowledged at its own revision,
+/// with its own value and tags.
+async fn a_batch_past_one_statements_limit_lands_whole(db: &TestDb) {
+    const WRITES: u64 = 1_500;
+    let store = db
+        .store_with(|options| {
+            options.batching = Batching {
+                max_batch: WRITES as usize,
+                max_wait: std::time::Duration::from_secs(5),
+            };
+        })
+        .await;
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut write = put(&format!("wide/{i:04}"), &i.to_string());
+                write.tags = vec!["t:wide".to_owned(), format!("t:{}", i % 7)];
+                written(store.entry_put(&write).await.expect("put"))
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.push(task.await.expect("writer"));
+    }
+    acknowledged.sort_unstable();
+    assert_eq!(acknowledged, (1..=WRITES).collect::<Vec<u64>>());
+    let WriteBatches {
+        batches, writes, ..
+    } = store.write_batches();
+    assert_eq!((batches, writes), (1, WRITES), "one batch took them all");
+    for i in [0, 1_362, 1_363, 1_499] {
+        let entry = store
+            .entry_get(&format!("wide/{i:04}"))
+            .await
+            .expect("get")
+            .expect("written");
+        assert_eq!(entry.value, i.to_string().into_bytes());
+        assert_eq!(
+            entry.tags,
+            vec!["t:wide".to_owned(), format!("t:{}", i % 7)]
+        );
+    }
+    // The tag rows (what selectors read) landed in every chunk.
+    let tagged = store
+        .entry_list(
+            &roadie_store::EntryFilter {
+                tag: "t:3".to_owned(),
+                ..Default::default()
+            },
+            "",
+            1_000,
+            false,
+            T0,
+        )
+        .await
+        .expect("list");
+    assert_eq!(tagged.len(), (0..WRITES).filter(|i| i % 7 == 3).count());
+    let changes = store.change_list_since(0, 10_000).await.expect("log");
+    assert_eq!(changes.len() as u64, WRITES);
+    store.close().await;
+}
+
 /// The committer's connection throws its plans away when it is new, then
 /// once per `REPLAN` while writes keep it busy (Postgres): no plan made
 /// while the tables were small runs on once they have grown for longer.
@@ -1305,6 +1370,7 @@ macro_rules! batched {
 }
 
 batched!(
+    a_batch_past_one_statements_limit_lands_whole,
     the_committer_replans_once_per_interval,
     a_batch_keeps_conditions_in_arrival_order,
     a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order,
