@@ -718,8 +718,8 @@ pub(crate) fn writes_alone(backend: Backend, puts: &[&EntryPut]) -> bool {
 ///
 /// `lock` says how the write stands to the revision lock ([`Lock`]);
 /// `counter` ends as the value the counter holds after the write where the
-/// one statement of Postgres moved it (otherwise moving it is left to the
-/// caller).
+/// write moved it (Postgres's one statement, SQLite's one query; when no
+/// put lands, moving it is left to the caller).
 pub(crate) async fn entries_put_at(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -855,7 +855,10 @@ pub(crate) async fn entries_put_at(
                 write_at_once(conn, &rows, &changes, lock, revision, &mut results, puts).await?;
             *counter = shift + revision;
         }
-        Backend::Sqlite => write_step_by_step(conn, &rows, &changes, &mut results, puts).await?,
+        Backend::Sqlite => {
+            write_step_by_step(conn, &rows, &changes, revision, &mut results, puts).await?;
+            *counter = revision;
+        }
     }
     Ok(results)
 }
@@ -980,14 +983,16 @@ async fn write_at_once(
 }
 
 /// The rows and change rows of a batch as lists of placeholders (SQLite,
-/// where planning costs next to nothing), every statement in one query:
-/// the connection's thread runs them one after the other, so the batch
-/// crosses to it and back once, not once per statement. Each kind is one
-/// statement unless its placeholders would pass SQLite's limit.
+/// where planning costs next to nothing), and the counter moved to `last`,
+/// every statement in one query: the connection's thread runs them one
+/// after the other, so the batch crosses to it and back once, not once per
+/// statement. Each kind is one statement unless its placeholders would
+/// pass SQLite's limit.
 async fn write_step_by_step(
     conn: &mut AnyConnection,
     rows: &[UpsertRow<'_>],
     changes: &[ChangeRow<'_>],
+    last: u64,
     results: &mut [PutResult],
     puts: &[&EntryPut],
 ) -> Result<(), StoreError> {
@@ -1030,9 +1035,9 @@ async fn write_step_by_step(
             CHANGE_WIDTH,
         ));
     }
-    if statements.is_empty() {
-        return settle(results, puts, 0, &std::collections::HashMap::new());
-    }
+    // Its placeholder anonymous like the others': a numbered one names a
+    // position in the whole query's values, not in its own statement's.
+    statements.push(sql!("revision_set").replace("$1", "?"));
     // The values in the statements' order (chunks follow one another).
     let text = statements.join(";\n");
     let mut query = sqlx::query(&text);
@@ -1048,6 +1053,7 @@ async fn write_step_by_step(
     for change in changes {
         query = change.bind_to(query);
     }
+    query = query.bind(to_i64(last));
     let created = created_by_key(&query.fetch_all(&mut *conn).await?)?;
     settle(results, puts, 0, &created)
 }
