@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::{
     Backend, Store, StoreError,
-    sql::{MAX_PARAMS, sql, with_rows},
+    sql::{sql, with_rows},
 };
 
 /// Postgres channel carrying the latest committed revision of a writer.
@@ -356,10 +356,12 @@ pub(crate) async fn change_insert(
         provider,
         at,
     };
-    changes_insert(tx, backend, std::slice::from_ref(&row)).await
+    let text = with_rows(backend, sql!("change_insert"), 1, CHANGE_WIDTH);
+    row.bind_to(sqlx::query(&text)).execute(&mut **tx).await?;
+    Ok(())
 }
 
-/// One row of the change log (`changes_insert`).
+/// One row of the change log (`change_insert.sql`).
 #[derive(serde::Serialize)]
 pub(crate) struct ChangeRow<'a> {
     pub revision: u64,
@@ -389,23 +391,6 @@ impl ChangeRow<'_> {
             .bind(self.provider)
             .bind(self.at)
     }
-}
-
-/// Appends changes to the log, in the transaction of the writes they record.
-pub(crate) async fn changes_insert(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    rows: &[ChangeRow<'_>],
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(MAX_PARAMS / CHANGE_WIDTH) {
-        let text = with_rows(backend, sql!("change_insert"), chunk.len(), CHANGE_WIDTH);
-        let mut query = sqlx::query(&text);
-        for row in chunk {
-            query = row.bind_to(query);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// An entry's tags as stored (a JSON array).
