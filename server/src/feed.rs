@@ -26,6 +26,7 @@ use std::{
 
 use roadie_store::{
     Backend, CHANGE_CHANNEL, Change, ChangeKind, Entry, PollPace, Store, StoreError,
+    notified_revision,
 };
 use tokio::{
     sync::{Notify, broadcast},
@@ -274,12 +275,19 @@ impl Feed {
         let interval = match store.backend() {
             Backend::Sqlite => settings.watch.poll_interval,
             Backend::Postgres => {
-                let (store, heard, cancel) = (store.clone(), heard.clone(), cancel.clone());
+                let (feed, store, heard, cancel) =
+                    (self.clone(), store.clone(), heard.clone(), cancel.clone());
                 tokio::spawn(async move {
-                    // An empty payload (a reconnect) wakes the tail as well:
-                    // whatever was missed meanwhile is in the log.
+                    // A revision the tail has applied asks for nothing: most
+                    // often this server's own, read right after its commit.
+                    // An empty payload (a reconnect) wakes the tail: whatever
+                    // was missed meanwhile is in the log.
                     store
-                        .listen(CHANGE_CHANNEL, cancel, |_| heard.notify_one())
+                        .listen(CHANGE_CHANNEL, cancel, |payload| {
+                            if notified_revision(payload).is_none_or(|r| r > feed.last()) {
+                                heard.notify_one();
+                            }
+                        })
                         .await;
                 });
                 settings.watch.fallback_poll

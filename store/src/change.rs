@@ -24,6 +24,13 @@ use crate::{
 /// Postgres channel carrying the latest committed revision of a writer.
 pub const CHANGE_CHANNEL: &str = "roadie_changes";
 
+/// The revision a notification on [`CHANGE_CHANNEL`] says its writer
+/// committed through; `None` for a payload that names none (a listener's
+/// reconnect delivers an empty one), which a reader takes as "look".
+pub fn notified_revision(payload: &str) -> Option<u64> {
+    payload.parse().ok()
+}
+
 /// Shortest gap between two change notifications from one process. The
 /// first commit after a quiet spell is announced at once.
 pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(2);
@@ -266,6 +273,7 @@ pub(crate) fn spawn_notifier(pool: sqlx::AnyPool, mut committed: watch::Receiver
             let revision = *committed.borrow_and_update();
             let sent = sqlx::query(sql!("notify"))
                 .bind(CHANGE_CHANNEL)
+                // What `notified_revision` reads back.
                 .bind(revision.to_string())
                 .execute(&pool)
                 .await;
