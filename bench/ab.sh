@@ -23,12 +23,21 @@
 #   queue                      no-op jobs, insert to completion (jobs/s),
 #                              Postgres then SQLite (the suite's queue part)
 # Postgres at 127.0.0.1:5432 (ROADIE_TEST_POSTGRES_URL), a fresh database
-# per round.
+# per round. A side's directory may also hold `before.sql`, run against
+# that Postgres (`psql -f`) before each of its rounds: the same binaries
+# on both sides, and a database setting compared, e.g.
+#   off/before.sql: ALTER SYSTEM SET synchronous_commit = off; SELECT pg_reload_conf();
+#   on/before.sql:  ALTER SYSTEM RESET synchronous_commit; SELECT pg_reload_conf();
 set -euo pipefail
 old=$1 new=$2 measure=$3 rounds=${4:-5}
 admin=${ROADIE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Whatever happens, the database is left as the old side's before.sql sets it.
+finish() {
+  rm -rf "$work"
+  [ ! -f "$old/before.sql" ] || psql "$admin" -qAt -f "$old/before.sql" >/dev/null
+}
+trap finish EXIT
 
 # One figure (or two, space-separated) of the build in $1.
 measure_once() {
@@ -85,6 +94,7 @@ measure_once() {
 for round in $(seq 1 "$rounds"); do
   for side in old new; do
     dir=${!side}
+    [ ! -f "$dir/before.sql" ] || psql "$admin" -qAt -f "$dir/before.sql" >/dev/null
     figure=$(measure_once "$dir")
     echo "$side round $round: $figure"
     echo "$figure" >>"$work/$side"
