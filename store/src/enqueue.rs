@@ -62,14 +62,15 @@ impl Queue {
 }
 
 /// The extra column of `job_insert` and `job_raise_priority` that tells
-/// idle workers of a job a caller waits for: `pg_notify` for such a row
-/// (Postgres sends it when the statement commits), nothing on SQLite, whose
-/// workers watch `data_version`.
+/// idle workers of a job a caller waits for: `pg_notify` for such a row,
+/// naming its provider (Postgres sends it when the statement commits; a
+/// worker claims that provider's waited jobs first), nothing on SQLite,
+/// whose workers watch `data_version`.
 fn announce(backend: Backend) -> String {
     match backend {
         Backend::Postgres => format!(
             ", CASE WHEN priority = {WAIT_PRIORITY} \
-             THEN pg_notify('{WORK_CHANNEL}', '') IS NOT NULL END AS announced"
+             THEN pg_notify('{WORK_CHANNEL}', provider) IS NOT NULL END AS announced"
         ),
         Backend::Sqlite => String::new(),
     }

@@ -143,6 +143,22 @@ pub struct Claim {
     pub next_due: Option<i64>,
 }
 
+impl Claim {
+    /// Adds one provider's part; false when the provider had no budget.
+    fn add(&mut self, part: Gated) -> bool {
+        match part {
+            Gated::Claimed(jobs) => {
+                self.jobs.extend(jobs);
+                true
+            }
+            Gated::Throttled { next } => {
+                self.next_due = Some(self.next_due.map_or(next, |n| n.min(next)));
+                false
+            }
+        }
+    }
+}
+
 /// One provider's part of a claim ([`Store::job_claim_within`]): up to
 /// `want` of its due jobs of `priority`.
 struct Wanted<'a> {
@@ -431,26 +447,66 @@ impl Store {
                 provider: &provider,
                 priority,
             };
-            let gated = match rates.get(&provider) {
-                None => Gated::Claimed(self.claim_ungated(&wanted).await?),
-                Some(rate) => {
-                    let at = now + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
-                    match self.backend {
-                        Backend::Postgres => self.claim_gated_postgres(&wanted, *rate, at).await?,
-                        Backend::Sqlite => self.claim_gated_sqlite(&wanted, *rate, at).await?,
-                    }
-                }
-            };
-            match gated {
-                Gated::Claimed(jobs) => claim.jobs.extend(jobs),
-                Gated::Throttled { next } => {
-                    claim.next_due = Some(claim.next_due.map_or(next, |n: i64| n.min(next)));
-                    throttled.push(provider);
-                }
+            if !claim.add(self.claim_group(&wanted, rates, started).await?) {
+                throttled.push(provider);
             }
         }
         claim.jobs.sort_by_key(|j| (j.priority, j.id));
         Ok(claim)
+    }
+
+    /// Claims up to `limit` of `provider`'s due jobs that callers wait for
+    /// ([`WAIT_PRIORITY`], the most urgent a job can be), within its budget
+    /// as [`Store::job_claim_within`] does, without first reading the list
+    /// of due work: a worker told that such a job was enqueued (the
+    /// enqueue's notification names its provider) starts it one round trip
+    /// sooner. Jobs of other providers at the same priority may be older;
+    /// the worker's next round claims them.
+    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
+    pub async fn job_claim_waited(
+        &self,
+        worker: &str,
+        limit: u32,
+        lease_until: i64,
+        now: i64,
+        rates: &Rates,
+        provider: &str,
+    ) -> Result<Claim, StoreError> {
+        let mut claim = Claim::default();
+        if limit > 0 {
+            let wanted = Wanted {
+                worker,
+                lease_until,
+                now,
+                want: limit,
+                provider,
+                priority: i64::from(WAIT_PRIORITY),
+            };
+            let started = std::time::Instant::now();
+            claim.add(self.claim_group(&wanted, rates, started).await?);
+        }
+        Ok(claim)
+    }
+
+    /// One provider's part of a claim: one statement when it has no rate
+    /// limit, else its budget at the moment its row is locked (`started`
+    /// is when the claim began, `wanted.now` the time it was given).
+    async fn claim_group(
+        &self,
+        wanted: &Wanted<'_>,
+        rates: &Rates,
+        started: std::time::Instant,
+    ) -> Result<Gated, StoreError> {
+        match rates.get(wanted.provider) {
+            None => Ok(Gated::Claimed(self.claim_ungated(wanted).await?)),
+            Some(rate) => {
+                let at = wanted.now + i64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+                match self.backend {
+                    Backend::Postgres => self.claim_gated_postgres(wanted, *rate, at).await,
+                    Backend::Sqlite => self.claim_gated_sqlite(wanted, *rate, at).await,
+                }
+            }
+        }
     }
 
     /// One provider's due jobs of one priority, with no rate limit: one

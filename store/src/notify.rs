@@ -13,7 +13,8 @@ use crate::{Backend, Store, StoreError, sql::sql};
 /// Ids of finished jobs (comma-separated, a batch at a time), for servers
 /// waiting on them.
 pub const JOB_CHANNEL: &str = "roadie_jobs";
-/// "There is new work", for idle workers.
+/// "There is new work", for idle workers: the provider of a job a caller
+/// waits for, or empty (background work, or a listener's reconnect).
 pub const WORK_CHANNEL: &str = "roadie_work";
 
 /// A query (one row) that tells listeners on [`JOB_CHANNEL`] of the

@@ -1515,7 +1515,11 @@ async fn postgres_an_enqueue_a_caller_waits_for_tells_the_workers() {
         "after background",
         "a background job announced itself"
     );
-    assert_eq!(next().await, "", "the waited job was not announced");
+    assert_eq!(
+        next().await,
+        "musicbrainz",
+        "the waited job was not announced with its provider"
+    );
     assert_eq!(next().await, "after waited");
 
     // Shared: already at the waiting priority, nothing new to announce;
@@ -1543,7 +1547,11 @@ async fn postgres_an_enqueue_a_caller_waits_for_tells_the_workers() {
         "after shared",
         "sharing an announced job announced it again"
     );
-    assert_eq!(next().await, "", "the raised job was not announced");
+    assert_eq!(
+        next().await,
+        "musicbrainz",
+        "the raised job was not announced with its provider"
+    );
     assert_eq!(next().await, "after raised");
     store.close().await;
     db.finish().await;
@@ -2620,6 +2628,65 @@ mod limits {
         );
     }
 
+    pub async fn a_waited_claim_takes_its_providers_waited_jobs_alone(store: Store) {
+        for (url, provider, priority) in [
+            ("a/wait/1", "a", 1),
+            ("b/wait", "b", 1),
+            ("a/background", "a", 2),
+            ("a/wait/2", "a", 1),
+        ] {
+            let mut j = job(url, priority);
+            j.provider = provider.to_owned();
+            store.job_enqueue(&j).await.expect("enqueue");
+        }
+        let urls = |claim: &roadie_store::Claim| {
+            claim.jobs.iter().map(|j| j.url.clone()).collect::<Vec<_>>()
+        };
+        let claim = store
+            .job_claim_waited("w", 10, T0 + 30_000, T0, &Rates::default(), "a")
+            .await
+            .expect("claim");
+        assert_eq!(urls(&claim), ["a/wait/1", "a/wait/2"]);
+        assert!(
+            claim
+                .jobs
+                .iter()
+                .all(|j| j.lease_holder.as_deref() == Some("w"))
+        );
+        let rest = store
+            .job_claim_within("w", 10, T0 + 30_000, T0, &Rates::default())
+            .await
+            .expect("claim");
+        assert_eq!(urls(&rest), ["b/wait", "a/background"]);
+        // Within the provider's budget, and saying when to look again.
+        for i in 0..3 {
+            let mut j = job(&format!("a/wait/later/{i}"), 1);
+            j.provider = "a".to_owned();
+            store.job_enqueue(&j).await.expect("enqueue");
+        }
+        let limited = rates("a", 2.0, 1);
+        let first = store
+            .job_claim_waited("w", 10, T0 + 30_000, T0, &limited, "a")
+            .await
+            .expect("claim");
+        assert_eq!(urls(&first), ["a/wait/later/0"]);
+        let throttled = store
+            .job_claim_waited("w", 10, T0 + 30_000, T0 + 100, &limited, "a")
+            .await
+            .expect("claim");
+        assert!(throttled.jobs.is_empty());
+        let next = throttled.next_due.expect("when to look again");
+        assert!((T0 + 525..T0 + 625).contains(&next), "{}", next - T0);
+        let none = store
+            .job_claim_waited("w", 0, T0 + 30_000, next, &limited, "a")
+            .await
+            .expect("claim");
+        assert!(
+            none.jobs.is_empty() && none.next_due.is_none(),
+            "a limit of 0 claims nothing"
+        );
+    }
+
     pub async fn concurrent_claimers_share_one_budget(store: Store) {
         for i in 0..50 {
             store
@@ -2672,6 +2739,7 @@ mod jobs {
         claims_spend_the_providers_budget,
         waiting_callers_get_the_budget_first,
         concurrent_claimers_share_one_budget,
+        a_waited_claim_takes_its_providers_waited_jobs_alone,
     );
 }
 

@@ -1,6 +1,7 @@
 //! The worker, built like River's: this file is the producer, the claim
 //! loop (claims jobs for free slots, woken by the servers' NOTIFY on
-//! Postgres, by `data_version` on SQLite, polling as a fallback) and one
+//! Postgres, whose waited jobs' providers it claims first, by
+//! `data_version` on SQLite, polling as a fallback) and one
 //! attempt per job, held under a lease renewed by heartbeat; `decide`
 //! turns what upstream did into what the job and the cache become (a pure
 //! function); `completer` writes finished attempts in batches, only while
@@ -10,13 +11,17 @@
 //! cancels them and hands their leases back so another worker takes over at
 //! once.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use opentelemetry::{KeyValue, metrics::Histogram};
 use rand::Rng;
 use roadie_providers::Provider;
 use roadie_store::{
-    Job, JobFinish, JobOutcome, PollPace, Rates, Store, StoreError, WORK_CHANNEL, now_ms,
+    Claim, Job, JobFinish, JobOutcome, PollPace, Rates, Store, StoreError, WORK_CHANNEL, now_ms,
 };
 use roadie_telemetry::admin::Readiness;
 use tokio::{
@@ -165,14 +170,30 @@ impl Worker {
         let mut only_freed = false;
         let (finished, to_finish) = mpsc::channel(options.concurrency.max(1) as usize);
         let completer = tokio::spawn(self.clone().complete(to_finish));
-        // Postgres: servers NOTIFY (debounced) when they enqueue; the poll stays as a fallback.
+        // Postgres: servers NOTIFY (debounced) when they enqueue; the poll
+        // stays as a fallback. A job a caller waits for is announced at
+        // once, naming its provider: claimed before anything else.
         let wake = Arc::new(Notify::new());
+        let waited = Arc::new(Mutex::new(Vec::<String>::new()));
         let listening = CancellationToken::new();
         {
-            let (store, wake, listening) = (self.store.clone(), wake.clone(), listening.clone());
+            let (store, wake, waited, listening) = (
+                self.store.clone(),
+                wake.clone(),
+                waited.clone(),
+                listening.clone(),
+            );
             tokio::spawn(async move {
                 store
-                    .listen(WORK_CHANNEL, listening, |_| wake.notify_one())
+                    .listen(WORK_CHANNEL, listening, |provider| {
+                        if !provider.is_empty() {
+                            let mut waited = waited.lock().unwrap_or_else(PoisonError::into_inner);
+                            if !waited.iter().any(|p| p == provider) {
+                                waited.push(provider.to_owned());
+                            }
+                        }
+                        wake.notify_one();
+                    })
                     .await
             });
         }
@@ -199,31 +220,41 @@ impl Worker {
                 .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
             let mut next_due = None;
             if free > 0 && (!only_freed || free >= refill_batch) {
-                let now = now_ms();
-                let lease_until = now + millis(options.lease);
-                match self
-                    .store
-                    .job_claim_within(&options.id, free, lease_until, now, &self.rates)
-                    .await
-                {
-                    Ok(claim) => {
-                        report.claimed += claim.jobs.len() as u64;
-                        next_due = claim.next_due;
-                        self.ready.set(true, "claims succeed");
-                        for job in claim.jobs {
-                            let span = job_span(&job);
-                            inflight.spawn(
-                                self.clone()
-                                    .process(job, hard.clone(), finished.clone())
-                                    .instrument(span),
-                            );
-                        }
+                // Each claim takes the time it starts at: a budget is
+                // measured from it.
+                let lease = |now| now + millis(options.lease);
+                // Waited jobs named by a notification start before the
+                // round reads the list of due work.
+                let named =
+                    std::mem::take(&mut *waited.lock().unwrap_or_else(PoisonError::into_inner));
+                let mut free = free;
+                for provider in named {
+                    if free == 0 {
+                        break;
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "claim failed");
-                        self.ready.set(false, "claims fail");
-                    }
+                    let now = now_ms();
+                    let claim = self
+                        .store
+                        .job_claim_waited(
+                            &options.id,
+                            free,
+                            lease(now),
+                            now,
+                            &self.rates,
+                            &provider,
+                        )
+                        .await;
+                    let started = self.start(claim, &mut inflight, &hard, &finished, &mut next_due);
+                    free = free.saturating_sub(started);
+                    report.claimed += u64::from(started);
                 }
+                let now = now_ms();
+                let claim = self
+                    .store
+                    .job_claim_within(&options.id, free, lease(now), now, &self.rates)
+                    .await;
+                let started = self.start(claim, &mut inflight, &hard, &finished, &mut next_due);
+                report.claimed += u64::from(started);
                 self.rounds.send_modify(|rounds| *rounds += 1);
             }
             // A throttled provider's budget returns at a known moment: look
@@ -265,6 +296,40 @@ impl Worker {
             }
         }
         report
+    }
+
+    /// Starts the jobs of `claim`, each under its own span, and notes when
+    /// a throttled provider may be called again; the number started.
+    fn start(
+        &self,
+        claim: Result<Claim, StoreError>,
+        inflight: &mut JoinSet<()>,
+        hard: &CancellationToken,
+        finished: &mpsc::Sender<Done>,
+        next_due: &mut Option<i64>,
+    ) -> u32 {
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(error) => {
+                tracing::warn!(%error, "claim failed");
+                self.ready.set(false, "claims fail");
+                return 0;
+            }
+        };
+        self.ready.set(true, "claims succeed");
+        if let Some(due) = claim.next_due {
+            *next_due = Some(next_due.map_or(due, |n| n.min(due)));
+        }
+        let started = u32::try_from(claim.jobs.len()).unwrap_or(u32::MAX);
+        for job in claim.jobs {
+            let span = job_span(&job);
+            inflight.spawn(
+                self.clone()
+                    .process(job, hard.clone(), finished.clone())
+                    .instrument(span),
+            );
+        }
+        started
     }
 
     async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<Done>) {
