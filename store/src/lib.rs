@@ -180,22 +180,6 @@ pub struct Store {
 /// the largest burst of writes it ever held.
 pub const WAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
 
-/// The most WAL, in pages (4 KiB each), that SQLite lets grow before a
-/// commit also checkpoints it into the database (`PRAGMA
-/// wal_autocheckpoint`). Such a checkpoint runs inside the commit that
-/// crosses the line, and syncs the WAL before it and the database after
-/// it: SQLite's default of 1 000 pages put two flushes into the
-/// committer's path some 25 times a second under a load of Puts. See
-/// `autocheckpoint_pages`.
-pub const WAL_AUTOCHECKPOINT: u64 = 10_000;
-
-/// The pages of WAL past which a commit checkpoints: as many as the WAL
-/// size limit holds, up to [`WAL_AUTOCHECKPOINT`], and never fewer than
-/// SQLite's own default of 1 000. A small limit keeps a small WAL.
-fn autocheckpoint_pages(wal_size_limit: u64) -> u64 {
-    (wal_size_limit / 4096).clamp(1_000, WAL_AUTOCHECKPOINT)
-}
-
 /// How long a pooled connection may sit idle and still be handed out
 /// without a ping first: longer, and a database restart or a dropped
 /// connection may have ended it meanwhile.
@@ -254,7 +238,6 @@ impl Store {
         let connect_options = AnyConnectOptions::from_str(&url)?;
         let busy_ms = options.busy_timeout.as_millis();
         let wal_limit = options.wal_size_limit;
-        let autocheckpoint = autocheckpoint_pages(wal_limit);
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -280,7 +263,7 @@ impl Store {
                             format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                                  PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; \
-                                 PRAGMA journal_size_limit = {wal_limit}; PRAGMA wal_autocheckpoint = {autocheckpoint};"
+                                 PRAGMA journal_size_limit = {wal_limit};"
                             )
                             .as_str(),
                         )
@@ -564,26 +547,6 @@ mod tests {
                 .expect("url")
                 .ends_with("?mode=ro")
         );
-    }
-
-    #[tokio::test]
-    async fn sqlite_checkpoints_as_the_wal_limit_allows() {
-        assert_eq!(autocheckpoint_pages(WAL_SIZE_LIMIT), WAL_AUTOCHECKPOINT);
-        assert_eq!(autocheckpoint_pages(16 << 20), 4_096);
-        assert_eq!(autocheckpoint_pages(1 << 20), 1_000, "SQLite's default");
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (limit, pages) in [(WAL_SIZE_LIMIT, WAL_AUTOCHECKPOINT), (1 << 20, 1_000)] {
-            let mut options =
-                StoreOptions::new(format!("sqlite://{}/{limit}.db", dir.path().display()));
-            options.wal_size_limit = limit;
-            let store = Store::connect(&options).await.expect("connect");
-            let set: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
-                .fetch_one(&store.pool)
-                .await
-                .expect("pragma");
-            assert_eq!(u64::try_from(set).ok(), Some(pages), "limit {limit}");
-            store.close().await;
-        }
     }
 
     #[test]
