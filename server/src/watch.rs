@@ -198,14 +198,7 @@ impl Watcher {
                             return Ok(());
                         }
                     }
-                    None if registered.subscription.lagged() => {
-                        return Err(ApiError::ResourceExhausted(format!(
-                            "this watcher fell more than {} changes behind; \
-                             resume with after_revision {}",
-                            self.state.settings.watch.buffer, self.pos
-                        ))
-                        .into());
-                    }
+                    None if registered.subscription.lagged() => return Err(self.fell_behind()),
                     None => return Err(self.shutting_down()),
                 },
                 () = tokio::time::sleep_until(self.last_sent + interval) => {
@@ -217,6 +210,11 @@ impl Watcher {
                             return Ok(());
                         }
                     }
+                    // Cut off meanwhile, the queue lost some of them: the
+                    // position stays at the last change sent.
+                    if registered.subscription.lagged() {
+                        return Err(self.fell_behind());
+                    }
                     self.pos = self.pos.max(last);
                     if self.progress().await.is_err() {
                         return Ok(());
@@ -226,6 +224,16 @@ impl Watcher {
                 () = client.closed() => return Ok(()),
             }
         }
+    }
+
+    /// The end of a watcher whose queue overflowed, naming the revision
+    /// to resume after: the last it was sent.
+    fn fell_behind(&self) -> Status {
+        ApiError::ResourceExhausted(format!(
+            "this watcher fell more than {} changes behind; resume with after_revision {}",
+            self.state.settings.watch.buffer, self.pos
+        ))
+        .into()
     }
 
     fn shutting_down(&self) -> Status {

@@ -354,7 +354,15 @@ async fn a_compacted_start_is_out_of_range(backend: Backend) {
 /// A watcher that stops reading is cut off with RESOURCE_EXHAUSTED once it
 /// is `watch.buffer` changes behind; the one beside it gets everything.
 async fn a_slow_watcher_is_cut_off_alone(backend: Backend) {
-    let server = start!(backend, |s| s.watch.buffer = 64);
+    // Progress every millisecond, so ticks fall among the changes: a tick
+    // that came after the slow watcher's queue was cut off moved the
+    // revision it was told to resume after past the last change it was
+    // sent (seen under load in CI; the race is the scheduler's, so this
+    // makes it likely, not certain).
+    let server = start!(backend, |s| {
+        s.watch.buffer = 64;
+        s.watch.progress_interval = Duration::from_millis(1);
+    });
     let mut raw = stub(server.addr).await;
     let request = WatchRequest {
         include_values: true,
@@ -363,11 +371,16 @@ async fn a_slow_watcher_is_cut_off_alone(backend: Backend) {
     let (mut slow, _) = open(&mut raw, request.clone()).await;
     let (mut fast, _) = open(&mut raw, request).await;
     const WRITES: u64 = 2000;
+    // The writer stays at most 16 changes ahead of the fast watcher's
+    // reads, well inside its buffer of 64 however the machine schedules
+    // the two tasks: only the slow watcher can fall behind.
+    let ahead = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let writer = {
-        let client = server.client.clone();
+        let (client, ahead) = (server.client.clone(), ahead.clone());
         tokio::spawn(async move {
             let value = "x".repeat(2048);
             for i in 0..WRITES {
+                ahead.acquire().await.expect("permit").forget();
                 client
                     .put(put(&format!("k{i}"), &value))
                     .await
@@ -377,6 +390,7 @@ async fn a_slow_watcher_is_cut_off_alone(backend: Backend) {
     };
     for expected in 1..=WRITES {
         assert_eq!(next_change(&mut fast).await.revision, expected);
+        ahead.add_permits(1);
     }
     writer.await.expect("writer");
     let mut got = 0;
