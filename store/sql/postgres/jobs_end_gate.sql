@@ -20,7 +20,11 @@ held AS (
     SET state = e.state, last_error = e.error, finished_at = $7, updated_at = $7,
         lease_holder = NULL, lease_expires_at = NULL
     FROM json_to_recordset($5::json) AS e(id bigint, state text, error text)
-    WHERE jobs.id = e.id AND (SELECT open FROM gate)
+    -- The held ids as one array, looked up in the primary key: joined to
+    -- the JSON rows alone, whose count the planner cannot know, the
+    -- update scanned every job in the table on each finish.
+    WHERE jobs.id = ANY (ARRAY(SELECT id FROM held)) AND jobs.id = e.id
+      AND (SELECT open FROM gate)
     RETURNING jobs.id
 ), announced AS (
 {announce}
