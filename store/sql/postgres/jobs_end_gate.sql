@@ -9,20 +9,24 @@
 -- waits for) and write; otherwise it changes nothing and returns no row,
 -- and the caller ends them one by one in a transaction.
 held AS (
-    SELECT jobs.id FROM jobs
-    WHERE jobs.id IN (SELECT e.id FROM json_to_recordset($5::json) AS e(id bigint))
-      AND jobs.lease_holder = $6 AND jobs.state = 'running'
+    -- The ids as one array, looked up in the primary key alone (see
+    -- `ended`); whether the worker still holds each is read from the row
+    -- it locked. With `state = 'running'` in the scan, the planner read
+    -- every entry of the index of running jobs, those of jobs finished
+    -- since the last vacuum too.
+    SELECT jobs.id, jobs.lease_holder = $6 AND jobs.state = 'running' AS leased FROM jobs
+    WHERE jobs.id = ANY (ARRAY(SELECT e.id FROM json_to_recordset($5::json) AS e(id bigint)))
     FOR UPDATE
 ), gate AS (
-    SELECT count(*) = $8 AS open FROM held
+    SELECT count(*) FILTER (WHERE leased) = $8 AS open FROM held
 ), ended AS (
     UPDATE jobs
     SET state = e.state, last_error = e.error, finished_at = $7, updated_at = $7,
         lease_holder = NULL, lease_expires_at = NULL
     FROM json_to_recordset($5::json) AS e(id bigint, state text, error text)
     -- The held ids as one array, looked up in the primary key: joined to
-    -- the JSON rows alone, whose count the planner cannot know, the
-    -- update scanned every job in the table on each finish.
+    -- the JSON rows alone, whose count the planner cannot know (it takes
+    -- 100), the update scanned every job in the table on each finish.
     WHERE jobs.id = ANY (ARRAY(SELECT id FROM held)) AND jobs.id = e.id
       AND (SELECT open FROM gate)
     RETURNING jobs.id
