@@ -235,7 +235,8 @@ pub struct WorkerSettings {
     /// How often held leases are renewed; well under `lease`.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
-    /// How often an idle worker looks for jobs.
+    /// How often an idle worker looks for jobs; also the longest a busy
+    /// worker goes without reading the list of due work.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// First retry delay after a transient failure; doubles per attempt, with jitter.

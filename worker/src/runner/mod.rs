@@ -53,7 +53,9 @@ pub struct WorkerOptions {
     pub lease: Duration,
     /// How often held leases are renewed (well under `lease`).
     pub heartbeat: Duration,
-    /// How often to look for work when idle.
+    /// How often to look for work when idle; and the longest a busy worker
+    /// goes without reading the list of due work (a round that starts
+    /// waited jobs leaves it to a later one).
     pub poll_interval: Duration,
     /// SQLite: how often an idle worker reads `PRAGMA data_version` to learn
     /// that another process committed (an enqueued job, most often).
@@ -169,7 +171,7 @@ impl Worker {
         let refill_batch = (options.concurrency / 4).max(1);
         let mut only_freed = false;
         // When this worker last read the list of due work.
-        let mut due_read = None;
+        let mut due_read: Option<tokio::time::Instant> = None;
         let (finished, to_finish) = mpsc::channel(options.concurrency.max(1) as usize);
         let completer = tokio::spawn(self.clone().complete(to_finish));
         // Postgres: servers NOTIFY (debounced) when they enqueue; the poll
@@ -257,8 +259,8 @@ impl Worker {
                     waited_started += started;
                 }
                 report.claimed += u64::from(waited_started);
-                let due_read_lately = due_read
-                    .is_some_and(|at: tokio::time::Instant| at.elapsed() < options.poll_interval);
+                let due_read_lately =
+                    due_read.is_some_and(|at| at.elapsed() < options.poll_interval);
                 if waited_started == 0 || !due_read_lately {
                     due_read = Some(tokio::time::Instant::now());
                     let now = now_ms();
