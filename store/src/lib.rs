@@ -324,7 +324,7 @@ impl Store {
             options.compression,
             committed.clone(),
             options.batching,
-        );
+        )?;
         let enqueuer = enqueue::Enqueuer::start(pool.clone(), backend, options.batching);
         Ok(Store {
             pool,
