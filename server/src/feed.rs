@@ -1,8 +1,13 @@
 //! The change feed: one tail of the change log per server process, fanned
 //! out in memory to every watcher and to the hot tier.
 //!
-//! The tail reads the log only when something may have changed: at once
-//! after this process commits ([`Store::committed`]); on Postgres when
+//! A batch of Puts this process commits is taken as it commits
+//! ([`Store::own_commits`]), with no read of the log, when its first change
+//! is the one after the tail's last: another process's commit between
+//! them, a lagging receiver or a watcher that wants values sends the tail
+//! to the log instead. The tail reads the log only when something may have
+//! changed: at once after this process commits anything else
+//! ([`Store::committed`]); on Postgres when
 //! another process NOTIFYs after its commit, or every `watch.fallback_poll`
 //! in case a notification was lost; on SQLite when `PRAGMA data_version`
 //! moves, checked every `watch.poll_interval`. Each read is one indexed
@@ -25,7 +30,7 @@ use std::{
 };
 
 use roadie_store::{
-    Backend, CHANGE_CHANNEL, Change, ChangeKind, Entry, PollPace, Store, StoreError,
+    Backend, CHANGE_CHANNEL, Change, ChangeKind, Committed, Entry, PollPace, Store, StoreError,
     notified_revision,
 };
 use tokio::{
@@ -232,45 +237,78 @@ impl Feed {
             }
             let full = changes.len() == PAGE as usize;
             let values_loaded = self.value_watchers.load(Ordering::Acquire) > 0;
-            let mut entries = if values_loaded {
+            let entries = if values_loaded {
                 load_entries(store, &changes).await?
             } else {
                 Default::default()
             };
-            if let Some(hot) = &self.hot {
-                for change in &changes {
-                    hot.changed(&change.key, change.revision);
-                }
-            }
-            let now = roadie_store::now_ms();
-            for change in &changes {
-                self.lag.record((now - change.at).max(0) as f64, &[]);
-            }
-            let mut ring = self.lock();
-            for change in changes {
-                let entry = entries
-                    .remove(&(change.key.clone(), change.revision))
-                    .filter(|_| carries_value(change.kind));
-                ring.last = change.revision;
-                let live = Arc::new(Live {
-                    change,
-                    entry,
-                    values_loaded,
-                });
-                ring.fanout.dispatch(&live);
-                // No receivers is fine: no Fetch is waiting.
-                let _ = ring.sender.send(live);
-            }
-            drop(ring);
+            self.apply(changes, entries, values_loaded);
             if !full {
                 return Ok(());
             }
         }
     }
 
+    /// Takes a batch this server committed as the log's next changes, when
+    /// it is: the tail's last change is the one before the batch's first,
+    /// and no watcher wants values (those are read with the log). Whether
+    /// the tail now holds the batch; `false` asks for a read of the log.
+    fn take_own(&self, committed: &Committed) -> bool {
+        let (Some(first), Some(last)) = (committed.changes.first(), committed.changes.last())
+        else {
+            return true;
+        };
+        // Only this task moves the tail: what it reads here stays true.
+        let tail = self.last();
+        if last.revision <= tail {
+            return true;
+        }
+        if first.revision != tail + 1 || self.value_watchers.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        self.apply(committed.changes.clone(), Default::default(), false);
+        self.confirm(Instant::from_std(committed.began));
+        true
+    }
+
+    /// Hands `changes`, the log's next ones in order, to the hot tier and
+    /// every watcher (with their entries when `values_loaded`).
+    fn apply(
+        &self,
+        changes: Vec<Change>,
+        mut entries: HashMap<(String, u64), Entry>,
+        values_loaded: bool,
+    ) {
+        if let Some(hot) = &self.hot {
+            for change in &changes {
+                hot.changed(&change.key, change.revision);
+            }
+        }
+        let now = roadie_store::now_ms();
+        for change in &changes {
+            self.lag.record((now - change.at).max(0) as f64, &[]);
+        }
+        let mut ring = self.lock();
+        for change in changes {
+            let entry = entries
+                .remove(&(change.key.clone(), change.revision))
+                .filter(|_| carries_value(change.kind));
+            ring.last = change.revision;
+            let live = Arc::new(Live {
+                change,
+                entry,
+                values_loaded,
+            });
+            ring.fanout.dispatch(&live);
+            // No receivers is fine: no Fetch is waiting.
+            let _ = ring.sender.send(live);
+        }
+    }
+
     /// Tails the log until `cancel` fires.
     pub async fn run(self: Arc<Self>, store: Store, settings: Settings, cancel: CancellationToken) {
         let mut committed = store.committed();
+        let mut own = Some(store.own_commits());
         let heard = Arc::new(Notify::new());
         let interval = match store.backend() {
             Backend::Sqlite => settings.watch.poll_interval,
@@ -297,7 +335,20 @@ impl Feed {
         // SQLite: read the log's version quickly while commits keep coming.
         let mut pace = PollPace::new(interval);
         let mut failing = false;
+        // Whether to read the log now: not for a batch of this server's own
+        // the tail took as it committed.
+        let mut read = true;
         loop {
+            if !read {
+                let Some(wake) = self
+                    .next_wake(&mut own, &mut committed, &heard, &pace, &cancel)
+                    .await
+                else {
+                    return;
+                };
+                read = wake;
+                continue;
+            }
             let started = Instant::now();
             let result = match version.changed(&store).await {
                 Ok(false) => Ok(()),
@@ -325,13 +376,54 @@ impl Feed {
                     version.forget();
                 }
             }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = committed.changed() => {}
-                () = heard.notified() => {}
-                () = tokio::time::sleep(pace.next()) => {}
-            }
+            let Some(wake) = self
+                .next_wake(&mut own, &mut committed, &heard, &pace, &cancel)
+                .await
+            else {
+                return;
+            };
+            read = wake;
         }
+    }
+
+    /// Waits for the next reason to look at the log: `Some(true)` to read
+    /// it, `Some(false)` when this server's own batch was taken as it
+    /// committed, `None` once `cancel` fired.
+    async fn next_wake(
+        &self,
+        own: &mut Option<broadcast::Receiver<Arc<Committed>>>,
+        committed: &mut tokio::sync::watch::Receiver<u64>,
+        heard: &Notify,
+        pace: &PollPace,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
+        tokio::select! {
+            // Own batches first: the announcement of one taken needs no read.
+            biased;
+            () = cancel.cancelled() => None,
+            taken = recv_own(own), if own.is_some() => Some(match taken {
+                Ok(batch) => !self.take_own(&batch),
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                // The store is closing; its last commits are in the log.
+                Err(broadcast::error::RecvError::Closed) => {
+                    *own = None;
+                    true
+                }
+            }),
+            _ = committed.changed() => Some(*committed.borrow_and_update() > self.last()),
+            () = heard.notified() => Some(true),
+            () = tokio::time::sleep(pace.next()) => Some(true),
+        }
+    }
+}
+
+/// The next batch of `own`, which is open (see [`Feed::next_wake`]).
+async fn recv_own(
+    own: &mut Option<broadcast::Receiver<Arc<Committed>>>,
+) -> Result<Arc<Committed>, broadcast::error::RecvError> {
+    match own {
+        Some(own) => own.recv().await,
+        None => Err(broadcast::error::RecvError::Closed),
     }
 }
 

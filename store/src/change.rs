@@ -119,6 +119,21 @@ pub struct Change {
     pub at: i64,
 }
 
+/// A batch of changes this process's committer committed, handed to the
+/// process's tail of the log as they were written, without reading them
+/// back ([`Store::own_commits`]).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The batch's changes, in revision order, without gaps.
+    pub changes: Vec<Change>,
+    /// When the batch's transaction began: every commit that ended before
+    /// this moment took a lower revision than the batch's first (the
+    /// revision lock orders commits), so a tail whose last change is the
+    /// one before the batch's first has, with the batch, every change
+    /// committed before it.
+    pub began: std::time::Instant,
+}
+
 impl Store {
     /// Up to `limit` changes with a revision greater than `after`, oldest first.
     pub async fn change_list_since(
@@ -180,6 +195,14 @@ impl Store {
     /// changing after every commit that wrote changes.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+
+    /// The batches of Puts this process commits, each as it committed
+    /// (Deletes, invalidations and every other write are only announced on
+    /// [`Self::committed`]). A receiver that falls behind misses batches:
+    /// the log has them.
+    pub fn own_commits(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Committed>> {
+        self.committer.own_commits()
     }
 
     /// Announces that a transaction up to `revision` has committed.

@@ -26,11 +26,11 @@ use std::{
 };
 
 use sqlx::{Any, AnyPool, Connection, pool::PoolConnection};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     Backend, Compression, DeleteResult, StoreError, TRUSTED_IDLE,
-    change::{announce, revision_lock, revision_set},
+    change::{Change, Committed, announce, revision_lock, revision_set},
     entry::{
         Delete, EntryPut, Invalidation, Lock, PutResult, entries_invalidate_at, entries_put_at,
         entry_delete_at, last_written, writes_alone,
@@ -93,6 +93,7 @@ type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 pub(crate) struct Committer {
     writes: mpsc::Sender<(Write, Reply)>,
     counts: Arc<Counts>,
+    own: broadcast::Sender<Arc<Committed>>,
 }
 
 /// Batches run, the writes they carried, and the batches split after a
@@ -129,6 +130,7 @@ struct Target {
     pub counts: Arc<Counts>,
     pub compression: Option<Compression>,
     pub committed: Arc<watch::Sender<u64>>,
+    pub own: broadcast::Sender<Arc<Committed>>,
 }
 
 impl Committer {
@@ -144,12 +146,14 @@ impl Committer {
         let max_batch = batching.max_batch.max(1);
         let (writes, queue) = mpsc::channel(max_batch * 4);
         let counts = Arc::new(Counts::default());
+        let (own, _) = broadcast::channel(OWN_COMMITS);
         let target = Target {
             pool,
             backend,
             counts: counts.clone(),
             compression,
             committed,
+            own: own.clone(),
         };
         let committing = run(
             queue,
@@ -165,7 +169,11 @@ impl Committer {
                 StoreError::Unavailable(format!("cannot start the committer's thread: {error}"))
             })?,
         }
-        Ok(Committer { writes, counts })
+        Ok(Committer {
+            writes,
+            counts,
+            own,
+        })
     }
 
     /// What the group commit has done since the store opened.
@@ -176,6 +184,11 @@ impl Committer {
             split: self.counts.split.load(Ordering::Relaxed),
             replans: self.counts.replans.load(Ordering::Relaxed),
         }
+    }
+
+    /// The batches of Puts committed from now on ([`Committed`]).
+    pub(crate) fn own_commits(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.own.subscribe()
     }
 
     /// Writes `put` in the next batch; answers after its commit.
@@ -302,8 +315,14 @@ async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
         .writes
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+    let began = Instant::now();
     match write_all(target, held, &writes).await {
-        Ok(outcomes) => answer(replies, outcomes.into_iter().map(Ok)),
+        Ok(outcomes) => {
+            // This server's tail takes the batch before it hears of it.
+            hand_over(target, &writes, &outcomes, began);
+            announce_all(target, &outcomes);
+            answer(replies, outcomes.into_iter().map(Ok));
+        }
         Err(Failure::Commit(error)) => {
             answer(replies, writes.iter().map(|_| Err(unconfirmed(&error))));
         }
@@ -313,15 +332,62 @@ async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
             target.counts.split.fetch_add(1, Ordering::Relaxed);
             for (write, reply) in writes.iter().zip(replies) {
                 let result = match write_all(target, held, std::slice::from_ref(write)).await {
-                    Ok(mut outcomes) => outcomes.pop().ok_or_else(|| {
-                        StoreError::Corrupt("a write of one gave no outcome".to_owned())
-                    }),
+                    Ok(mut outcomes) => {
+                        announce_all(target, &outcomes);
+                        outcomes.pop().ok_or_else(|| {
+                            StoreError::Corrupt("a write of one gave no outcome".to_owned())
+                        })
+                    }
                     Err(Failure::Statement(error)) => Err(error),
                     Err(Failure::Commit(error)) => Err(unconfirmed(&error)),
                 };
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+/// Announces the last revision `outcomes` of one committed transaction took.
+fn announce_all(target: &Target, outcomes: &[Outcome]) {
+    if let Some(last) = outcomes.iter().filter_map(Outcome::revision).max() {
+        announce(&target.committed, last);
+    }
+}
+
+/// Batches of Puts a tail that falls behind may miss before it reads the
+/// log instead.
+const OWN_COMMITS: usize = 64;
+
+/// Hands the changes a committed batch of Puts wrote to this process's tail
+/// of the log ([`Committed`]), built from the writes as they were sent: one
+/// read of the log less per batch. A batch with anything else (a Delete's
+/// change row names what the row held; an invalidation's, the rows it
+/// matched) is left to the log.
+fn hand_over(target: &Target, writes: &[Write], outcomes: &[Outcome], began: Instant) {
+    if target.own.receiver_count() == 0 {
+        return;
+    }
+    let mut changes = Vec::with_capacity(writes.len());
+    for (write, outcome) in writes.iter().zip(outcomes) {
+        match (write, outcome) {
+            (Write::Put(put), Outcome::Put(PutResult::Written { revision, .. })) => {
+                changes.push(Change {
+                    revision: *revision,
+                    kind: put.kind,
+                    key: put.key.clone(),
+                    policy: put.policy.clone(),
+                    tags: put.tags.clone(),
+                    provider: put.provenance.as_ref().map(|p| p.provider.clone()),
+                    at: put.now,
+                });
+            }
+            (Write::Put(_), Outcome::Put(_)) => {}
+            _ => return,
+        }
+    }
+    if !changes.is_empty() {
+        // No receiver left meanwhile is fine: nobody tails the log.
+        let _ = target.own.send(Arc::new(Committed { changes, began }));
     }
 }
 
@@ -481,7 +547,6 @@ async fn write_on(
             revision_set(&mut tx, base).await.map_err(statement)?;
         }
         tx.commit().await.map_err(|e| Failure::Commit(e.into()))?;
-        announce(&target.committed, base);
     } else {
         // Nothing landed. Rolled back now, not when the transaction drops:
         // a dropped transaction's ROLLBACK waits for the connection's next
@@ -534,6 +599,5 @@ async fn write_alone(
         }
         other => Failure::Commit(other),
     })?;
-    announce(&target.committed, counter);
     Ok(results.into_iter().map(Outcome::Put).collect())
 }

@@ -48,7 +48,9 @@ use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
 };
 
-pub use change::{CHANGE_CHANNEL, Change, ChangeKind, DataVersion, PollPace, notified_revision};
+pub use change::{
+    CHANGE_CHANNEL, Change, ChangeKind, Committed, DataVersion, PollPace, notified_revision,
+};
 pub use commit::{Batching, REPLAN, WriteBatches};
 pub use compress::{Compression, compressible};
 pub use entry::{

@@ -470,7 +470,74 @@ async fn watches_per_client_are_capped(backend: Backend) {
     server.stop().await;
 }
 
+/// A server hands its own batches of Puts to its watchers as it commits
+/// them, without reading them back from the log; another server's commits
+/// falling between them are read from the log. A watcher on A sees every
+/// Put made through A and through B, each once, at the revision its Put
+/// answered, in revision order without a gap.
+async fn own_and_other_servers_writes_reach_a_watcher_in_order(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let (upstream, _) = crate::fetch::upstream().await;
+    let a = crate::fetch::ServerProcess::start(&db.url, upstream).await;
+    let b = crate::fetch::ServerProcess::start(&db.url, upstream).await;
+    let mut on_a = stub(&a.addr).await;
+    let (mut stream, _) = open(&mut on_a, WatchRequest::default()).await;
+
+    const LANES: usize = 4;
+    const EACH: usize = 25;
+    let mut lanes = tokio::task::JoinSet::new();
+    for (server, addr) in [("a", &a.addr), ("b", &b.addr)] {
+        for lane in 0..LANES {
+            let addr = addr.clone();
+            lanes.spawn(async move {
+                let client =
+                    roadie_client::connect(format!("http://{addr}"), Duration::from_secs(5))
+                        .await
+                        .expect("connect");
+                let mut written = Vec::with_capacity(EACH);
+                for i in 0..EACH {
+                    let key = format!("order:{server}:{lane}:{i}");
+                    let put = client.put(put(&key, "v")).await.expect("put");
+                    written.push((put.revision, key));
+                }
+                written
+            });
+        }
+    }
+    let mut written: Vec<(u64, String)> = lanes.join_all().await.into_iter().flatten().collect();
+    written.sort();
+
+    // Progress messages keep coming while a change is missing: the whole
+    // collection has a deadline, not each message.
+    let mut seen = Vec::with_capacity(written.len());
+    let collected = tokio::time::timeout(Duration::from_secs(20), async {
+        while seen.len() < written.len() {
+            let change = next_change(&mut stream).await;
+            seen.push((change.revision, change.key));
+        }
+    })
+    .await;
+    assert!(
+        collected.is_ok(),
+        "{} of {} changes within 20 s, the last {:?}",
+        seen.len(),
+        written.len(),
+        seen.last()
+    );
+    assert_eq!(seen, written, "every Put once, at its revision, in order");
+    assert!(
+        seen.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "no gap between revisions"
+    );
+
+    drop((a, b));
+    db.finish().await;
+}
+
 on_both_backends!(
+    own_and_other_servers_writes_reach_a_watcher_in_order,
     watches_per_client_are_capped,
     filters_order_values_and_progress,
     bad_filters_name_the_field,
