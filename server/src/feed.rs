@@ -339,41 +339,33 @@ impl Feed {
         // the tail took as it committed.
         let mut read = true;
         loop {
-            if !read {
-                let Some(wake) = self
-                    .next_wake(&mut own, &mut committed, &heard, &pace, &cancel)
-                    .await
-                else {
-                    return;
+            if read {
+                let started = Instant::now();
+                let result = match version.changed(&store).await {
+                    Ok(false) => Ok(()),
+                    Ok(true) => {
+                        if store.backend() == Backend::Sqlite {
+                            pace.moved();
+                        }
+                        self.catch_up(&store).await
+                    }
+                    Err(error) => Err(error),
                 };
-                read = wake;
-                continue;
-            }
-            let started = Instant::now();
-            let result = match version.changed(&store).await {
-                Ok(false) => Ok(()),
-                Ok(true) => {
-                    if store.backend() == Backend::Sqlite {
-                        pace.moved();
+                match result {
+                    Ok(()) => {
+                        self.confirm(started);
+                        if failing {
+                            tracing::info!("change log readable again");
+                            failing = false;
+                        }
                     }
-                    self.catch_up(&store).await
-                }
-                Err(error) => Err(error),
-            };
-            match result {
-                Ok(()) => {
-                    self.confirm(started);
-                    if failing {
-                        tracing::info!("change log readable again");
-                        failing = false;
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!(%error, "cannot read the change log; the hot tier is bypassed until it can");
+                            failing = true;
+                        }
+                        version.forget();
                     }
-                }
-                Err(error) => {
-                    if !failing {
-                        tracing::warn!(%error, "cannot read the change log; the hot tier is bypassed until it can");
-                        failing = true;
-                    }
-                    version.forget();
                 }
             }
             let Some(wake) = self
