@@ -355,8 +355,9 @@ fn announce_all(target: &Target, outcomes: &[Outcome]) {
 }
 
 /// Batches of Puts a tail that falls behind may miss before it reads the
-/// log instead.
-const OWN_COMMITS: usize = 64;
+/// log instead. The channel keeps this many batches' change rows until
+/// newer ones replace them: at most 16 × `store.write_batch` keys and tags.
+const OWN_COMMITS: usize = 16;
 
 /// Hands the changes a committed batch of Puts wrote to this process's tail
 /// of the log ([`Committed`]), built from the writes as they were sent: one
