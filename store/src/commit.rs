@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
     Backend, Compression, DeleteResult, StoreError, TRUSTED_IDLE,
-    change::{Change, Committed, announce, revision_lock, revision_set},
+    change::{Committed, announce, revision_lock, revision_set},
     entry::{
         Delete, EntryPut, Invalidation, Lock, PutResult, entries_invalidate_at, entries_put_at,
         entry_delete_at, last_written, writes_alone,
@@ -235,7 +235,7 @@ impl Committer {
 /// statement of a batch (BEGIN, the revision lock, the write, COMMIT); on
 /// the server's runtime each return waited its turn behind the calls'
 /// tasks, between two statements of the one batch every writer waits for.
-/// Put of new keys on SQLite: 1.05x side by side (BENCHMARKS). Postgres's
+/// Put of new keys on SQLite: 1.07x side by side (BENCHMARKS). Postgres's
 /// committer stays on the runtime whose I/O driver its connections use.
 fn on_its_own_thread(
     committing: impl std::future::Future<Output = ()> + Send + 'static,
@@ -372,15 +372,7 @@ fn hand_over(target: &Target, writes: &[Write], outcomes: &[Outcome], began: Ins
     for (write, outcome) in writes.iter().zip(outcomes) {
         match (write, outcome) {
             (Write::Put(put), Outcome::Put(PutResult::Written { revision, .. })) => {
-                changes.push(Change {
-                    revision: *revision,
-                    kind: put.kind,
-                    key: put.key.clone(),
-                    policy: put.policy.clone(),
-                    tags: put.tags.clone(),
-                    provider: put.provenance.as_ref().map(|p| p.provider.clone()),
-                    at: put.now,
-                });
+                changes.push(put.change(*revision));
             }
             (Write::Put(_), Outcome::Put(_)) => {}
             _ => return,

@@ -8,8 +8,8 @@ use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        CHANGE_WIDTH, ChangeKind, ChangeRow, change_insert, from_i64, parse_tags, revision_lock,
-        revision_set, to_i64,
+        CHANGE_WIDTH, Change, ChangeKind, ChangeRow, change_insert, from_i64, parse_tags,
+        revision_lock, revision_set, to_i64,
     },
     compress::{self, Compression},
     sql::{MAX_PARAMS, sql, with_rows},
@@ -128,6 +128,33 @@ impl EntryPut {
             expires_at: self.expires_at,
             revision,
             provenance: self.provenance,
+        }
+    }
+
+    /// The change-log row this write leaves when it lands at `revision`,
+    /// its tags as the JSON array `tags`: what the log holds.
+    pub(crate) fn change_row<'a>(&'a self, revision: u64, tags: &'a str) -> ChangeRow<'a> {
+        ChangeRow {
+            revision,
+            kind: self.kind,
+            key: &self.key,
+            policy: &self.policy,
+            tags,
+            provider: self.provenance.as_ref().map(|p| p.provider.as_str()),
+            at: self.now,
+        }
+    }
+
+    /// The same change as a reader of the log gets it ([`Self::change_row`]).
+    pub(crate) fn change(&self, revision: u64) -> Change {
+        Change {
+            revision,
+            kind: self.kind,
+            key: self.key.clone(),
+            policy: self.policy.clone(),
+            tags: self.tags.clone(),
+            provider: self.provenance.as_ref().map(|p| p.provider.clone()),
+            at: self.now,
         }
     }
 }
@@ -835,18 +862,7 @@ pub(crate) async fn entries_put_at(
     let changes: Vec<ChangeRow<'_>> = landed
         .iter()
         .zip(&change_tags)
-        .map(|(&(index, revision), tags)| {
-            let put = puts[index];
-            ChangeRow {
-                revision,
-                kind: put.kind,
-                key: &put.key,
-                policy: &put.policy,
-                tags,
-                provider: put.provenance.as_ref().map(|p| p.provider.as_str()),
-                at: put.now,
-            }
-        })
+        .map(|(&(index, revision), tags)| puts[index].change_row(revision, tags))
         .collect();
 
     match backend {
