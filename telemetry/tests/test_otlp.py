@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -339,24 +340,29 @@ def health_check(addr: str, service: str) -> int:
         return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def health_watch(addr: str, service: str) -> Iterator[int]:
+def health_watch(addr: str, service: str, timeout: float = 120.0) -> Iterator[int]:
     channel = grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-    grpc.channel_ready_future(channel).result(timeout=WAIT)
     stub = health_pb2_grpc.HealthStub(channel)
-    for answer in stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=120):
+    # The call itself connects and waits for the channel, from any state: a
+    # connection the start-up health service sent GOAWAY leaves its channel
+    # IDLE, where a readiness future subscribed before waited out its
+    # timeout without connecting again.
+    request = health_pb2.HealthCheckRequest(service=service)
+    for answer in stub.Watch(request, timeout=timeout, wait_for_ready=True):
         yield answer.status
 
 
 def until_serving(addr: str, service: str) -> None:
-    """Waits until the server says SERVING for `service`; a health stream
-    that ends (the server handing its port from its start-up health service
-    to the full one) is opened again."""
-    for _ in range(100):
+    """Waits, for at most WAIT, until the server says SERVING for
+    `service`; a health stream that ends (the server handing its port from
+    its start-up health service to the full one) is opened again."""
+    deadline = time.monotonic() + WAIT
+    while (left := deadline - time.monotonic()) > 0:
         with contextlib.suppress(grpc.RpcError):
-            for status in health_watch(addr, service):
+            for status in health_watch(addr, service, timeout=left):
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     return
-    raise AssertionError(f"{addr} never said SERVING for {service!r}")
+    raise AssertionError(f"{addr} never said SERVING for {service!r} within {WAIT} s")
 
 
 def until_status(statuses: Iterator[int], want: int) -> None:
