@@ -14,6 +14,15 @@
 # `cargo clean --release -p` for every workspace package before building
 # the new side, and check the two binaries differ. MEASURE is one of:
 #   put-sqlite, put-postgres   Put of new 1 KiB keys, 64 callers, 5 s (calls/s)
+#   cpu-put-sqlite, cpu-put-postgres, cpu-get-sqlite, cpu-get-postgres
+#                              the server's CPU time per call (user and
+#                              system, µs) of Put of new keys or of Get hits
+#                              at a fixed rate (an open loop of
+#                              ROADIE_AB_RATE calls/s, 5 000 unless set, for
+#                              5 s; the seeding of a Get load's keys
+#                              included): what a change costs or saves per
+#                              call, which the machine's drift moves far less
+#                              than a throughput
 #   mixed-sqlite, mixed-postgres
 #                              Get hits, then 9 Get hits : 1 Put of the same
 #                              keys, on one server with its hot tier, 64
@@ -43,9 +52,9 @@ trap finish EXIT
 measure_once() {
   local dir=$1
   case $measure in
-    put-sqlite | put-postgres | mixed-sqlite | mixed-postgres)
+    put-sqlite | put-postgres | mixed-sqlite | mixed-postgres | cpu-put-sqlite | cpu-put-postgres | cpu-get-sqlite | cpu-get-postgres)
       local url port=50181 db=""
-      if [ "${measure#*-}" = sqlite ]; then
+      if [ "${measure##*-}" = sqlite ]; then
         rm -f "$work"/roadie.db*
         url="sqlite://$work/roadie.db"
       else
@@ -62,8 +71,27 @@ measure_once() {
         grep -q "roadie-server listening" "$work/server.log" && break
         sleep 0.1
       done
-      local scenarios=put figures=()
-      [ "${measure%-*}" = put ] || scenarios="get-hit mixed"
+      local scenarios figures=()
+      case ${measure%-*} in
+        put) scenarios=put ;;
+        mixed) scenarios="get-hit mixed" ;;
+        cpu-put | cpu-get)
+          local scenario=put rate=${ROADIE_AB_RATE:-5000} before after
+          [ "${measure%-*}" = cpu-put ] || scenario=get-hit
+          # utime and stime of the server, in clock ticks.
+          before=$(awk '{print $14 + $15}' "/proc/$server/stat")
+          local calls
+          calls=$("$dir/roadie-bench" load --addr "127.0.0.1:$port" --scenario "$scenario" \
+            --rate "$rate" --duration 5s --warmup 0s --json 2>"$work/bench.err" |
+            python3 -c 'import json,sys; r = json.load(sys.stdin); print(r["calls"] - r["errors"])') ||
+            { echo "the $scenario load failed:" >&2; cat "$work/bench.err" "$work/server.log" >&2; kill "$server"; exit 1; }
+          after=$(awk '{print $14 + $15}' "/proc/$server/stat")
+          python3 -c "print(round(($after - $before) / $(getconf CLK_TCK) * 1e6 / $calls, 1))"
+          kill "$server" && wait "$server" 2>/dev/null || true
+          [ -z "$db" ] || psql "$admin" -qc "DROP DATABASE $db WITH (FORCE)"
+          return
+          ;;
+      esac
       for scenario in $scenarios; do
         figures+=("$("$dir/roadie-bench" load --addr "127.0.0.1:$port" --scenario "$scenario" \
           --duration 5s --warmup 1s --json 2>"$work/bench.err" |
@@ -106,7 +134,8 @@ old = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 new = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
 mixed = ["Get hits calls/s", "mixed calls/s", "mixed/Get"]
 names = {"fetch": ["sqlite ms", "postgres ms"], "queue": ["postgres jobs/s", "sqlite jobs/s"],
-         "mixed-sqlite": mixed, "mixed-postgres": mixed}.get(sys.argv[3], ["calls/s"])
+         "mixed-sqlite": mixed, "mixed-postgres": mixed}.get(
+    sys.argv[3], ["server CPU µs per call"] if sys.argv[3].startswith("cpu-") else ["calls/s"])
 for i, name in enumerate(names):
     a = statistics.median(r[i] for r in old)
     b = statistics.median(r[i] for r in new)
