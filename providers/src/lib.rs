@@ -405,6 +405,57 @@ pub async fn check_address(policy: &ProviderPolicy, url: &Url) -> Result<(), Ref
     }
 }
 
+/// How long a host that passed [`check_address`] is taken to pass it
+/// still, by [`CheckedHosts`].
+pub const CHECKED_HOST_TTL: Duration = Duration::from_secs(60);
+
+/// Hosts that passed [`check_address`] lately, each for
+/// [`CHECKED_HOST_TTL`]: a caller that must know before it acts (a waited
+/// Fetch that reads its entry and enqueues its job in one statement) can
+/// tell without resolving the host, and without making a cache hit wait
+/// for a lookup. The worker checks every address it connects to in any
+/// case, so a host that moved to a private address within the TTL is
+/// still refused there.
+#[derive(Debug, Clone)]
+pub struct CheckedHosts {
+    passed: moka::sync::Cache<String, ()>,
+}
+
+impl Default for CheckedHosts {
+    fn default() -> CheckedHosts {
+        CheckedHosts {
+            passed: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(CHECKED_HOST_TTL)
+                .build(),
+        }
+    }
+}
+
+impl CheckedHosts {
+    /// [`check_address`], remembering a host that passed.
+    pub async fn check(&self, policy: &ProviderPolicy, url: &Url) -> Result<(), Refusal> {
+        check_address(policy, url).await?;
+        if let Some(Host::Domain(host)) = url.host() {
+            self.passed.insert(host.to_owned(), ());
+        }
+        Ok(())
+    }
+
+    /// Whether `url` is known to pass [`check_address`] without a lookup:
+    /// an address or a policy that needs none, or a host that passed within
+    /// [`CHECKED_HOST_TTL`].
+    pub fn passes(&self, policy: &ProviderPolicy, url: &Url) -> bool {
+        if check_literal_host(policy, url).is_err() {
+            return false;
+        }
+        match url.host() {
+            Some(Host::Domain(host)) if !policy.allow_private => self.passed.contains_key(host),
+            _ => true,
+        }
+    }
+}
+
 fn is_http(scheme: &str) -> bool {
     scheme == "http" || scheme == "https"
 }
@@ -638,6 +689,34 @@ mod tests {
     }
 
     const MB: &str = "https://musicbrainz.org/ws/2/";
+
+    #[tokio::test]
+    async fn a_host_passes_without_a_lookup_only_after_its_check_passed() {
+        let hosts = CheckedHosts::default();
+        let strict = policy(MB);
+        let url = |s: &str| Url::parse(s).unwrap();
+        // Literal addresses need no lookup: decided at once.
+        assert!(hosts.passes(&strict, &url("http://93.184.216.34/x")));
+        assert!(!hosts.passes(&strict, &url("http://10.0.0.1/x")));
+        // A name is known only once its check passed.
+        let unknown = url("http://no-such-host.invalid/x");
+        assert!(!hosts.passes(&strict, &unknown));
+        hosts.check(&strict, &unknown).await.unwrap();
+        assert!(
+            hosts.passes(&strict, &unknown),
+            "a name that does not resolve is the worker's to report"
+        );
+        // One that resolves to loopback fails its check and stays unknown.
+        let local = url("http://localhost/x");
+        assert!(hosts.check(&strict, &local).await.is_err());
+        assert!(!hosts.passes(&strict, &local));
+        // A provider that may reach private addresses needs no check.
+        let open = ProviderPolicy {
+            allow_private: true,
+            ..policy(MB)
+        };
+        assert!(hosts.passes(&open, &local));
+    }
 
     #[test]
     fn a_path_joins_below_the_base() {

@@ -159,6 +159,7 @@ impl App {
             feed,
             stopping: CancellationToken::new(),
             providers: roadie_providers::from_settings(&settings).map_err(ServerError::Config)?,
+            checked_hosts: Default::default(),
             waiter,
             work,
             background,

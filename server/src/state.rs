@@ -34,6 +34,8 @@ pub struct AppState {
     pub started_at: SystemTime,
     /// The providers that are on, for `Fetch` and `Stats`.
     pub providers: BTreeMap<String, Provider>,
+    /// Provider hosts whose address check passed lately, for `Fetch`.
+    pub checked_hosts: roadie_providers::CheckedHosts,
     /// Wakes `Fetch` calls waiting on jobs.
     pub waiter: JobWaiter,
     /// Wakes idle workers after enqueues.

@@ -25,9 +25,10 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Backend, StoreError, WORK_CHANNEL,
-    change::to_i64,
+    Backend, Entry, StoreError, WORK_CHANNEL,
+    change::{from_i64, to_i64},
     commit::{Batching, gather},
+    entry::entry_from_row,
     job::{Job, JobNew, JobState, WAIT_PRIORITY, job_from_row},
     sql::{MAX_PARAMS, sql, with_rows},
 };
@@ -222,4 +223,62 @@ async fn enqueue_one(
         "could not enqueue or share a job for {}",
         job.url
     )))
+}
+
+/// What a waited Fetch's first look found or did
+/// ([`crate::Store::entry_get_or_enqueue`]).
+#[derive(Debug)]
+pub enum FirstLook {
+    /// The entry stored for the key.
+    Entry(Entry),
+    /// No entry was stored, and this new job now fetches it.
+    Enqueued(Job),
+    /// No entry was stored, and nothing was enqueued: an unfinished job
+    /// holds the key (share it through [`crate::Store::job_enqueue_unless_written`]),
+    /// or the backend enqueues only that way (SQLite).
+    Absent,
+}
+
+impl crate::Store {
+    /// The entry at `job.url`, or when there is none, `job` enqueued (a
+    /// new job, unless an unfinished one holds the key), announced to idle
+    /// workers as a job a caller waits for: on Postgres one statement
+    /// (`sql/postgres/entry_get_or_enqueue.sql`), where a miss's read and
+    /// enqueue would be two round trips one after the other. SQLite only
+    /// reads (its round trips stay inside the process). For a caller who
+    /// may enqueue and whose provider's address is known to be allowed:
+    /// the job is enqueued before anyone looks at its URL again.
+    #[tracing::instrument(name = "db entry_get_or_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_get_or_enqueue"))]
+    pub async fn entry_get_or_enqueue(&self, job: &JobNew) -> Result<FirstLook, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(match self.entry_get(&job.url).await? {
+                Some(entry) => FirstLook::Entry(entry),
+                None => FirstLook::Absent,
+            });
+        }
+        static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            sql!("postgres/entry_get_or_enqueue")
+                .replace("{announce}", &announce(Backend::Postgres))
+        });
+        let tags =
+            serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row = sqlx::query(&TEXT)
+            .bind(&job.provider)
+            .bind(&job.url)
+            .bind(&job.policy)
+            .bind(tags)
+            .bind(i64::from(job.priority))
+            .bind(i64::from(job.max_attempts))
+            .bind(job.now)
+            .bind(job.traceparent.as_deref())
+            .fetch_one(&self.pool)
+            .await?;
+        if row.try_get::<Option<String>, _>("key")?.is_some() {
+            return Ok(FirstLook::Entry(entry_from_row(&row)?));
+        }
+        Ok(match row.try_get::<Option<i64>, _>("job_id")? {
+            Some(id) => FirstLook::Enqueued(job.inserted(from_i64(id))),
+            None => FirstLook::Absent,
+        })
+    }
 }

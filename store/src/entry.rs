@@ -1299,7 +1299,7 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
+pub(crate) fn entry_from_row(row: &AnyRow) -> Result<Entry, StoreError> {
     let metadata: String = row.try_get("metadata")?;
     let provider: Option<String> = row.try_get("provider")?;
     let provenance = match provider {

@@ -133,6 +133,35 @@ pub struct JobNew {
     pub now: i64,
 }
 
+impl JobNew {
+    /// The job `job_insert.sql` (and `postgres/entry_get_or_enqueue.sql`)
+    /// makes of this request, given the id it got: available from now, no
+    /// attempt yet, no lease.
+    pub(crate) fn inserted(&self, id: u64) -> Job {
+        Job {
+            id,
+            provider: self.provider.clone(),
+            url: self.url.clone(),
+            policy: self.policy.clone(),
+            tags: self.tags.clone(),
+            priority: self.priority,
+            state: JobState::Available,
+            attempt: 0,
+            max_attempts: self.max_attempts,
+            run_after: self.now,
+            lease_expires_at: None,
+            lease_holder: None,
+            last_error: None,
+            created_at: self.now,
+            updated_at: self.now,
+            finished_at: None,
+            traceparent: self.traceparent.clone(),
+            stored_etag: None,
+            stored_last_modified: None,
+        }
+    }
+}
+
 /// What a claim got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {

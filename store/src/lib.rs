@@ -53,6 +53,7 @@ pub use change::{
 };
 pub use commit::{Batching, REPLAN, WriteBatches};
 pub use compress::{Compression, compressible};
+pub use enqueue::FirstLook;
 pub use entry::{
     Access, DeleteResult, Entry, EntryFilter, EntryPut, Eviction, Freshness, PolicyUsage,
     Provenance, PutResult, Selector,

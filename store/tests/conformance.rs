@@ -1774,7 +1774,9 @@ const OTHER_CA: &str = include_str!("other-ca.pem");
 mod queue {
     //! The job queue, on both backends.
 
-    use roadie_store::{Finish, JobFinish, JobNew, JobOutcome, JobState, PutResult, Store};
+    use roadie_store::{
+        Backend, Finish, FirstLook, JobFinish, JobNew, JobOutcome, JobState, PutResult, Store,
+    };
 
     use super::{T0, put};
 
@@ -1789,6 +1791,56 @@ mod queue {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
             now: T0,
         }
+    }
+
+    /// A waited Fetch's first look: the entry when one is stored;
+    /// otherwise, on Postgres, the job enqueued by the same statement (as
+    /// `job_get` reads it back), and nothing more while that job holds the
+    /// key (the caller shares it the usual way). SQLite only reads.
+    pub async fn a_first_look_reads_the_entry_or_enqueues_its_job(store: Store) {
+        super::written(store.entry_put(&put("cached", "v")).await.expect("put"));
+        let stored = store
+            .entry_get("cached")
+            .await
+            .expect("get")
+            .expect("cached");
+        match store
+            .entry_get_or_enqueue(&job("cached", 1))
+            .await
+            .expect("look")
+        {
+            FirstLook::Entry(entry) => assert_eq!(entry, stored),
+            other => panic!("a stored entry is answered as is, not {other:?}"),
+        }
+        let missing = job("missing", 1);
+        let looked = store.entry_get_or_enqueue(&missing).await.expect("look");
+        match (store.backend(), looked) {
+            (Backend::Postgres, FirstLook::Enqueued(new)) => {
+                let read = store.job_get(new.id).await.expect("get").expect("the job");
+                assert_eq!(new, read, "the job as the statement made it");
+                assert_eq!(
+                    (new.url.as_str(), new.priority, new.state, new.attempt),
+                    ("missing", 1, JobState::Available, 0)
+                );
+                let again = store.entry_get_or_enqueue(&missing).await.expect("again");
+                assert!(matches!(again, FirstLook::Absent), "{again:?}");
+                let (shared, is_shared) = store
+                    .job_enqueue_unless_written(&missing, Some(0))
+                    .await
+                    .expect("share")
+                    .expect("a job");
+                assert!(is_shared);
+                assert_eq!(shared.id, new.id);
+            }
+            (Backend::Sqlite, FirstLook::Absent) => {
+                assert!(
+                    store.job_depth().await.expect("depth").is_empty(),
+                    "nothing enqueued"
+                );
+            }
+            (backend, other) => panic!("{backend:?} answered {other:?}"),
+        }
+        assert!(store.entry_get("missing").await.expect("get").is_none());
     }
 
     pub async fn enqueue_shares_one_unfinished_job_per_url(store: Store) {
@@ -2724,6 +2776,7 @@ mod jobs {
     use super::*;
 
     conformance!(
+        a_first_look_reads_the_entry_or_enqueues_its_job,
         enqueue_shares_one_unfinished_job_per_url,
         enqueue_refuses_once_the_entry_was_written,
         concurrent_enqueues_create_exactly_one_job,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use roadie_proto::v1 as pb;
-use roadie_providers::{check_address, resolve_url};
-use roadie_store::{Job, JobNew, WAIT_PRIORITY, now_ms};
+use roadie_providers::resolve_url;
+use roadie_store::{FirstLook, Job, JobNew, WAIT_PRIORITY, now_ms};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -237,6 +237,35 @@ impl CacheService {
         traceparent: Option<String>,
     ) -> Result<Settled, ApiError> {
         let may_enqueue = access.has(Role::Write);
+        // A waited Fetch that may enqueue, for a provider whose address is
+        // known to be allowed without a lookup, reads its entry and enqueues
+        // its job when there is none in one statement (Postgres): a miss
+        // waits for its fetch one round trip sooner, a hit costs what a
+        // read does. Otherwise the entry is read first, and the address
+        // checked only when a fetch is due.
+        let mut looked = None;
+        let known_allowed = self
+            .state
+            .providers
+            .get(&plan.provider)
+            .is_some_and(|p| self.state.checked_hosts.passes(&p.policy, &plan.target));
+        if plan.mode == pb::FetchMode::Wait && may_enqueue && known_allowed {
+            // Subscribed first, so the worker's result cannot slip by unseen.
+            let (_, changes) = self.state.feed.subscribe();
+            let heard = self.state.waiter.subscribe(changes);
+            let job = self.job_new(plan, WAIT_PRIORITY, traceparent.clone(), now_ms());
+            looked = Some(match self.state.store.entry_get_or_enqueue(&job).await? {
+                FirstLook::Enqueued(job) => {
+                    return Ok(Settled::Waiting {
+                        job,
+                        shared: false,
+                        heard,
+                    });
+                }
+                FirstLook::Entry(entry) => Some(entry),
+                FirstLook::Absent => None,
+            });
+        }
         // A job that finishes between this call's read and its enqueue has
         // written the entry: the enqueue then refuses and the entry is read
         // again, rather than fetched again (bounded: a key written that often
@@ -244,7 +273,10 @@ impl CacheService {
         let mut round = 1;
         loop {
             let now = now_ms();
-            let stored = self.state.store.entry_get(&plan.url).await?;
+            let stored = match looked.take() {
+                Some(stored) => stored,
+                None => self.state.store.entry_get(&plan.url).await?,
+            };
             let status = lookup(stored.as_ref(), &plan.read, now);
             let seen = stored.as_ref().map_or(0, |entry| entry.revision);
             let seen = (round < ENQUEUE_ROUNDS).then_some(seen);
@@ -377,6 +409,26 @@ impl CacheService {
         })
     }
 
+    /// The job that fetches `plan`'s URL.
+    fn job_new(
+        &self,
+        plan: &FetchPlan,
+        priority: u32,
+        traceparent: Option<String>,
+        now: i64,
+    ) -> JobNew {
+        JobNew {
+            provider: plan.provider.clone(),
+            url: plan.url.clone(),
+            policy: plan.read.miss_policy.clone(),
+            tags: plan.tags.clone(),
+            priority,
+            max_attempts: self.state.settings.jobs.max_attempts,
+            traceparent,
+            now,
+        }
+    }
+
     /// Enqueues the plan's job, or shares the unfinished one; `None` when
     /// the entry is no longer at revision `seen` (see
     /// [`roadie_store::Store::job_enqueue_unless_written`]).
@@ -390,20 +442,13 @@ impl CacheService {
     ) -> Result<Option<(Job, bool)>, ApiError> {
         // Checked only when a fetch is due: a cache hit costs no DNS lookup.
         if let Some(provider) = self.state.providers.get(&plan.provider) {
-            check_address(&provider.policy, &plan.target)
+            self.state
+                .checked_hosts
+                .check(&provider.policy, &plan.target)
                 .await
                 .map_err(ApiError::from)?;
         }
-        let job = JobNew {
-            provider: plan.provider.clone(),
-            url: plan.url.clone(),
-            policy: plan.read.miss_policy.clone(),
-            tags: plan.tags.clone(),
-            priority,
-            max_attempts: self.state.settings.jobs.max_attempts,
-            traceparent,
-            now,
-        };
+        let job = self.job_new(plan, priority, traceparent, now);
         let Some((job, shared)) = self
             .state
             .store
