@@ -135,6 +135,25 @@ async fn run(queue: &Queue, batch: Vec<Request>) {
     }
 }
 
+/// `job`'s columns bound in the order `job_insert` (and
+/// `postgres/entry_get_or_enqueue`) name them: provider, url, policy, tags
+/// (`tags`, as JSON), priority, max_attempts, the clock, traceparent.
+fn bind_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    job: &'q JobNew,
+    tags: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&job.provider)
+        .bind(&job.url)
+        .bind(&job.policy)
+        .bind(tags)
+        .bind(i64::from(job.priority))
+        .bind(i64::from(job.max_attempts))
+        .bind(job.now)
+        .bind(job.traceparent.as_deref())
+}
+
 /// One `INSERT` per chunk of `requests`; the jobs it created.
 async fn insert(
     queue: &Queue,
@@ -156,16 +175,7 @@ async fn insert(
         ));
         let mut query = sqlx::query(&text);
         for ((job, seen), tags) in chunk.iter().zip(&tags) {
-            query = query
-                .bind(&job.provider)
-                .bind(&job.url)
-                .bind(&job.policy)
-                .bind(tags)
-                .bind(i64::from(job.priority))
-                .bind(i64::from(job.max_attempts))
-                .bind(job.now)
-                .bind(job.traceparent.as_deref())
-                .bind(seen.map(to_i64));
+            query = bind_job(query, job, tags).bind(seen.map(to_i64));
         }
         for row in query.fetch_all(&queue.pool).await? {
             jobs.push(job_from_row(&row)?);
@@ -262,15 +272,7 @@ impl crate::Store {
         });
         let tags =
             serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let row = sqlx::query(&TEXT)
-            .bind(&job.provider)
-            .bind(&job.url)
-            .bind(&job.policy)
-            .bind(tags)
-            .bind(i64::from(job.priority))
-            .bind(i64::from(job.max_attempts))
-            .bind(job.now)
-            .bind(job.traceparent.as_deref())
+        let row = bind_job(sqlx::query(&TEXT), job, &tags)
             .fetch_one(&self.pool)
             .await?;
         if row.try_get::<Option<String>, _>("key")?.is_some() {
