@@ -255,9 +255,9 @@ impl crate::Store {
     /// workers as a job a caller waits for: on Postgres one statement
     /// (`sql/postgres/entry_get_or_enqueue.sql`), where a miss's read and
     /// enqueue would be two round trips one after the other. SQLite only
-    /// reads (its round trips stay inside the process). For a caller who
-    /// may enqueue and whose provider's address is known to be allowed:
-    /// the job is enqueued before anyone looks at its URL again.
+    /// reads (its round trips stay inside the process). Only for a caller
+    /// who may enqueue, and whose provider's address is already known to
+    /// be allowed: nothing is checked between the read and the enqueue.
     #[tracing::instrument(name = "db entry_get_or_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_get_or_enqueue"))]
     pub async fn entry_get_or_enqueue(&self, job: &JobNew) -> Result<FirstLook, StoreError> {
         if self.backend != Backend::Postgres {

@@ -240,8 +240,8 @@ impl CacheService {
         // A waited Fetch that may enqueue, for a provider whose address is
         // known to be allowed without a lookup, reads its entry and enqueues
         // its job when there is none in one statement (Postgres): a miss
-        // waits for its fetch one round trip sooner, a hit costs what a
-        // read does. Otherwise the entry is read first, and the address
+        // waits for its fetch one round trip sooner, a hit still costs one
+        // statement. Otherwise the entry is read first, and the address
         // checked only when a fetch is due.
         let mut looked = None;
         let known_allowed = self
