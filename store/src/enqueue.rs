@@ -268,6 +268,7 @@ impl crate::Store {
         }
         static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             sql!("postgres/entry_get_or_enqueue")
+                .replace("{found}", &sql!("entry_get").replace("$1", "$2"))
                 .replace("{announce}", &announce(Backend::Postgres))
         });
         let tags =

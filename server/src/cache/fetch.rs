@@ -244,12 +244,13 @@ impl CacheService {
         // statement. Otherwise the entry is read first, and the address
         // checked only when a fetch is due.
         let mut looked = None;
-        let known_allowed = self
-            .state
-            .providers
-            .get(&plan.provider)
-            .is_some_and(|p| self.state.checked_hosts.passes(&p.policy, &plan.target));
-        if plan.mode == pb::FetchMode::Wait && may_enqueue && known_allowed {
+        let known_allowed = || {
+            self.state
+                .providers
+                .get(&plan.provider)
+                .is_some_and(|p| self.state.checked_hosts.passes(&p.policy, &plan.target))
+        };
+        if plan.mode == pb::FetchMode::Wait && may_enqueue && known_allowed() {
             // Subscribed first, so the worker's result cannot slip by unseen.
             let (_, changes) = self.state.feed.subscribe();
             let heard = self.state.waiter.subscribe(changes);

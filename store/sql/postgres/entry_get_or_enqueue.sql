@@ -1,19 +1,15 @@
 -- A waited Fetch's first look on Postgres, in one round trip: the entry
--- of $2 as `entry_get` reads it, or, when there is none and no unfinished
--- job holds the key, a new job for it as `job_insert` makes one, announced
--- to idle workers as `job_insert` announces a job a caller waits for
--- ({announce}). One row: the entry's columns (NULL when there is none) and
--- `job_id` (NULL when nothing was enqueued: an entry was there, or an
--- unfinished job holds the key, whose caller then shares it through
--- `job_insert` and `job_unfinished_by_key`). $1 provider, $2 url, $3
--- policy, $4 tags (JSON), $5 priority, $6 max_attempts, $7 the clock, $8
--- traceparent.
+-- of $2 as `entry_get` reads it (its text, with its key as $2, is the
+-- first CTE), or, when there is none and no unfinished job holds the key,
+-- a new job for it as `job_insert` makes one, announced to idle workers as
+-- `job_insert` announces a job a caller waits for (`enqueue::announce`).
+-- One row: the entry's columns (NULL when there is none) and `job_id`
+-- (NULL when nothing was enqueued: an entry was there, or an unfinished
+-- job holds the key, whose caller then shares it through `job_insert` and
+-- `job_unfinished_by_key`). $1 provider, $2 url, $3 policy, $4 tags
+-- (JSON), $5 priority, $6 max_attempts, $7 the clock, $8 traceparent.
 WITH found AS (
-    SELECT key, value, media_type, policy, tags, confidence, fingerprint, metadata,
-           CASE WHEN negative THEN 1 ELSE 0 END AS negative, created_at, updated_at, expires_at,
-           revision, provider, upstream_status, etag, last_modified, encoding, raw_bytes
-    FROM entries
-    WHERE key = $2
+{found}
 ), enqueued AS (
     INSERT INTO jobs (provider, url, policy, tags, priority, state, attempt, max_attempts, run_after,
                       created_at, updated_at, traceparent, dedupe_key)
