@@ -265,6 +265,20 @@ async fn a_rewrite_replaces_the_tags(store: Store) {
     }
 }
 
+/// A Put that names one tag twice is written, and the tag selects it.
+async fn a_tag_named_twice_is_kept_once(store: Store) {
+    let put = EntryPut {
+        tags: vec!["a".to_owned(), "b".to_owned(), "a".to_owned()],
+        ..put("k", "v")
+    };
+    written(store.entry_put(&put).await.expect("put"));
+    let (count, _) = store
+        .entry_invalidate(&Selector::Tag("a".to_owned()), ChangeKind::Invalidate, T0)
+        .await
+        .expect("invalidate");
+    assert_eq!(count, 1);
+}
+
 async fn invalidate_by_every_selector(store: Store) {
     let seed = [
         ("mb/a%1", "api_metadata", vec!["artist:a"]),
@@ -729,6 +743,7 @@ macro_rules! conformance {
 conformance!(
     round_trip_keeps_every_field,
     a_rewrite_replaces_the_tags,
+    a_tag_named_twice_is_kept_once,
     keep_higher_confidence_refuses_lower_writes,
     compare_and_set_on_revision,
     invalidate_by_every_selector,
