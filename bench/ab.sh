@@ -29,8 +29,10 @@
 #                              callers, 5 s each (calls/s, and mixed/Get)
 #   fetch                      Fetch (wait) overhead over a plain GET, p50 ms,
 #                              SQLite then Postgres (the suite's fetch part)
-#   queue                      no-op jobs, insert to completion (jobs/s),
-#                              Postgres then SQLite (the suite's queue part)
+#   queue                      no-op jobs, insert to completion (jobs/s):
+#                              Postgres then SQLite, each with one worker
+#                              process of 128 slots and with two of 64 (the
+#                              suite's queue part)
 # Postgres at 127.0.0.1:5432 (ROADIE_TEST_POSTGRES_URL), a fresh database
 # per round. A side's directory may also hold `before.sql`, run against
 # that Postgres (`psql -f`) before each of its rounds: the same binaries
@@ -133,7 +135,8 @@ import statistics, sys
 old = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 new = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
 mixed = ["Get hits calls/s", "mixed calls/s", "mixed/Get"]
-names = {"fetch": ["sqlite ms", "postgres ms"], "queue": ["postgres jobs/s", "sqlite jobs/s"],
+names = {"fetch": ["sqlite ms", "postgres ms"],
+         "queue": ["postgres jobs/s, one worker process", "postgres jobs/s, two", "sqlite jobs/s, one worker process", "sqlite jobs/s, two"],
          "mixed-sqlite": mixed, "mixed-postgres": mixed}.get(
     sys.argv[3], ["server CPU µs per call"] if sys.argv[3].startswith("cpu-") else ["calls/s"])
 for i, name in enumerate(names):

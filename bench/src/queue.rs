@@ -25,7 +25,7 @@ use crate::{
 /// What a queue run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueReport {
-    /// e.g. `roadie (postgres)`.
+    /// e.g. `roadie (postgres), one worker process`.
     pub name: String,
     /// Jobs worked.
     pub jobs: u64,
@@ -138,7 +138,10 @@ pub async fn roadie(
     store.close().await;
     db.finish().await;
     Ok(QueueReport {
-        name: format!("roadie ({})", backend.name()),
+        name: match workers {
+            1 => format!("roadie ({}), one worker process", backend.name()),
+            n => format!("roadie ({}), {n} worker processes", backend.name()),
+        },
         jobs,
         insert_seconds: Some(insert_seconds),
         work_seconds,

@@ -837,16 +837,23 @@ async fn fetch(options: &Options, results: &mut Results) -> anyhow::Result<()> {
 /// target's median round.
 async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<()> {
     let mut rivers = Vec::new();
-    let mut roadies: [Vec<QueueReport>; 2] = [Vec::new(), Vec::new()];
-    let backends = [Backend::Postgres, Backend::Sqlite];
+    // 128 workers and 8 connections in each: one worker process of 128
+    // slots, River's own shape (one process), which the targets read; and
+    // two of 64, whose finishes take the revision counter in turn.
+    let shapes = [
+        (Backend::Postgres, 1, 128),
+        (Backend::Postgres, 2, 64),
+        (Backend::Sqlite, 1, 128),
+        (Backend::Sqlite, 2, 64),
+    ];
+    let mut roadies: Vec<Vec<QueueReport>> = vec![Vec::new(); shapes.len()];
     for round in 1..=options.rounds {
         eprintln!("queue: round {round} of {}", options.rounds);
         if let Some(riverqueue) = &options.riverqueue {
             rivers.push(queue::river(riverqueue, options.queue_jobs, 128, 8).await?);
         }
-        for (backend, runs) in backends.iter().zip(&mut roadies) {
-            // Two worker processes of 64 slots: 128 workers, 8 connections, as River's run.
-            runs.push(queue::roadie(*backend, options.queue_jobs, 2, 64, 8).await?);
+        for (&(backend, workers, slots), runs) in shapes.iter().zip(&mut roadies) {
+            runs.push(queue::roadie(backend, options.queue_jobs, workers, slots, 8).await?);
         }
     }
     println!(
@@ -860,12 +867,12 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
         Some(river) => queue_row(river, &rivers, None),
         None => println!("| river: not run (no --riverqueue binary) | | | | | | |"),
     }
-    for (backend, runs) in backends.iter().zip(&roadies) {
+    for (&(backend, workers, _), runs) in shapes.iter().zip(&roadies) {
         let Some(roadie) = median_of(runs, |r| r.throughput) else {
             continue;
         };
         queue_row(&roadie, runs, river.as_ref());
-        if let Some(river) = &river {
+        if let (Some(river), 1) = (&river, workers) {
             let ratio = roadie.throughput / river.throughput;
             let (goal, min) = match backend {
                 Backend::Postgres => (">= 1.0", 1.0),
