@@ -279,7 +279,7 @@ async fn run(mut queue: mpsc::Receiver<(Write, Reply)>, target: Target, batching
 /// waiting behind it (up to `max_batch`), and those arriving within
 /// `max_wait` while the batch is not full; `None` once every sender is gone.
 /// The one rule of grouping for every batched writer of the store.
-pub(crate) async fn gather<T>(queue: &mut mpsc::Receiver<T>, batching: Batching) -> Option<Vec<T>> {
+pub async fn gather<T>(queue: &mut mpsc::Receiver<T>, batching: Batching) -> Option<Vec<T>> {
     let first = queue.recv().await?;
     let mut batch = vec![first];
     while batch.len() < batching.max_batch {

@@ -51,7 +51,7 @@ use sqlx::{
 pub use change::{
     CHANGE_CHANNEL, Change, ChangeKind, Committed, DataVersion, PollPace, notified_revision,
 };
-pub use commit::{Batching, REPLAN, WriteBatches};
+pub use commit::{Batching, REPLAN, WriteBatches, gather};
 pub use compress::{Compression, compressible};
 pub use enqueue::FirstLook;
 pub use entry::{
@@ -176,6 +176,8 @@ pub struct Store {
     committer: commit::Committer,
     // Where job enqueues go to be grouped into one statement (`enqueue`).
     enqueuer: enqueue::Enqueuer,
+    // How writes are grouped, for the batched writers outside the store.
+    batching: Batching,
 }
 
 /// The default size SQLite cuts its WAL file back to after a checkpoint
@@ -338,6 +340,7 @@ impl Store {
             compression: options.compression,
             committer,
             enqueuer,
+            batching: options.batching,
         })
     }
 
@@ -345,6 +348,13 @@ impl Store {
     /// transactions, the writes they carried, the batches split.
     pub fn write_batches(&self) -> WriteBatches {
         self.committer.counts()
+    }
+
+    /// How this store groups writes (`store.write_batch`, `store.write_wait`):
+    /// with [`gather`], the rule for a writer that batches outside the store,
+    /// such as a worker's finished jobs.
+    pub fn batching(&self) -> Batching {
+        self.batching
     }
 
     /// The backend this store talks to.

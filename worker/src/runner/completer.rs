@@ -1,14 +1,13 @@
 //! The completer: finished attempts are written in batches, every one that
 //! arrived while the last batch was committing in one transaction, so
-//! writers wait their turn at the revision counter once per batch.
+//! writers wait their turn at the revision counter once per batch. Grouped
+//! by the store's one rule and settings (`store.write_batch`,
+//! `store.write_wait`), as the store's own writes are.
 
-use roadie_store::{JobFinish, now_ms};
+use roadie_store::{JobFinish, gather, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Worker;
-
-/// Most attempts written in one finishing transaction.
-const FINISH_BATCH: usize = 64;
 
 /// An attempt handed to the completer, with where to say how it went.
 pub(super) struct Done {
@@ -18,12 +17,12 @@ pub(super) struct Done {
 
 impl Worker {
     /// Writes finished attempts, as many at a time as have arrived (up to
-    /// [`FINISH_BATCH`]) in one transaction, until every sender is gone.
+    /// `store.write_batch`) in one transaction, until every sender is gone.
     pub(super) async fn complete(self, mut to_finish: mpsc::Receiver<Done>) {
-        let mut batch = Vec::with_capacity(FINISH_BATCH);
-        while to_finish.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+        let batching = self.store.batching();
+        while let Some(batch) = gather(&mut to_finish, batching).await {
             let (finishes, replies): (Vec<JobFinish>, Vec<_>) = batch
-                .drain(..)
+                .into_iter()
                 .map(|done| (done.finish, done.reply))
                 .unzip();
             let result = self
