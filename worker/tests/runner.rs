@@ -447,6 +447,82 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
     db.finish().await;
 }
 
+/// A job whose result waits for its finish to commit holds no slot: with
+/// one slot, and the revision counter held by another transaction so that
+/// no finish can commit, the second job is still claimed and fetched, and
+/// both stay running, leased to this worker, until the counter is free.
+/// Postgres only: on SQLite a claim is a write too and waits for the same
+/// lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_is_free_once_its_result_is_handed_over() {
+    use sqlx::{AnyConnection, Connection as _};
+
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    let (arrived, mut arrivals) = watch::channel(0_u32);
+    let app = Router::new()
+        .route(
+            "/api/item",
+            get(
+                |State(arrived): State<Arc<watch::Sender<u32>>>| async move {
+                    arrived.send_modify(|count| *count += 1);
+                    "item"
+                },
+            ),
+        )
+        .with_state(Arc::new(arrived));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut holder = AnyConnection::connect(&db.url).await.expect("connect");
+    let mut held = holder.begin().await.expect("begin");
+    sqlx::query("SELECT value FROM roadie_revision WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut *held)
+        .await
+        .expect("lock the revision counter");
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let (job, _) = store
+            .job_enqueue(&job(addr, &format!("item?n={n}"), 3))
+            .await
+            .expect("enqueue");
+        ids.push(job.id);
+    }
+    let w = worker_with(store.clone(), addr, "slots", 1);
+    let mut finishes = [w.finishes()];
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(w.run(stop.clone()));
+
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        arrivals.wait_for(|count| *count == 2),
+    )
+    .await
+    .expect("the second job was not fetched while the first one's finish waited")
+    .expect("the upstream is running");
+    for id in &ids {
+        let job = store.job_get(*id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.lease_holder.as_deref()),
+            (JobState::Running, Some("test-worker-slots")),
+            "job {id} before the counter is free"
+        );
+    }
+    held.rollback().await.expect("release the counter");
+    for id in &ids {
+        let job = finished(&store, &mut finishes, *id).await;
+        assert_eq!((job.state, job.attempt), (JobState::Completed, 1));
+    }
+    stop.cancel();
+    running.await.expect("worker");
+    db.finish().await;
+}
+
 /// When each request reached the upstream.
 type Arrivals = Arc<std::sync::Mutex<Vec<Instant>>>;
 /// When the 429 was sent.

@@ -2,47 +2,49 @@
 //! arrived while the last batch was committing in one transaction, so
 //! writers wait their turn at the revision counter once per batch. Grouped
 //! by the store's one rule and settings (`store.write_batch`,
-//! `store.write_wait`), as the store's own writes are.
+//! `store.write_wait`), as the store's own writes are. An attempt's slot is
+//! free once its result is handed over here (as River's completer frees
+//! its workers), not when it commits: a job waiting for its batch holds no
+//! upstream connection, and its row stays leased to this worker until then,
+//! so no one claims it twice. The queue is bounded (the slots' count):
+//! when it is full, a finished attempt waits in its slot.
 
-use roadie_store::{JobFinish, gather, now_ms};
-use tokio::sync::{mpsc, oneshot};
+use roadie_store::{Finish, JobFinish, gather, now_ms};
+use tokio::sync::mpsc;
 
 use super::Worker;
-
-/// An attempt handed to the completer, with where to say how it went.
-pub(super) struct Done {
-    pub(super) finish: JobFinish,
-    pub(super) reply: oneshot::Sender<Result<roadie_store::Finish, String>>,
-}
 
 impl Worker {
     /// Writes finished attempts, as many at a time as have arrived (up to
     /// `store.write_batch`) in one transaction, until every sender is gone.
-    pub(super) async fn complete(self, mut to_finish: mpsc::Receiver<Done>) {
+    pub(super) async fn complete(self, mut to_finish: mpsc::Receiver<JobFinish>) {
         let batching = self.store.batching();
-        while let Some(batch) = gather(&mut to_finish, batching).await {
-            let (finishes, replies): (Vec<JobFinish>, Vec<_>) = batch
-                .into_iter()
-                .map(|done| (done.finish, done.reply))
-                .unzip();
+        while let Some(finishes) = gather(&mut to_finish, batching).await {
             let result = self
                 .store
                 .job_finish_many_if_leased(&self.options.id, &finishes, now_ms())
                 .await;
             match result {
                 Ok(results) => {
-                    let committed = results.len() as u64;
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
+                    for (finish, result) in finishes.iter().zip(&results) {
+                        match result {
+                            Finish::LeaseLost => tracing::warn!(
+                                job = finish.id,
+                                "lease lost before finishing: result dropped"
+                            ),
+                            Finish::Recorded { .. } => {
+                                tracing::debug!(job = finish.id, "job finished")
+                            }
+                        }
                     }
+                    let committed = results.len() as u64;
                     self.finishes.send_modify(|finishes| *finishes += committed);
                 }
-                Err(error) => {
-                    let error = error.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+                Err(error) => tracing::warn!(
+                    jobs = ?finishes.iter().map(|finish| finish.id).collect::<Vec<_>>(),
+                    %error,
+                    "could not finish these jobs; their leases will expire"
+                ),
             }
         }
     }

@@ -5,7 +5,8 @@
 //! attempt per job, held under a lease renewed by heartbeat; `decide`
 //! turns what upstream did into what the job and the cache become (a pure
 //! function); `completer` writes finished attempts in batches, only while
-//! their leases are held; `rescuer` makes the jobs of dead workers
+//! their leases are held (a slot is free again once its attempt's result
+//! is handed over, as a River worker is); `rescuer` makes the jobs of dead workers
 //! claimable again on a timer of its own. A soft stop claims nothing new and
 //! lets in-flight jobs finish within a grace period; then a hard stop
 //! cancels them and hands their leases back so another worker takes over at
@@ -25,7 +26,7 @@ use roadie_store::{
 };
 use roadie_telemetry::admin::Readiness;
 use tokio::{
-    sync::{Notify, mpsc, oneshot},
+    sync::{Notify, mpsc},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,6 @@ mod completer;
 mod decide;
 mod rescuer;
 
-use completer::Done;
 use decide::{decide, needs_stored};
 use rescuer::rescue;
 
@@ -321,7 +321,7 @@ impl Worker {
         claim: Result<Claim, StoreError>,
         inflight: &mut JoinSet<()>,
         hard: &CancellationToken,
-        finished: &mpsc::Sender<Done>,
+        finished: &mpsc::Sender<JobFinish>,
         next_due: &mut Option<i64>,
     ) -> u32 {
         let claim = match claim {
@@ -348,7 +348,7 @@ impl Worker {
         started
     }
 
-    async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<Done>) {
+    async fn process(self, job: Job, hard: CancellationToken, finished: mpsc::Sender<JobFinish>) {
         let started = std::time::Instant::now();
         let lease_lost = CancellationToken::new();
         let heartbeat = tokio::spawn(self.clone().heartbeat(job.id, lease_lost.clone()));
@@ -378,32 +378,13 @@ impl Worker {
                 KeyValue::new("roadie.job.outcome", ended),
             ],
         );
-        let (reply, recorded) = oneshot::channel();
-        let done = Done {
-            finish: JobFinish {
-                id: job.id,
-                outcome,
-            },
-            reply,
+        // The slot is free once the completer has the result (see `completer`).
+        let done = JobFinish {
+            id: job.id,
+            outcome,
         };
         if finished.send(done).await.is_err() {
             tracing::warn!(job = job.id, "the completer is gone; the lease will expire");
-            return;
-        }
-        match recorded.await {
-            Ok(Ok(roadie_store::Finish::LeaseLost)) => {
-                tracing::warn!(job = job.id, "lease lost before finishing: result dropped")
-            }
-            Ok(Ok(roadie_store::Finish::Recorded { .. })) => {
-                tracing::debug!(job = job.id, "job finished")
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(job = job.id, %error, "could not finish the job; the lease will expire")
-            }
-            Err(_) => tracing::warn!(
-                job = job.id,
-                "the completer dropped the job; the lease will expire"
-            ),
         }
     }
 
