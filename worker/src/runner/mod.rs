@@ -166,9 +166,12 @@ impl Worker {
         let hard = CancellationToken::new();
         let mut inflight = JoinSet::new();
         let mut report = Report::default();
-        // While other jobs still run, freed slots are refilled a quarter of
-        // the slots at a time: one claim transaction per batch, not per job.
-        let refill_batch = (options.concurrency / 4).max(1);
+        // While other jobs still run, freed slots are refilled half of the
+        // slots at a time: one round of claims per batch, not per job. A
+        // round costs about the same however many jobs it claims; a quarter
+        // at a time gave quick jobs 0.86 of the throughput and slow ones
+        // (slot-bound, 30 ms each) 1.04 (BENCHMARKS.md).
+        let refill_batch = (options.concurrency / 2).max(1);
         let mut only_freed = false;
         // When this worker last read the list of due work.
         let mut due_read: Option<tokio::time::Instant> = None;
