@@ -210,6 +210,15 @@ impl Store {
         announce(&self.committed, revision);
     }
 
+    /// [`Self::announce`] for a transaction whose statement sent its own
+    /// notification on [`CHANGE_CHANNEL`] (a worker's finish on Postgres):
+    /// the notifier sends none for it.
+    pub(crate) fn announce_notified(&self, revision: u64) {
+        self.notified
+            .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        announce(&self.committed, revision);
+    }
+
     /// A connection of its own for [`DataVersion`] (SQLite); `None` on
     /// Postgres, which notifies instead.
     pub async fn data_version(&self) -> Result<Option<DataVersion>, StoreError> {
@@ -286,14 +295,22 @@ impl PollPace {
 }
 
 /// Sends one NOTIFY per burst of commits on Postgres, until the last handle
-/// on the store is dropped.
-pub(crate) fn spawn_notifier(pool: sqlx::AnyPool, mut committed: watch::Receiver<u64>) {
+/// on the store is dropped; none for a revision a statement has already
+/// notified (`notified`, see [`Store::announce_notified`]).
+pub(crate) fn spawn_notifier(
+    pool: sqlx::AnyPool,
+    mut committed: watch::Receiver<u64>,
+    notified: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     tokio::spawn(async move {
         while committed.changed().await.is_ok() {
             if pool.is_closed() {
                 return;
             }
             let revision = *committed.borrow_and_update();
+            if revision <= notified.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
             let sent = sqlx::query(sql!("notify"))
                 .bind(CHANGE_CHANNEL)
                 // What `notified_revision` reads back.

@@ -910,7 +910,7 @@ fn write_texts() -> &'static [String; 3] {
             "UPDATE roadie_revision SET value = $4 WHERE id = 1 RETURNING 0::bigint AS base";
         const ADD: &str = "UPDATE roadie_revision SET value = value + $4 WHERE id = 1";
         const BASE: &str = " RETURNING value - $4 AS base";
-        let text = |ending: &str, counter: &str, announced: &str| {
+        let text = |ending: &str, counter: &str, changed: &str, announced: &str| {
             sql!("postgres/entries_write")
                 .replace("{ending}", ending)
                 .replace("{counter}", counter)
@@ -918,17 +918,24 @@ fn write_texts() -> &'static [String; 3] {
                     "{upsert}",
                     &sql!("entry_upsert").replace("{source}", "SELECT * FROM input ORDER BY key"),
                 )
+                .replace("{changed}", changed)
                 .replace("{announced}", announced)
         };
         let ending = sql!("postgres/jobs_end_gate")
             .replace("{announce}", &crate::notify::announce_ended("ended"));
+        // The batch's last revision, as `notified_revision` reads it back.
+        let changed = format!(
+            ", changed AS (SELECT pg_notify('{}', (base + $4)::text) AS sent FROM counter)",
+            crate::change::CHANGE_CHANNEL
+        );
         [
-            text("", SET, ""),
-            text("", &format!("{ADD}{BASE}"), ""),
+            text("", SET, "", ""),
+            text("", &format!("{ADD}{BASE}"), "", ""),
             text(
                 &ending,
                 &format!("{ADD} AND (SELECT open FROM gate){BASE}"),
-                ", announced",
+                &changed,
+                ", announced, changed",
             ),
         ]
     })

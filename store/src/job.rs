@@ -936,7 +936,8 @@ impl Store {
             Err(StoreError::Conflict(_)) => return Ok(None),
             Err(other) => return Err(other),
         };
-        self.announce(counter);
+        // The statement notified the servers' tails itself.
+        self.announce_notified(counter);
         Ok(Some(
             written
                 .into_iter()

@@ -170,6 +170,8 @@ pub struct Store {
     url: String,
     // The latest revision this process committed; see `change`.
     committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    // The latest revision a statement of this process notified itself.
+    notified: std::sync::Arc<std::sync::atomic::AtomicU64>,
     // Which values are written compressed (`compress`).
     compression: Option<Compression>,
     // Where entry writes go to be grouped into one commit (`commit`).
@@ -315,8 +317,9 @@ impl Store {
             migrator.run(&pool).await?;
         }
         let (committed, announced) = tokio::sync::watch::channel(0);
+        let notified = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         if backend == Backend::Postgres {
-            change::spawn_notifier(pool.clone(), announced);
+            change::spawn_notifier(pool.clone(), announced, notified.clone());
         }
         let wal = match backend {
             Backend::Sqlite => sqlite_path(&url).map(|path| PathBuf::from(format!("{path}-wal"))),
@@ -337,6 +340,7 @@ impl Store {
             wal,
             url,
             committed,
+            notified,
             compression: options.compression,
             committer,
             enqueuer,

@@ -1708,6 +1708,70 @@ async fn postgres_finished_jobs_are_announced_in_one_notification() {
     db.finish().await;
 }
 
+/// On Postgres a worker's finish tells the servers' tails of its revisions
+/// itself: the statement that writes the entries sends the batch's last
+/// revision on [`roadie_store::CHANGE_CHANNEL`] at its commit, and the
+/// store's notifier sends nothing more for it (a marker sent after the
+/// finish is the next thing heard).
+#[tokio::test]
+async fn postgres_a_workers_finish_notifies_its_revision_once() {
+    use roadie_store::{CHANGE_CHANNEL, Finish, JobFinish, JobOutcome};
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    for url in ["u/one", "u/two"] {
+        store
+            .job_enqueue(&queue::job(url, 2))
+            .await
+            .expect("enqueue");
+    }
+    let jobs = store
+        .job_claim("w", 10, T0 + 30_000, T0)
+        .await
+        .expect("claim");
+    assert_eq!(jobs.len(), 2);
+    let mut listener = listening(&db, CHANGE_CHANNEL).await;
+    let finishes: Vec<JobFinish> = jobs
+        .iter()
+        .map(|job| JobFinish {
+            id: job.id,
+            outcome: JobOutcome::Complete {
+                entry: Some(put(&job.url, "v")),
+            },
+        })
+        .collect();
+    let results = store
+        .job_finish_many_if_leased("w", &finishes, T0)
+        .await
+        .expect("finish");
+    let last = results
+        .into_iter()
+        .map(|result| match result {
+            Finish::Recorded { put: Some(put) } => written(put),
+            other => panic!("expected an entry written, got {other:?}"),
+        })
+        .max()
+        .expect("two entries");
+    assert_eq!(last, 2);
+    store
+        .notify(CHANGE_CHANNEL, "marker")
+        .await
+        .expect("marker");
+    let bound = std::time::Duration::from_secs(10);
+    let mut heard = Vec::new();
+    while heard.last().map(String::as_str) != Some("marker") {
+        let notification = tokio::time::timeout(bound, listener.recv())
+            .await
+            .expect("the notifications within the bound")
+            .expect("notification");
+        heard.push(notification.payload().to_owned());
+    }
+    assert_eq!(heard, [last.to_string(), "marker".to_owned()]);
+    store.close().await;
+    db.finish().await;
+}
+
 /// Postgres over TLS, as `store.url` asks for it (libpq's `sslmode`, with
 /// `sslrootcert` as the CA; `verify-ca` checks the name as `verify-full`
 /// does): the pool's connections are encrypted, a CA that

@@ -19,8 +19,11 @@
 -- writes a row, so the lock is always the statement's first, as in every
 -- other writer (no two writers wait on each other in a circle). A worker's
 -- finish puts its job rows before it, as every finish does: the marker
--- after WITH is `jobs_end_gate.sql` or nothing, and the marker after the
--- last FROM joins in its notification or is empty. A `counter` that yields
+-- after WITH is `jobs_end_gate.sql` or nothing, the marker after `logged`
+-- adds the finish's change notification (its last revision, sent at the
+-- commit, as the committer's notifier would send it one statement later)
+-- or nothing, and the marker after the last FROM joins in both
+-- notifications or is empty. A `counter` that yields
 -- no row (the gate closed) writes nothing.
 WITH {ending}counter AS (
 {counter}
@@ -74,6 +77,6 @@ RETURNING key, tags, created_at
         provider text, at bigint
     )
     WHERE EXISTS (SELECT 1 FROM counter)
-)
+){changed}
 -- One row per entry written: the base and the row's created_at.
 SELECT counter.base, upserted.key, upserted.created_at FROM counter, upserted{announced}
