@@ -359,6 +359,9 @@ impl Feed {
                             failing = false;
                         }
                     }
+                    // The store closed under the tail (the server is stopping:
+                    // its committer's end woke the tail): nothing left to read.
+                    Err(_) if store.is_closed() => return,
                     Err(error) => {
                         if !failing {
                             tracing::warn!(%error, "cannot read the change log; the hot tier is bypassed until it can");

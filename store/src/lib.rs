@@ -435,6 +435,12 @@ impl Store {
         Some(std::fs::metadata(wal).map_or(0, |m| m.len()))
     }
 
+    /// Whether [`Self::close`] has begun: nothing can be read or written
+    /// through this store again.
+    pub fn is_closed(&self) -> bool {
+        self.pool.is_closed()
+    }
+
     /// Closes every pooled connection.
     pub async fn close(&self) {
         self.pool.close().await;
