@@ -6,8 +6,8 @@
 //! turns what upstream did into what the job and the cache become (a pure
 //! function); `completer` writes finished attempts in batches, only while
 //! their leases are held (a slot is free again once its attempt's result
-//! is handed over, as a River worker is); `rescuer` makes the jobs of dead workers
-//! claimable again on a timer of its own. A soft stop claims nothing new and
+//! is handed over, as a River worker is); `rescuer` makes the jobs of dead
+//! workers claimable again on a timer of its own. A soft stop claims nothing new and
 //! lets in-flight jobs finish within a grace period; then a hard stop
 //! cancels them and hands their leases back so another worker takes over at
 //! once.
