@@ -332,11 +332,13 @@ pub struct StoreSettings {
     pub compress_level: i32,
     /// The most entry writes one transaction takes: every Put waiting at a
     /// moment is committed together (one revision lock, one commit). Job
-    /// enqueues are grouped the same way, into one statement.
+    /// enqueues are grouped the same way, into one statement, and so are a
+    /// worker's finished jobs, into one finishing transaction.
     pub write_batch: usize,
-    /// How long a write (or an enqueue) waits for others to share its
-    /// commit when fewer than `write_batch` are waiting; 0 (the default)
-    /// takes what is there, which costs a lone writer nothing.
+    /// How long a write (or an enqueue, or a worker's finished job) waits
+    /// for others to share its commit when fewer than `write_batch` are
+    /// waiting; 0 (the default) takes what is there, which costs a lone
+    /// writer nothing.
     #[serde(with = "humantime_serde")]
     pub write_wait: Duration,
 }
