@@ -12,6 +12,10 @@
 //! whose statement fails is retried request by request, so one bad request
 //! fails alone.
 //!
+//! A waited Fetch's first look on Postgres enqueues its job without waiting
+//! for the disk ([`crate::job::UNFLUSHED`]); a caller who shares such a job
+//! is answered once it is on disk.
+//!
 //! On Postgres the statement that enqueues a job a caller waits for (or
 //! raises a shared job to that priority) also tells idle workers
 //! ([`WORK_CHANNEL`], delivered at its commit): a notification sent after the
@@ -29,7 +33,7 @@ use crate::{
     change::{from_i64, to_i64},
     commit::{Batching, gather},
     entry::entry_from_row,
-    job::{Job, JobNew, JobState, WAIT_PRIORITY, job_from_row},
+    job::{Job, JobNew, JobState, UNFLUSHED, WAIT_PRIORITY, job_flush, job_from_row},
     sql::{MAX_PARAMS, sql, with_rows},
 };
 
@@ -205,6 +209,7 @@ async fn enqueue_one(
         if let Some(row) = existing {
             let mut shared = job_from_row(&row)?;
             if shared.state == JobState::Available && shared.priority > job.priority {
+                // A write that waits for the disk: the job is on disk after it.
                 sqlx::query(&queue.announcing(sql!("job_raise_priority")))
                     .bind(to_i64(shared.id))
                     .bind(i64::from(job.priority))
@@ -212,6 +217,10 @@ async fn enqueue_one(
                     .fetch_optional(&queue.pool)
                     .await?;
                 shared.priority = job.priority;
+            } else if shared.priority == WAIT_PRIORITY {
+                // Perhaps a waited Fetch's, enqueued without waiting for the
+                // disk: on disk before this caller is told of it.
+                job_flush(&queue.pool, queue.backend, shared.id).await?;
             }
             return Ok(Some((shared, true)));
         }
@@ -241,7 +250,9 @@ async fn enqueue_one(
 pub enum FirstLook {
     /// The entry stored for the key.
     Entry(Entry),
-    /// No entry was stored, and this new job now fetches it.
+    /// No entry was stored, and this new job now fetches it. It was
+    /// committed without waiting for the disk: tell no one of it before it
+    /// ends or [`crate::Store::job_durable`] answers.
     Enqueued(Job),
     /// No entry was stored, and nothing was enqueued: an unfinished job
     /// holds the key (share it through [`crate::Store::job_enqueue_unless_written`]),
@@ -254,7 +265,8 @@ impl crate::Store {
     /// new job, unless an unfinished one holds the key), announced to idle
     /// workers as a job a caller waits for: on Postgres one statement
     /// (`sql/postgres/entry_get_or_enqueue.sql`), where a miss's read and
-    /// enqueue would be two round trips one after the other. SQLite only
+    /// enqueue would be two round trips one after the other, committed
+    /// without waiting for the disk (see [`FirstLook::Enqueued`]). SQLite only
     /// reads (its round trips stay inside the process). Only for a caller
     /// who may enqueue, and whose provider's address is already known to
     /// be allowed: nothing is checked between the read and the enqueue.
@@ -270,6 +282,7 @@ impl crate::Store {
             sql!("postgres/entry_get_or_enqueue")
                 .replace("{found}", &sql!("entry_get").replace("$1", "$2"))
                 .replace("{announce}", &announce(Backend::Postgres))
+                .replace("{unflushed}", UNFLUSHED)
         });
         let tags =
             serde_json::to_string(&job.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;

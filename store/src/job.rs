@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::{
     Backend, Store, StoreError,
@@ -266,18 +266,39 @@ struct ClaimTexts {
     spend: String,
 }
 
-/// A claim on Postgres commits without waiting for its WAL to reach the
-/// disk (`synchronous_commit` off for its own transaction alone): the
-/// provider's row is locked until the commit, so a flush there (a
-/// millisecond or more) would hold every other claim for the provider
-/// back, and the worker's request after it. What a crash of the database
-/// can lose is safe to lose: the last claims of the moment before it. Their
-/// jobs are available again (their workers' finishes find the lease gone
-/// and write nothing), and the budget they spent is spent again once. The
-/// WAL writer flushes such commits within three of its delays (0.6 s by
-/// default), and any later commit that waits for the disk (every enqueue,
-/// finish and Put does) flushes the claims before it.
-const UNFLUSHED: &str = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL";
+/// The marker of a statement on Postgres whose transaction commits
+/// without waiting for its WAL to reach the disk (`synchronous_commit` off
+/// for that transaction alone). The WAL writer flushes such commits within
+/// three of its delays (0.6 s by default), and any later commit that waits
+/// for the disk (every Put, finish and background enqueue does) flushes
+/// them before it. Two statements use it:
+///
+/// - A claim: the provider's row is locked until the commit, so a flush
+///   there (a millisecond or more) would hold every other claim for the
+///   provider back, and the worker's request after it. What a crash of the
+///   database can lose is safe to lose: the last claims of the moment before
+///   it. Their jobs are available again (their workers' finishes find the
+///   lease gone and write nothing), and the budget they spent is spent again
+///   once.
+/// - A waited Fetch's first look (`postgres/entry_get_or_enqueue.sql`): the
+///   job's worker hears of it one flush sooner. No one is told of the job
+///   before it is on disk: its caller hears when it ends (the finish waits
+///   for the disk), and anyone told sooner is told after
+///   [`Store::job_durable`].
+pub(crate) const UNFLUSHED: &str =
+    "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL";
+
+/// A write of job `id`'s row that waits for the disk (Postgres): the log
+/// up to it, an unflushed enqueue of the job among it, is then on disk.
+pub(crate) async fn job_flush(pool: &AnyPool, backend: Backend, id: u64) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query(sql!("postgres/job_flush"))
+            .bind(to_i64(id))
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
 
 fn claim_texts(backend: Backend) -> &'static ClaimTexts {
     fn texts(backend: Backend) -> ClaimTexts {
@@ -963,6 +984,14 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Makes sure job `id`'s row is on disk, before a caller is told of a
+    /// job that has not ended: a waited Fetch's first look enqueues without
+    /// waiting for the disk (see [`UNFLUSHED`]). Nothing to do on SQLite,
+    /// whose enqueues all wait.
+    pub async fn job_durable(&self, id: u64) -> Result<(), StoreError> {
+        job_flush(&self.pool, self.backend, id).await
     }
 
     /// Up to `limit` jobs with an id below `before`, newest first, filtered

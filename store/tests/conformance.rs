@@ -1875,7 +1875,8 @@ mod queue {
     /// A waited Fetch's first look: the entry when one is stored;
     /// otherwise, on Postgres, the job enqueued by the same statement (as
     /// `job_get` reads it back), and nothing more while that job holds the
-    /// key (the caller shares it the usual way). SQLite only reads.
+    /// key (the caller shares it the usual way), made durable without a
+    /// change. SQLite only reads.
     pub async fn a_first_look_reads_the_entry_or_enqueues_its_job(store: Store) {
         super::written(store.entry_put(&put("cached", "v")).await.expect("put"));
         let stored = store
@@ -1897,6 +1898,14 @@ mod queue {
             (Backend::Postgres, FirstLook::Enqueued(new)) => {
                 let read = store.job_get(new.id).await.expect("get").expect("the job");
                 assert_eq!(new, read, "the job as the statement made it");
+                // Put on disk before anyone is told of it: the row is as it was.
+                store.job_durable(new.id).await.expect("durable");
+                let flushed = store.job_get(new.id).await.expect("get").expect("the job");
+                assert_eq!(new, flushed, "making the job durable changes nothing in it");
+                store
+                    .job_durable(new.id + 1_000)
+                    .await
+                    .expect("a job that is gone");
                 assert_eq!(
                     (new.url.as_str(), new.priority, new.state, new.attempt),
                     ("missing", 1, JobState::Available, 0)

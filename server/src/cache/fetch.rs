@@ -108,8 +108,10 @@ pub(super) async fn fetch(
             heard,
             started + budget,
         ) => waited.map_err(ApiError::from)?,
-        // The job goes on without this server: say so, and how to pick it up.
+        // The job goes on without this server: say so, and how to pick it
+        // up (once it is on disk: see `Store::job_durable`).
         () = service.state.stopping.cancelled() => {
+            service.state.store.job_durable(job.id).await.map_err(ApiError::from)?;
             return Err(ApiError::ShuttingDown(format!(
                 "the server is shutting down; job {id} goes on: call Fetch again \
                  (on any server it shares job {id}) or GetJob {id}",
@@ -122,6 +124,16 @@ pub(super) async fn fetch(
         Some(Waited { job, entry }) => (job, entry),
         None => (job, None),
     };
+    // The wait ran out: the caller is told of a job that goes on, which its
+    // enqueue may not have put on disk yet (`Store::job_durable`).
+    if !job.state.is_finished() {
+        service
+            .state
+            .store
+            .job_durable(job.id)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let now = now_ms();
     let fresh = ReadOptions {
         max_stale_ms: 0,

@@ -8,6 +8,12 @@
 -- job holds the key, whose caller then shares it through `job_insert` and
 -- `job_unfinished_by_key`). $1 provider, $2 url, $3 policy, $4 tags
 -- (JSON), $5 priority, $6 max_attempts, $7 the clock, $8 traceparent.
+--
+-- A new job commits without waiting for the disk (the unflushed marker):
+-- its worker hears of it one flush sooner. Its caller is told of it only
+-- when it ends, whose commit waits for the disk and so flushes the enqueue
+-- before it; anyone told of it sooner (the caller whose wait ran out, a
+-- caller sharing it) is told after `job_flush` (`Store::job_durable`).
 WITH found AS (
 {found}
 ), enqueued AS (
@@ -16,6 +22,7 @@ WITH found AS (
     SELECT $1, $2, $3, $4, $5, 'available', 0, $6, $7, $7, $7, $8, $2
     -- A scalar subquery for the unfinished job, as in `job_insert`.
     WHERE NOT EXISTS (SELECT 1 FROM found)
+      AND {unflushed}
       AND (SELECT j.id FROM jobs j WHERE j.dedupe_key = $2 AND j.state IN ('available', 'running')) IS NULL
     ON CONFLICT (dedupe_key) WHERE state IN ('available', 'running') DO NOTHING
     RETURNING id AS job_id{announce}
