@@ -232,10 +232,11 @@ impl Committer {
 
 /// Runs `committing` on a thread of its own, with a runtime of its own.
 /// SQLite's committer crosses to the connection's thread and back for each
-/// statement of a batch (BEGIN, the revision lock, the write, COMMIT); on
-/// the server's runtime each return waited its turn behind the calls'
-/// tasks, between two statements of the one batch every writer waits for.
-/// Put of new keys on SQLite: 1.07x side by side (BENCHMARKS). Postgres's
+/// statement of a batch (BEGIN, the revision lock, the write, COMMIT; once
+/// for a batch that [`write_alone`] writes); on the server's runtime each
+/// return waited its turn behind the calls' tasks, between two statements
+/// of the one batch every writer waits for. Put of new keys on SQLite:
+/// 1.07x side by side (BENCHMARKS). Postgres's
 /// committer stays on the runtime whose I/O driver its connections use.
 fn on_its_own_thread(
     committing: impl std::future::Future<Output = ()> + Send + 'static,
@@ -473,7 +474,7 @@ async fn write_on(
     writes: &[Write],
 ) -> Result<Vec<Outcome>, Failure> {
     let statement = |e: StoreError| Failure::Statement(e);
-    if let Some(puts) = alone(target.backend, writes) {
+    if let Some(puts) = alone(writes) {
         return write_alone(target, conn, &puts).await;
     }
     let mut tx = conn
@@ -553,8 +554,8 @@ async fn write_on(
 }
 
 /// The Puts of `writes` when the batch is only Puts that [`writes_alone`]
-/// allows to go in one statement without a transaction around it.
-fn alone(backend: Backend, writes: &[Write]) -> Option<Vec<&EntryPut>> {
+/// allows to go in one round trip without a transaction around it.
+fn alone(writes: &[Write]) -> Option<Vec<&EntryPut>> {
     let puts: Vec<&EntryPut> = writes
         .iter()
         .map(|write| match write {
@@ -562,22 +563,23 @@ fn alone(backend: Backend, writes: &[Write]) -> Option<Vec<&EntryPut>> {
             _ => None,
         })
         .collect::<Option<_>>()?;
-    writes_alone(backend, &puts).then_some(puts)
+    writes_alone(&puts).then_some(puts)
 }
 
-/// A batch of unconditional Puts on Postgres: one statement, its own
-/// transaction, that takes the revision lock, writes and moves the counter
-/// (one round trip instead of BEGIN, the lock, the write and COMMIT). An
-/// error the database answered means it rolled the statement back: the
-/// writes may be retried. Any other (the connection lost on the way, a
-/// result that does not read back) leaves the outcome unknown.
+/// A batch of unconditional Puts in one round trip that takes the revision
+/// lock, writes, moves the counter and commits, instead of four (BEGIN, the
+/// lock, the write, COMMIT): on Postgres one statement, its own
+/// transaction; on SQLite one query from BEGIN IMMEDIATE to COMMIT. An
+/// error the database answered means it rolled the write back: the writes
+/// may be retried. Any other (the connection lost on the way, a result that
+/// does not read back) leaves the outcome unknown.
 async fn write_alone(
     target: &Target,
     conn: &mut PoolConnection<Any>,
     puts: &[&EntryPut],
 ) -> Result<Vec<Outcome>, Failure> {
     let mut counter = 0;
-    let results = entries_put_at(
+    let written = entries_put_at(
         conn,
         target.backend,
         puts,
@@ -585,8 +587,14 @@ async fn write_alone(
         Lock::Taken,
         &mut counter,
     )
-    .await
-    .map_err(|error| match error {
+    .await;
+    if written.is_err() && target.backend == Backend::Sqlite {
+        // A statement that failed stopped the query short of its COMMIT,
+        // inside a transaction the driver does not know of: the connection
+        // is closed, which rolls it back, never used again.
+        conn.close_on_drop();
+    }
+    let results = written.map_err(|error| match error {
         StoreError::Database(_) | StoreError::Full(_) | StoreError::Conflict(_) => {
             Failure::Statement(error)
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
+use sqlx::{Any, AnyConnection, Connection as _, Row, Transaction, any::AnyRow};
 
 use crate::{
     Backend, Store, StoreError,
@@ -12,7 +12,7 @@ use crate::{
         revision_lock, revision_set, to_i64,
     },
     compress::{self, Compression},
-    sql::{MAX_PARAMS, sql, with_rows},
+    sql::{MAX_PARAMS, sql, sqlite_rows_with, with_rows},
 };
 
 /// Where a fetched entry came from.
@@ -558,7 +558,7 @@ pub(crate) async fn entries_put_in(
     compression: Option<&Compression>,
 ) -> Result<Vec<PutResult>, StoreError> {
     let mut counter = 0;
-    if writes_alone(backend, puts) {
+    if writes_alone(puts) {
         return entries_put_at(tx, backend, puts, compression, Lock::Taken, &mut counter).await;
     }
     let base = revision_lock(tx).await?;
@@ -728,11 +728,11 @@ fn conditional(put: &EntryPut) -> bool {
 }
 
 /// Whether `puts` may go to [`entries_put_at`] without the revision lock
-/// held before: on Postgres, a batch with no condition to judge (it lands
-/// whole whatever the store holds), whose one statement takes the lock
-/// itself.
-pub(crate) fn writes_alone(backend: Backend, puts: &[&EntryPut]) -> bool {
-    backend == Backend::Postgres && !puts.iter().copied().any(conditional)
+/// held before: a batch with no condition to judge (it lands whole
+/// whatever the store holds), whose one statement (Postgres) or one query
+/// (SQLite) takes the lock itself.
+pub(crate) fn writes_alone(puts: &[&EntryPut]) -> bool {
+    !puts.iter().copied().any(conditional)
 }
 
 /// Writes `puts` on `conn`, however many they are: on Postgres in one
@@ -759,7 +759,7 @@ pub(crate) async fn entries_put_at(
         Lock::Held(base) => Some(base),
         Lock::Taken | Lock::TakenAfter(_) => None,
     };
-    if base.is_none() && !writes_alone(backend, puts) {
+    if base.is_none() && !writes_alone(puts) {
         return Err(StoreError::Corrupt(
             "a batch that needs the revision lock was written without it".to_owned(),
         ));
@@ -872,8 +872,10 @@ pub(crate) async fn entries_put_at(
             *counter = shift + revision;
         }
         Backend::Sqlite => {
-            write_step_by_step(conn, &rows, &changes, revision, &mut results, puts).await?;
-            *counter = revision;
+            let shift =
+                write_step_by_step(conn, &rows, &changes, lock, revision, &mut results, puts)
+                    .await?;
+            *counter = shift + revision;
         }
     }
     Ok(results)
@@ -884,7 +886,10 @@ pub(crate) async fn entries_put_at(
 pub(crate) enum Lock<'a> {
     /// The caller's transaction holds it, taken at this revision.
     Held(u64),
-    /// The write's one statement takes it ([`writes_alone`] only).
+    /// The write's one statement takes it ([`writes_alone`] only). On
+    /// SQLite, whose lock is the database's: a query outside a transaction
+    /// is its own, begun with BEGIN IMMEDIATE; inside one, the
+    /// transaction's first write took it.
     Taken,
     /// The write's one statement ends a worker's jobs, then takes it: all
     /// or nothing ([`writes_alone`] only; Postgres).
@@ -1006,19 +1011,43 @@ async fn write_at_once(
 }
 
 /// The rows and change rows of a batch as lists of placeholders (SQLite,
-/// where planning costs next to nothing), and the counter moved to `last`,
-/// every statement in one query: the connection's thread runs them one
-/// after the other, so the batch crosses to it and back once, not once per
-/// statement. Each kind is one statement unless its placeholders would
-/// pass SQLite's limit.
+/// where planning costs next to nothing), and the counter moved, every
+/// statement in one query: the connection's thread runs them one after the
+/// other, so the batch crosses to it and back once, not once per statement.
+/// Each kind is one statement unless its placeholders would pass SQLite's
+/// limit.
+///
+/// Under [`Lock::Held`] the rows carry their revisions and the counter is
+/// set to `last`. Under [`Lock::Taken`] they carry 1, 2, ... `last`, added
+/// to the counter as the query finds it, and the query moves the counter
+/// by `last` and reads it back; outside a transaction the query is its own
+/// (BEGIN IMMEDIATE ... COMMIT: a batch of Puts crosses once, not four
+/// times). Returns the base added to the rows' revisions (0 under
+/// [`Lock::Held`]).
 async fn write_step_by_step(
     conn: &mut AnyConnection,
     rows: &[UpsertRow<'_>],
     changes: &[ChangeRow<'_>],
+    lock: Lock<'_>,
     last: u64,
     results: &mut [PutResult],
     puts: &[&EntryPut],
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
+    // Placeholders are anonymous throughout: a numbered one names a
+    // position in the whole query's values, not in its own statement's.
+    const SET: &str = "UPDATE roadie_revision SET value = ? WHERE id = 1";
+    const ADD: &str = "UPDATE roadie_revision SET value = value + ? WHERE id = 1 RETURNING value";
+    const AFTER_COUNTER: &str = "? + (SELECT value FROM roadie_revision WHERE id = 1)";
+    let (revision_cell, counter) = match lock {
+        Lock::Held(_) => ("?", SET),
+        Lock::Taken => (AFTER_COUNTER, ADD),
+        Lock::TakenAfter(_) => {
+            return Err(StoreError::Corrupt(
+                "a worker's finish in one statement is Postgres's".to_owned(),
+            ));
+        }
+    };
+    let own = matches!(lock, Lock::Taken) && !conn.is_in_transaction();
     let backend = Backend::Sqlite;
     let upsert = sql!("entry_upsert").replace("{source}", "VALUES {rows}");
     // Tags: the rows' old tags go, their last writes' tags come.
@@ -1034,9 +1063,13 @@ async fn write_step_by_step(
     tag_rows.sort_unstable();
     tag_rows.dedup();
     let mut statements = Vec::new();
+    if own {
+        statements.push("BEGIN IMMEDIATE".to_owned());
+    }
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
         statements.push(
-            with_rows(backend, &upsert, chunk.len(), UPSERT_WIDTH) + " RETURNING key, created_at",
+            sqlite_rows_with(&upsert, chunk.len(), UPSERT_WIDTH, 12, revision_cell)
+                + " RETURNING key, created_at",
         );
     }
     for chunk in rows.chunks(MAX_PARAMS) {
@@ -1051,16 +1084,19 @@ async fn write_step_by_step(
         statements.push(with_rows(backend, sql!("entry_tag_insert"), chunk.len(), 2));
     }
     for chunk in changes.chunks(MAX_PARAMS / CHANGE_WIDTH) {
-        statements.push(with_rows(
-            backend,
+        statements.push(sqlite_rows_with(
             sql!("change_insert"),
             chunk.len(),
             CHANGE_WIDTH,
+            0,
+            revision_cell,
         ));
     }
-    // Its placeholder anonymous like the others': a numbered one names a
-    // position in the whole query's values, not in its own statement's.
-    statements.push(sql!("revision_set").replace("$1", "?"));
+    // Last: the rows above read the counter as it stood.
+    statements.push(counter.to_owned());
+    if own {
+        statements.push("COMMIT".to_owned());
+    }
     // The values in the statements' order (chunks follow one another).
     let text = statements.join(";\n");
     let mut query = sqlx::query(&text);
@@ -1077,8 +1113,21 @@ async fn write_step_by_step(
         query = change.bind_to(query);
     }
     query = query.bind(to_i64(last));
-    let created = created_by_key(&query.fetch_all(&mut *conn).await?)?;
-    settle(results, puts, 0, &created)
+    let mut done = query.fetch_all(&mut *conn).await?;
+    // Under a lock taken here, the last row is the counter's new value.
+    let shift = match lock {
+        Lock::Taken => {
+            let moved = done
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt("the counter did not come back".to_owned()))?;
+            from_i64(moved.try_get("value")?)
+                .checked_sub(last)
+                .ok_or_else(|| StoreError::Corrupt("the counter went back".to_owned()))?
+        }
+        _ => 0,
+    };
+    settle(results, puts, shift, &created_by_key(&done)?)?;
+    Ok(shift)
 }
 
 fn created_by_key(rows: &[AnyRow]) -> Result<std::collections::HashMap<String, i64>, StoreError> {

@@ -930,7 +930,7 @@ impl Store {
             });
             puts.push(entry);
         }
-        if !writes_alone(self.backend, &puts) {
+        if !writes_alone(&puts) {
             return Ok(None);
         }
         let ending = Ending {

@@ -63,6 +63,23 @@ fn anonymous_groups(rows: usize, width: usize) -> String {
     vec![group; rows].join(", ")
 }
 
+/// As [`with_rows`] on SQLite, with the cell `column` of every group the
+/// expression `cell`, which holds that column's one placeholder:
+/// `(?, ? + 1), (?, ? + 1)`.
+pub(crate) fn sqlite_rows_with(
+    template: &str,
+    rows: usize,
+    width: usize,
+    column: usize,
+    cell: &str,
+) -> String {
+    let cells: Vec<&str> = (0..width)
+        .map(|at| if at == column { cell } else { "?" })
+        .collect();
+    let group = format!("({})", cells.join(", "));
+    template.replace("{rows}", &vec![group; rows].join(", "))
+}
+
 /// `rows` groups of `width` placeholders numbered from `$fixed + 1`:
 /// `($1, $2), ($3, $4)`.
 fn groups(fixed: usize, rows: usize, width: usize) -> String {
@@ -99,6 +116,10 @@ mod tests {
         assert_eq!(
             with_rows_after("UPDATE t SET x = $1 FROM (VALUES {rows})", 1, 2, 1),
             "UPDATE t SET x = $1 FROM (VALUES ($2), ($3))"
+        );
+        assert_eq!(
+            sqlite_rows_with(template, 2, 2, 1, "? + 1"),
+            "INSERT INTO t (a, b) VALUES (?, ? + 1), (?, ? + 1)"
         );
     }
 }

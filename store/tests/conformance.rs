@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use sqlx::Connection as _;
+
 use roadie_store::{
     Access, Backend, Batching, ChangeKind, DeleteResult, EntryPut, Job, PutResult, REPLAN,
     Selector, Store, WriteBatches, testing::TestDb,
@@ -972,10 +974,23 @@ async fn a_batch_mixes_puts_deletes_and_invalidations_in_arrival_order(db: &Test
 }
 
 /// A write the database refuses fails alone: the writes batched with it
-/// land, with gapless revisions. (Postgres refuses a NUL in text; SQLite
-/// stores it, and then every write lands.)
+/// land, with gapless revisions, and the store writes on. Postgres refuses
+/// a NUL in text; SQLite stores it, so there a trigger refuses the key,
+/// failing the batch's one query (BEGIN IMMEDIATE ... COMMIT) midway.
 async fn a_bad_write_fails_alone(db: &TestDb) {
     let store = batching_store(db, 300).await;
+    if db.backend() == Backend::Sqlite {
+        let mut conn = sqlx::AnyConnection::connect(&db.url)
+            .await
+            .expect("connect");
+        sqlx::query(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON entries WHEN NEW.key LIKE 'bad%' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("create the trigger");
+    }
     let (good1, bad, good2) = (put("good/1", "v"), put("bad\0key", "v"), put("good/2", "v"));
     let (a, bad, c) = tokio::join!(
         store.entry_put(&good1),
@@ -983,20 +998,26 @@ async fn a_bad_write_fails_alone(db: &TestDb) {
         store.entry_put(&good2),
     );
     let (a, c) = (written(a.expect("a")), written(c.expect("c")));
-    match db.backend() {
-        Backend::Postgres => {
-            assert!(bad.is_err(), "postgres stored a NUL: {bad:?}");
-            assert_eq!((a, c), (1, 2));
-            assert_log(
-                &store,
-                &[(ChangeKind::Put, "good/1"), (ChangeKind::Put, "good/2")],
-            )
-            .await;
-        }
-        Backend::Sqlite => {
-            assert_eq!((a, written(bad.expect("bad")), c), (1, 2, 3));
-        }
+    assert!(bad.is_err(), "the bad write was stored: {bad:?}");
+    assert_eq!((a, c), (1, 2));
+    // No transaction of the failed batch is left open on a connection:
+    // the next write lands, and nothing of the refused one is read.
+    assert_eq!(
+        written(store.entry_put(&put("good/3", "v")).await.expect("put")),
+        3
+    );
+    if db.backend() == Backend::Sqlite {
+        assert_eq!(store.entry_get("bad\0key").await.expect("get"), None);
     }
+    assert_log(
+        &store,
+        &[
+            (ChangeKind::Put, "good/1"),
+            (ChangeKind::Put, "good/2"),
+            (ChangeKind::Put, "good/3"),
+        ],
+    )
+    .await;
 }
 
 /// 64 writers on two stores (two processes' worth of committers and pools)
