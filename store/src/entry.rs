@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use sqlx::{Any, AnyConnection, Connection as _, Row, Transaction, any::AnyRow};
+use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 
 use crate::{
     Backend, Store, StoreError,
@@ -550,7 +550,10 @@ impl Store {
 
 /// Writes `puts` in `tx` as one batch, in order: the revision lock,
 /// [`entries_put_at`], and the counter moved to the last revision written
-/// (a batch that [`writes_alone`] in one statement that does all three).
+/// (on Postgres, a batch that [`writes_alone`] in one statement that does
+/// all three). A worker's finishing transaction on SQLite takes the lock
+/// with a statement of its own: inside it, the lock taken by the write's
+/// query cost the queue on SQLite 15 % of its jobs a second (BENCHMARKS).
 pub(crate) async fn entries_put_in(
     tx: &mut Transaction<'_, Any>,
     backend: Backend,
@@ -558,7 +561,7 @@ pub(crate) async fn entries_put_in(
     compression: Option<&Compression>,
 ) -> Result<Vec<PutResult>, StoreError> {
     let mut counter = 0;
-    if writes_alone(puts) {
+    if backend == Backend::Postgres && writes_alone(puts) {
         return entries_put_at(tx, backend, puts, compression, Lock::Taken, &mut counter).await;
     }
     let base = revision_lock(tx).await?;
@@ -886,10 +889,9 @@ pub(crate) async fn entries_put_at(
 pub(crate) enum Lock<'a> {
     /// The caller's transaction holds it, taken at this revision.
     Held(u64),
-    /// The write's one statement takes it ([`writes_alone`] only). On
-    /// SQLite, whose lock is the database's: a query outside a transaction
-    /// is its own, begun with BEGIN IMMEDIATE; inside one, the
-    /// transaction's first write took it.
+    /// The write's one statement takes it ([`writes_alone`] only); on
+    /// SQLite, whose lock is the database's, the write's one query is its
+    /// own transaction, begun with BEGIN IMMEDIATE (so not inside another).
     Taken,
     /// The write's one statement ends a worker's jobs, then takes it: all
     /// or nothing ([`writes_alone`] only; Postgres).
@@ -1019,11 +1021,10 @@ async fn write_at_once(
 ///
 /// Under [`Lock::Held`] the rows carry their revisions and the counter is
 /// set to `last`. Under [`Lock::Taken`] they carry 1, 2, ... `last`, added
-/// to the counter as the query finds it, and the query moves the counter
-/// by `last` and reads it back; outside a transaction the query is its own
-/// (BEGIN IMMEDIATE ... COMMIT: a batch of Puts crosses once, not four
-/// times). Returns the base added to the rows' revisions (0 under
-/// [`Lock::Held`]).
+/// to the counter as the query finds it, and the query, its own
+/// transaction (BEGIN IMMEDIATE ... COMMIT: a batch of Puts crosses once,
+/// not four times), moves the counter by `last` and reads it back. Returns
+/// the base added to the rows' revisions (0 under [`Lock::Held`]).
 async fn write_step_by_step(
     conn: &mut AnyConnection,
     rows: &[UpsertRow<'_>],
@@ -1047,7 +1048,7 @@ async fn write_step_by_step(
             ));
         }
     };
-    let own = matches!(lock, Lock::Taken) && !conn.is_in_transaction();
+    let own = matches!(lock, Lock::Taken);
     let backend = Backend::Sqlite;
     let upsert = sql!("entry_upsert").replace("{source}", "VALUES {rows}");
     // Tags: the rows' old tags go, their last writes' tags come.
