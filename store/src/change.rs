@@ -424,6 +424,9 @@ pub(crate) struct ChangeRow<'a> {
 /// Placeholders of one row of `change_insert.sql`.
 pub(crate) const CHANGE_WIDTH: usize = 7;
 
+/// Where a change row's revision is among them (first).
+pub(crate) const CHANGE_REVISION_AT: usize = 0;
+
 impl ChangeRow<'_> {
     /// Binds the row's [`CHANGE_WIDTH`] values, in the statement's column order.
     pub(crate) fn bind_to<'q>(

@@ -8,8 +8,8 @@ use sqlx::{Any, AnyConnection, Row, Transaction, any::AnyRow};
 use crate::{
     Backend, Store, StoreError,
     change::{
-        CHANGE_WIDTH, Change, ChangeKind, ChangeRow, change_insert, from_i64, parse_tags,
-        revision_lock, revision_set, to_i64,
+        CHANGE_REVISION_AT, CHANGE_WIDTH, Change, ChangeKind, ChangeRow, change_insert, from_i64,
+        parse_tags, revision_lock, revision_set, to_i64,
     },
     compress::{self, Compression},
     sql::{MAX_PARAMS, sql, sqlite_rows_with, with_rows},
@@ -1069,8 +1069,13 @@ async fn write_step_by_step(
     }
     for chunk in rows.chunks(MAX_PARAMS / UPSERT_WIDTH) {
         statements.push(
-            sqlite_rows_with(&upsert, chunk.len(), UPSERT_WIDTH, 12, revision_cell)
-                + " RETURNING key, created_at",
+            sqlite_rows_with(
+                &upsert,
+                chunk.len(),
+                UPSERT_WIDTH,
+                UPSERT_REVISION_AT,
+                revision_cell,
+            ) + " RETURNING key, created_at",
         );
     }
     for chunk in rows.chunks(MAX_PARAMS) {
@@ -1089,7 +1094,7 @@ async fn write_step_by_step(
             sql!("change_insert"),
             chunk.len(),
             CHANGE_WIDTH,
-            0,
+            CHANGE_REVISION_AT,
             revision_cell,
         ));
     }
@@ -1163,6 +1168,9 @@ fn settle(
 
 /// Placeholders of one row of `entry_upsert.sql`.
 const UPSERT_WIDTH: usize = 22;
+
+/// Where a row's revision is among them (its 13th column).
+const UPSERT_REVISION_AT: usize = 12;
 
 /// One entry row as `entry_upsert.sql` takes it.
 struct UpsertRow<'a> {
