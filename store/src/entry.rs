@@ -1039,16 +1039,16 @@ async fn write_step_by_step(
     const SET: &str = "UPDATE roadie_revision SET value = ? WHERE id = 1";
     const ADD: &str = "UPDATE roadie_revision SET value = value + ? WHERE id = 1 RETURNING value";
     const AFTER_COUNTER: &str = "? + (SELECT value FROM roadie_revision WHERE id = 1)";
-    let (revision_cell, counter) = match lock {
-        Lock::Held(_) => ("?", SET),
-        Lock::Taken => (AFTER_COUNTER, ADD),
+    // `own`: the query is its own transaction, and its last row the counter.
+    let (revision_cell, counter, own) = match lock {
+        Lock::Held(_) => ("?", SET, false),
+        Lock::Taken => (AFTER_COUNTER, ADD, true),
         Lock::TakenAfter(_) => {
             return Err(StoreError::Corrupt(
                 "a worker's finish in one statement is Postgres's".to_owned(),
             ));
         }
     };
-    let own = matches!(lock, Lock::Taken);
     let backend = Backend::Sqlite;
     let upsert = sql!("entry_upsert").replace("{source}", "VALUES {rows}");
     // Tags: the rows' old tags go, their last writes' tags come.
@@ -1120,17 +1120,15 @@ async fn write_step_by_step(
     }
     query = query.bind(to_i64(last));
     let mut done = query.fetch_all(&mut *conn).await?;
-    // Under a lock taken here, the last row is the counter's new value.
-    let shift = match lock {
-        Lock::Taken => {
-            let moved = done
-                .pop()
-                .ok_or_else(|| StoreError::Corrupt("the counter did not come back".to_owned()))?;
-            from_i64(moved.try_get("value")?)
-                .checked_sub(last)
-                .ok_or_else(|| StoreError::Corrupt("the counter went back".to_owned()))?
-        }
-        _ => 0,
+    let shift = if own {
+        let moved = done
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the counter did not come back".to_owned()))?;
+        from_i64(moved.try_get("value")?)
+            .checked_sub(last)
+            .ok_or_else(|| StoreError::Corrupt("the counter went back".to_owned()))?
+    } else {
+        0
     };
     settle(results, puts, shift, &created_by_key(&done)?)?;
     Ok(shift)
