@@ -7,6 +7,11 @@ use clap::Parser;
 use roadie_server::{App, config::Settings};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc, not glibc's malloc: allocation and release took a fifth of
+/// the server's CPU on a Put load (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Roadie gRPC server.
 #[derive(Debug, Parser)]
 #[command(version, about)]

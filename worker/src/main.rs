@@ -18,6 +18,11 @@ use roadie_telemetry::admin::{self, Readiness};
 use roadie_worker::RunError;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc, not glibc's malloc: allocation and release took a fifth of
+/// the server's CPU on a Put load (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Roadie fetch worker: claims queued jobs, fetches from upstream
 /// providers, writes the results into the cache.
 #[derive(Debug, Parser)]
