@@ -335,7 +335,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
     // Told once 300 writes are acknowledged: the drain starts under load.
     let enough = Arc::new(tokio::sync::Notify::new());
     let exited = Arc::new(AtomicBool::new(false));
-    let endings = Arc::new(Mutex::new(Vec::<(String, Ending, Duration)>::new()));
+    let endings = Arc::new(Mutex::new(Vec::<(String, Ending, Instant, Duration)>::new()));
     let mut writers = Vec::new();
     for c in 0..4 {
         let client = server.client().await;
@@ -363,7 +363,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
                     endings
                         .lock()
                         .expect("lock")
-                        .push((key, end, started.elapsed()));
+                        .push((key, end, started, started.elapsed()));
                     if refused {
                         // A client backs off before it tries again.
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -394,7 +394,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
     let mut acknowledged = Vec::new();
     let mut refused = Vec::new();
     let mut lost = Vec::new();
-    for (key, end, took) in endings {
+    for (key, end, started, took) in endings {
         match end {
             Ending::Acknowledged => acknowledged.push(key),
             Ending::Refused => {
@@ -404,22 +404,48 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
                 );
                 refused.push(key);
             }
-            Ending::Lost(why) => lost.push(format!("{key} after {took:?}: {why}")),
+            Ending::Lost(why) => lost.push((key, started, took, why)),
         }
     }
-    assert!(
-        lost.is_empty(),
-        "round {round}: the drain lost {} calls: {lost:#?}",
-        lost.len()
-    );
 
-    // Every acknowledged write is stored; no refused one is.
+    // Every acknowledged write is stored; no refused one is; a lost one is
+    // reported with where it stood and whether it was carried out.
     let store = roadie_store::Store::connect(&roadie_store::StoreOptions::new(format!(
         "sqlite://{}",
         db.display()
     )))
     .await
     .expect("open the store");
+    if !lost.is_empty() {
+        lost.sort_by_key(|(_, started, ..)| *started);
+        let keys: Vec<String> = lost.iter().map(|(key, ..)| key.clone()).collect();
+        let stored: HashMap<String, ()> = store
+            .entry_get_many(&keys)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| (e.key, ()))
+            .collect();
+        let report: Vec<String> = lost
+            .iter()
+            .map(|(key, started, took, why)| {
+                let since = match started.checked_duration_since(signalled) {
+                    Some(after) => format!("{after:?} after SIGTERM"),
+                    None => format!("{:?} before SIGTERM", signalled - *started),
+                };
+                let carried = if stored.contains_key(key) {
+                    "stored"
+                } else {
+                    "not stored"
+                };
+                format!("{key}: started {since}, failed after {took:?}, {carried}: {why}")
+            })
+            .collect();
+        panic!(
+            "round {round}: the drain lost {} calls (the server exited {drained_in:?} after SIGTERM): {report:#?}",
+            lost.len()
+        );
+    }
     let stored: HashMap<String, ()> = store
         .entry_get_many(&acknowledged)
         .await
