@@ -18,8 +18,8 @@ use roadie_telemetry::admin::{self, Readiness};
 use roadie_worker::RunError;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, not glibc's malloc: allocation and release took a fifth of
-/// the server's CPU on a Put load (BENCHMARKS.md, "The allocator").
+/// mimalloc, as in `roadie-server`: glibc's allocation and release took a
+/// fifth of the server's CPU on a Put load (BENCHMARKS.md, "The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

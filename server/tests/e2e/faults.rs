@@ -2,7 +2,7 @@
 //! SIGTERM under load, and the SQLite WAL across repeated crashes.
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -419,13 +419,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
     if !lost.is_empty() {
         lost.sort_by_key(|(_, started, ..)| *started);
         let keys: Vec<String> = lost.iter().map(|(key, ..)| key.clone()).collect();
-        let stored: HashMap<String, ()> = store
-            .entry_get_many(&keys)
-            .await
-            .expect("read")
-            .into_iter()
-            .map(|e| (e.key, ()))
-            .collect();
+        let stored = stored_of(&store, &keys).await;
         let report: Vec<String> = lost
             .iter()
             .map(|(key, started, took, why)| {
@@ -433,7 +427,7 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
                     Some(after) => format!("{after:?} after SIGTERM"),
                     None => format!("{:?} before SIGTERM", signalled - *started),
                 };
-                let carried = if stored.contains_key(key) {
+                let carried = if stored.contains(key) {
                     "stored"
                 } else {
                     "not stored"
@@ -446,16 +440,10 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
             lost.len()
         );
     }
-    let stored: HashMap<String, ()> = store
-        .entry_get_many(&acknowledged)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|e| (e.key, ()))
-        .collect();
+    let stored = stored_of(&store, &acknowledged).await;
     for key in &acknowledged {
         assert!(
-            stored.contains_key(key),
+            stored.contains(key),
             "round {round}: acknowledged {key} is not stored"
         );
     }
@@ -467,6 +455,17 @@ async fn drain_once(round: usize) -> (Vec<String>, Vec<String>) {
     );
     store.close().await;
     (acknowledged, refused)
+}
+
+/// Which of `keys` the store holds.
+async fn stored_of(store: &roadie_store::Store, keys: &[String]) -> HashSet<String> {
+    store
+        .entry_get_many(keys)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
