@@ -207,6 +207,8 @@ pub enum DeleteResult {
 pub enum Selector {
     /// Exactly this key.
     Key(String),
+    /// Exactly these keys (an eviction's chunk).
+    Keys(Vec<String>),
     /// Every key starting with this prefix.
     KeyPrefix(String),
     /// Every entry carrying this tag.
@@ -271,6 +273,9 @@ pub struct PolicyUsage {
     pub raw_bytes: u64,
 }
 
+/// The least valuable entries an eviction pass reads at a time.
+const EVICTION_CHUNK: i64 = 512;
+
 /// What an eviction pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Eviction {
@@ -278,6 +283,8 @@ pub struct Eviction {
     pub count: u64,
     /// Bytes freed.
     pub bytes: u64,
+    /// Bytes the policy holds after the pass, as it counted them.
+    pub held: u64,
 }
 
 /// Access statistics for one key, flushed in batches.
@@ -467,8 +474,12 @@ impl Store {
             .bind(policy)
             .fetch_one(&self.pool)
             .await?;
-        if from_i64(bytes) <= budget {
-            return Ok(Eviction::default());
+        let held = from_i64(bytes);
+        if held <= budget {
+            return Ok(Eviction {
+                held,
+                ..Eviction::default()
+            });
         }
         let mut tx = self.pool.begin().await?;
         let base = revision_lock(&mut tx).await?;
@@ -476,42 +487,56 @@ impl Store {
             .bind(policy)
             .fetch_one(&mut *tx)
             .await?;
-        let mut remaining = from_i64(bytes);
-        if remaining <= budget {
-            return Ok(Eviction::default());
+        let mut eviction = Eviction {
+            held: from_i64(bytes),
+            ..Eviction::default()
+        };
+        if eviction.held <= budget {
+            return Ok(eviction);
         }
-        let candidates = sqlx::query(sql!("entry_lru"))
-            .bind(policy)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut eviction = Eviction::default();
-        for row in &candidates {
-            if remaining <= target {
+        // The least valuable a chunk at a time, each read from the index
+        // where the last left off (the rows evicted are gone from this
+        // transaction's view) and removed, with their change rows, in one
+        // statement each: the revision lock, and so every writer, waits on
+        // the chunks the pass needs, not on a read of the whole policy and
+        // a round trip per entry.
+        while eviction.held > target {
+            let candidates = sqlx::query(sql!("entry_lru"))
+                .bind(policy)
+                .bind(EVICTION_CHUNK)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut keys = Vec::new();
+            for row in &candidates {
+                if eviction.held <= target {
+                    break;
+                }
+                let size = from_i64(row.try_get("size_bytes")?);
+                keys.push(row.try_get::<String, _>("key")?);
+                eviction.bytes += size;
+                eviction.held = eviction.held.saturating_sub(size);
+            }
+            if keys.is_empty() {
                 break;
             }
-            let key: String = row.try_get("key")?;
-            let size = from_i64(row.try_get("size_bytes")?);
-            let tags: String = row.try_get("tags")?;
-            let provider: Option<String> = row.try_get("provider")?;
-            sqlx::query(sql!("entry_delete"))
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-            eviction.count += 1;
-            eviction.bytes += size;
-            remaining = remaining.saturating_sub(size);
-            change_insert(
-                &mut tx,
-                self.backend,
-                base + eviction.count,
-                ChangeKind::Evict,
-                &key,
-                policy,
-                &tags,
-                provider.as_deref(),
+            let chosen = keys.len() as u64;
+            let invalidation = Invalidation {
+                selectors: vec![Selector::Keys(keys)],
+                kind: ChangeKind::Evict,
                 now,
-            )
-            .await?;
+            };
+            let removed: u64 =
+                entries_invalidate_at(&mut tx, self.backend, &invalidation, base + eviction.count)
+                    .await?
+                    .iter()
+                    .sum();
+            if removed != chosen {
+                // Cannot happen while every writer takes the revision lock.
+                return Err(StoreError::Corrupt(format!(
+                    "eviction chose {chosen} entries but removed {removed}"
+                )));
+            }
+            eviction.count += removed;
         }
         revision_set(&mut tx, base + eviction.count).await?;
         tx.commit().await?;
@@ -1305,6 +1330,19 @@ fn selector_condition(backend: Backend, selector: &Selector, first: usize) -> (S
     let p = |offset: usize| format!("${}", first + offset);
     match selector {
         Selector::Key(key) => (format!("key = {}", p(0)), vec![Bind::Text(key.clone())]),
+        Selector::Keys(keys) => {
+            // One JSON array, not a placeholder per key: one statement text
+            // for every count (prepared once per connection), and SQLite
+            // finds each numbered placeholder by walking the list of them.
+            let condition = match backend {
+                Backend::Sqlite => format!("key IN (SELECT value FROM json_each({}))", p(0)),
+                Backend::Postgres => {
+                    format!("key IN (SELECT json_array_elements_text({}::json))", p(0))
+                }
+            };
+            let keys = serde_json::Value::from(keys.as_slice()).to_string();
+            (condition, vec![Bind::Text(keys)])
+        }
         Selector::KeyPrefix(prefix) => {
             // Not LIKE: SQLite's LIKE ignores case and both treat % and _ as wildcards.
             let condition = match backend {

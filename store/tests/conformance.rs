@@ -554,6 +554,35 @@ async fn eviction_removes_least_recently_used_down_to_target(store: Store) {
     assert!(log.iter().all(|c| c.kind == ChangeKind::Evict));
 }
 
+/// A pass that evicts more than it reads at a time goes on reading, least
+/// valuable first, until the policy is down to its target.
+async fn eviction_reads_on_past_one_chunk_of_candidates(store: Store) {
+    for i in 0..1200 {
+        let mut p = put(&format!("e{i:04}"), &"x".repeat(10));
+        p.now = T0 + i;
+        written(store.entry_put(&p).await.expect("put"));
+    }
+    let eviction = store
+        .entry_evict("generic", 11_999, 1000, T0)
+        .await
+        .expect("evict");
+    assert_eq!(
+        (eviction.count, eviction.bytes, eviction.held),
+        (1100, 11_000, 1000)
+    );
+    assert!(store.entry_get("e1099").await.expect("get").is_none());
+    assert!(store.entry_get("e1100").await.expect("get").is_some());
+    let within = store
+        .entry_evict("generic", 1000, 800, T0)
+        .await
+        .expect("evict");
+    assert_eq!(
+        (within.count, within.held),
+        (0, 1000),
+        "counted, not evicted"
+    );
+}
+
 async fn get_many_returns_the_found_entries(store: Store) {
     for i in 0..700 {
         written(
@@ -752,6 +781,7 @@ conformance!(
     expiry_keeps_stale_entries_until_their_window_ends,
     random_picks_only_live_matching_entries,
     eviction_removes_least_recently_used_down_to_target,
+    eviction_reads_on_past_one_chunk_of_candidates,
     get_many_returns_the_found_entries,
     concurrent_writers_get_gapless_revisions,
     migrations_are_idempotent_across_reconnects,
