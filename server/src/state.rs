@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 use roadie_providers::Provider;
 use roadie_store::Store;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::AccessLog,
     config::Settings,
     feed::Feed,
+    maintenance::Budgets,
     stats::Stats,
     waiter::{JobWaiter, WorkSignal},
 };
@@ -28,8 +28,9 @@ pub struct AppState {
     pub stats: Stats,
     /// Reads waiting to be flushed.
     pub access: AccessLog,
-    /// Wakes maintenance after a write, so budgets hold between passes.
-    pub nudge: Notify,
+    /// What this server's writes added to each policy; wakes maintenance
+    /// when one may have passed its budget, so budgets hold between passes.
+    pub budgets: Budgets,
     /// When the server started.
     pub started_at: SystemTime,
     /// The providers that are on, for `Fetch` and `Stats`.

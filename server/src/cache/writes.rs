@@ -31,10 +31,10 @@ pub(super) async fn put(
             revision,
             created_at,
         } => {
+            service.state.budgets.wrote(&put.policy, put.value.len());
             if let Some(hot) = service.state.feed.hot_tier() {
                 hot.written(put.landed(revision, created_at));
             }
-            service.state.nudge.notify_one();
             pb::PutResponse {
                 outcome: pb::PutOutcome::Written.into(),
                 revision,

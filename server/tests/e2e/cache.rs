@@ -609,6 +609,53 @@ async fn budgets_evict_least_recently_used_down_to_threshold(backend: Backend) {
     server.stop().await;
 }
 
+/// The pass a write wakes, not the timer, keeps a policy within its budget:
+/// the full pass is an hour away, and the write that takes the policy past
+/// its budget is followed by its eviction.
+async fn a_write_past_the_budget_wakes_eviction(backend: Backend) {
+    let server = start!(backend, |s| {
+        s.maintenance.interval = std::time::Duration::from_secs(3600);
+        let generic = s.policies.get_mut("generic").expect("generic");
+        generic.max_bytes = 1000;
+        generic.cleanup_threshold = 0.5;
+    });
+    let c = &server.client;
+    let mut raw = crate::watch::stub(server.addr).await;
+    let (mut changes, _) = crate::watch::open(
+        &mut raw,
+        pb::WatchRequest {
+            kinds: vec![pb::ChangeKind::Evict.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    // Exactly the budget: nothing to evict.
+    for i in 0..10 {
+        c.put(put(&format!("e{i}"), &"x".repeat(100)))
+            .await
+            .expect("put");
+    }
+    c.put(put("e10", &"x".repeat(100))).await.expect("put");
+    // Which six go is the order's business (the test above); that they go
+    // without a pass being asked for is this test's.
+    let mut evicted = std::collections::BTreeSet::new();
+    while evicted.len() < 6 {
+        evicted.insert(crate::watch::next_change(&mut changes).await.key);
+    }
+    let stats = c.stats(StatsRequest {}).await.expect("stats");
+    let generic = stats
+        .policies
+        .iter()
+        .find(|p| p.policy == "generic")
+        .expect("generic");
+    assert_eq!(
+        (generic.entries, generic.bytes, generic.evicted),
+        (5, 500, 6),
+        "1100 bytes down to 500"
+    );
+    server.stop().await;
+}
+
 async fn expired_entries_are_cleaned_on_start(backend: Backend) {
     let Some(db) = roadie_store::testing::TestDb::new(backend).await else {
         return;
@@ -652,5 +699,6 @@ on_both_backends!(
     events_invalidate_by_the_default_rules,
     stats_count_answers_and_usage_by_policy,
     budgets_evict_least_recently_used_down_to_threshold,
+    a_write_past_the_budget_wakes_eviction,
     expired_entries_are_cleaned_on_start,
 );
