@@ -23,6 +23,12 @@
 #                              included): what a change costs or saves per
 #                              call, which the machine's drift moves far less
 #                              than a throughput
+#   budget-put-sqlite, budget-put-postgres
+#                              Put of new 1 KiB keys stored as written
+#                              (uncompressed) into a policy of 16 MiB, 64
+#                              callers, 10 s: the policy at its budget, as a
+#                              full cache is, evicted while the writes go on
+#                              (calls/s, p99 and p99.9 ms)
 #   mixed-sqlite, mixed-postgres
 #                              Get hits, then 9 Get hits : 1 Put of the same
 #                              keys, on one server with its hot tier, 64
@@ -54,7 +60,7 @@ trap finish EXIT
 measure_once() {
   local dir=$1
   case $measure in
-    put-sqlite | put-postgres | mixed-sqlite | mixed-postgres | cpu-put-sqlite | cpu-put-postgres | cpu-get-sqlite | cpu-get-postgres)
+    put-sqlite | put-postgres | budget-put-sqlite | budget-put-postgres | mixed-sqlite | mixed-postgres | cpu-put-sqlite | cpu-put-postgres | cpu-get-sqlite | cpu-get-postgres)
       local url port=50181 db=""
       if [ "${measure##*-}" = sqlite ]; then
         rm -f "$work"/roadie.db*
@@ -65,6 +71,8 @@ measure_once() {
         url="${admin%/*}/$db"
       fi
       printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\nurl = "%s"\n' "$port" "$url" >"$work/roadie.toml"
+      [ "${measure%-*}" != budget-put ] ||
+        printf 'compress_min_bytes = 0\n[policies.generic]\nmax_bytes = 16777216\n' >>"$work/roadie.toml"
       "$dir/roadie-server" --config "$work/roadie.toml" >"$work/server.log" 2>&1 &
       local server=$!
       # The port answers health checks alone until the store is open: wait
@@ -76,6 +84,15 @@ measure_once() {
       local scenarios figures=()
       case ${measure%-*} in
         put) scenarios=put ;;
+        budget-put)
+          "$dir/roadie-bench" load --addr "127.0.0.1:$port" --scenario put \
+            --duration 10s --warmup 1s --json 2>"$work/bench.err" |
+            python3 -c 'import json,sys; r = json.load(sys.stdin); print(round(r["throughput"]), r["p99_us"] / 1000, r["p999_us"] / 1000)' ||
+            { echo "the put load failed:" >&2; cat "$work/bench.err" "$work/server.log" >&2; kill "$server"; exit 1; }
+          kill "$server" && wait "$server" 2>/dev/null || true
+          [ -z "$db" ] || psql "$admin" -qc "DROP DATABASE $db WITH (FORCE)"
+          return
+          ;;
         mixed) scenarios="get-hit mixed" ;;
         cpu-put | cpu-get)
           local scenario=put rate=${ROADIE_AB_RATE:-5000} before after
@@ -137,7 +154,9 @@ new = [list(map(float, l.split())) for l in open(sys.argv[2]) if l.strip()]
 mixed = ["Get hits calls/s", "mixed calls/s", "mixed/Get"]
 names = {"fetch": ["sqlite ms", "postgres ms"],
          "queue": ["postgres jobs/s, one worker process", "postgres jobs/s, two", "sqlite jobs/s, one worker process", "sqlite jobs/s, two"],
-         "mixed-sqlite": mixed, "mixed-postgres": mixed}.get(
+         "mixed-sqlite": mixed, "mixed-postgres": mixed,
+         "budget-put-sqlite": ["calls/s", "p99 ms", "p99.9 ms"],
+         "budget-put-postgres": ["calls/s", "p99 ms", "p99.9 ms"]}.get(
     sys.argv[3], ["server CPU µs per call"] if sys.argv[3].startswith("cpu-") else ["calls/s"])
 for i, name in enumerate(names):
     a = statistics.median(r[i] for r in old)
