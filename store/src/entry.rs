@@ -274,7 +274,7 @@ pub struct PolicyUsage {
 }
 
 /// The least valuable entries an eviction pass reads at a time.
-const EVICTION_CHUNK: i64 = 512;
+const EVICTION_CHUNK: i64 = 128;
 
 /// What an eviction pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -461,6 +461,13 @@ impl Store {
 
     /// When `policy` holds more than `budget` bytes, evicts its least
     /// valuable entries until it holds at most `target` bytes.
+    ///
+    /// A chunk at a time, each chunk its own transaction: the revision lock,
+    /// and so every writer, waits on one chunk, never on a whole pass. The
+    /// policy is counted once, under the first chunk's lock; a pass that
+    /// finds another pass's evictions of the policy between its chunks
+    /// leaves the rest to that one, so passes of several servers at once
+    /// evict past the target by a chunk at most.
     pub async fn entry_evict(
         &self,
         policy: &str,
@@ -474,19 +481,6 @@ impl Store {
             .bind(policy)
             .fetch_one(&self.pool)
             .await?;
-        let held = from_i64(bytes);
-        if held <= budget {
-            return Ok(Eviction {
-                held,
-                ..Eviction::default()
-            });
-        }
-        let mut tx = self.pool.begin().await?;
-        let base = revision_lock(&mut tx).await?;
-        let bytes: i64 = sqlx::query_scalar(sql!("entry_policy_bytes"))
-            .bind(policy)
-            .fetch_one(&mut *tx)
-            .await?;
         let mut eviction = Eviction {
             held: from_i64(bytes),
             ..Eviction::default()
@@ -494,27 +488,51 @@ impl Store {
         if eviction.held <= budget {
             return Ok(eviction);
         }
-        // The least valuable a chunk at a time, each read from the index
-        // where the last left off (the rows evicted are gone from this
-        // transaction's view) and removed, with their change rows, in one
-        // statement each: the revision lock, and so every writer, waits on
-        // the chunks the pass needs, not on a read of the whole policy and
-        // a round trip per entry.
-        while eviction.held > target {
+        // The revision this pass's last chunk committed.
+        let mut last = None;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let base = revision_lock(&mut tx).await?;
+            match last {
+                None => {
+                    let bytes: i64 = sqlx::query_scalar(sql!("entry_policy_bytes"))
+                        .bind(policy)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    eviction.held = from_i64(bytes);
+                    if eviction.held <= budget {
+                        return Ok(eviction);
+                    }
+                }
+                Some(last) if base > last => {
+                    let evicted: i64 = sqlx::query_scalar(sql!("change_evicted_since"))
+                        .bind(to_i64(last))
+                        .bind(to_i64(base))
+                        .bind(policy)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if evicted > 0 {
+                        break;
+                    }
+                }
+                Some(_) => {}
+            }
+            // The least valuable, read from the index where the last chunk
+            // left off (its rows are gone), removed with their change rows
+            // in one statement each.
             let candidates = sqlx::query(sql!("entry_lru"))
                 .bind(policy)
                 .bind(EVICTION_CHUNK)
                 .fetch_all(&mut *tx)
                 .await?;
             let mut keys = Vec::new();
+            let mut bytes = 0;
             for row in &candidates {
-                if eviction.held <= target {
+                if eviction.held.saturating_sub(bytes) <= target {
                     break;
                 }
-                let size = from_i64(row.try_get("size_bytes")?);
+                bytes += from_i64(row.try_get("size_bytes")?);
                 keys.push(row.try_get::<String, _>("key")?);
-                eviction.bytes += size;
-                eviction.held = eviction.held.saturating_sub(size);
             }
             if keys.is_empty() {
                 break;
@@ -525,22 +543,27 @@ impl Store {
                 kind: ChangeKind::Evict,
                 now,
             };
-            let removed: u64 =
-                entries_invalidate_at(&mut tx, self.backend, &invalidation, base + eviction.count)
-                    .await?
-                    .iter()
-                    .sum();
+            let removed: u64 = entries_invalidate_at(&mut tx, self.backend, &invalidation, base)
+                .await?
+                .iter()
+                .sum();
             if removed != chosen {
                 // Cannot happen while every writer takes the revision lock.
                 return Err(StoreError::Corrupt(format!(
                     "eviction chose {chosen} entries but removed {removed}"
                 )));
             }
+            revision_set(&mut tx, base + removed).await?;
+            tx.commit().await?;
+            self.announce(base + removed);
             eviction.count += removed;
+            eviction.bytes += bytes;
+            eviction.held = eviction.held.saturating_sub(bytes);
+            last = Some(base + removed);
+            if eviction.held <= target {
+                break;
+            }
         }
-        revision_set(&mut tx, base + eviction.count).await?;
-        tx.commit().await?;
-        self.announce(base + eviction.count);
         Ok(eviction)
     }
 

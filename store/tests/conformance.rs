@@ -583,6 +583,35 @@ async fn eviction_reads_on_past_one_chunk_of_candidates(store: Store) {
     );
 }
 
+/// Two passes at once (two servers' timers) evict down to the target, not
+/// each by the whole amount: a pass that meets the other's evictions
+/// between its chunks stops, so the policy ends at most a chunk under it.
+async fn passes_at_once_evict_about_once(store: Store) {
+    for i in 0..3000 {
+        let mut p = put(&format!("e{i:04}"), &"x".repeat(100));
+        p.now = T0 + i;
+        written(store.entry_put(&p).await.expect("put"));
+    }
+    let (a, b) = tokio::join!(
+        store.entry_evict("generic", 200_000, 100_000, T0),
+        store.entry_evict("generic", 200_000, 100_000, T0),
+    );
+    let (a, b) = (a.expect("evict"), b.expect("evict"));
+    let usage = store.entry_usage().await.expect("usage");
+    let generic = usage
+        .iter()
+        .find(|u| u.policy == "generic")
+        .expect("generic");
+    assert!(
+        (100_000 - 128 * 100..=100_000).contains(&generic.bytes),
+        "{} bytes left; the passes evicted {} and {}",
+        generic.bytes,
+        a.count,
+        b.count
+    );
+    assert_eq!(a.count + b.count, 3000 - generic.entries);
+}
+
 async fn get_many_returns_the_found_entries(store: Store) {
     for i in 0..700 {
         written(
@@ -782,6 +811,7 @@ conformance!(
     random_picks_only_live_matching_entries,
     eviction_removes_least_recently_used_down_to_target,
     eviction_reads_on_past_one_chunk_of_candidates,
+    passes_at_once_evict_about_once,
     get_many_returns_the_found_entries,
     concurrent_writers_get_gapless_revisions,
     migrations_are_idempotent_across_reconnects,
