@@ -553,6 +553,17 @@ async fn stats_count_answers_and_usage_by_policy(backend: Backend) {
     server.stop().await;
 }
 
+/// The generic policy's entries, bytes and evictions, as Stats reports them.
+async fn generic_usage(c: &roadie_client::Client) -> (u64, u64, u64) {
+    let stats = c.stats(StatsRequest {}).await.expect("stats");
+    let generic = stats
+        .policies
+        .iter()
+        .find(|p| p.policy == "generic")
+        .expect("generic");
+    (generic.entries, generic.bytes, generic.evicted)
+}
+
 async fn budgets_evict_least_recently_used_down_to_threshold(backend: Backend) {
     let server = start!(backend, |s| {
         let generic = s.policies.get_mut("generic").expect("generic");
@@ -585,14 +596,8 @@ async fn budgets_evict_least_recently_used_down_to_threshold(backend: Backend) {
         .enforce_budgets()
         .await
         .expect("evict");
-    let stats = c.stats(StatsRequest {}).await.expect("stats");
-    let generic = stats
-        .policies
-        .iter()
-        .find(|p| p.policy == "generic")
-        .expect("generic");
     assert_eq!(
-        (generic.entries, generic.bytes, generic.evicted),
+        generic_usage(c).await,
         (5, 500, 6),
         "1100 bytes down to 500"
     );
@@ -642,14 +647,8 @@ async fn a_write_past_the_budget_wakes_eviction(backend: Backend) {
     while evicted.len() < 6 {
         evicted.insert(crate::watch::next_change(&mut changes).await.key);
     }
-    let stats = c.stats(StatsRequest {}).await.expect("stats");
-    let generic = stats
-        .policies
-        .iter()
-        .find(|p| p.policy == "generic")
-        .expect("generic");
     assert_eq!(
-        (generic.entries, generic.bytes, generic.evicted),
+        generic_usage(c).await,
         (5, 500, 6),
         "1100 bytes down to 500"
     );
