@@ -16,7 +16,9 @@
 //!   change goes to; `watch`: one task per stream; the `hot` tier;
 //!   `waiter`: waiting Fetches.
 //! - [`maintenance`]: expiry clean-up, eviction, compaction, the WAL
-//!   checkpoint, flushing the reads `access` noted.
+//!   checkpoint, flushing the reads `access` noted; `budgets`: what this
+//!   server's Puts added to each policy, which decides when a Put wakes
+//!   eviction.
 //! - `drain`: the shutdown drain; `transport`: accepting connections
 //!   within the transport limits; `tls`: the certificate, reloaded;
 //!   `auth`: tokens and roles.
@@ -26,6 +28,7 @@
 
 pub(crate) mod access;
 pub(crate) mod auth;
+pub(crate) mod budgets;
 pub(crate) mod cache;
 pub(crate) mod convert;
 pub use auth::token_digest;
@@ -62,12 +65,13 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::{AuthLayer, Tokens},
+    budgets::Budgets,
     cache::CacheService,
     config::{Reflection, Settings},
     drain::{Drain, DrainLayer},
     feed::Feed,
     jobs::JobsService,
-    maintenance::{Budgets, Maintenance},
+    maintenance::Maintenance,
     snapshots::SnapshotsService,
     state::AppState,
     stats::Stats,

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::AccessLog,
+    budgets::Budgets,
     config::Settings,
     feed::Feed,
-    maintenance::Budgets,
     stats::Stats,
     waiter::{JobWaiter, WorkSignal},
 };
