@@ -860,12 +860,14 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
         "\n## Queue: {} no-op jobs, insert to completion, 128 workers, 8 connections (median of {} rounds)\n",
         options.queue_jobs, options.rounds
     );
-    println!("| queue | jobs | enqueue s | work s | jobs/s | jobs/s, every round | vs river |");
-    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: |");
+    println!(
+        "| queue | jobs | enqueue s | work s | jobs/s | jobs/s, every round | vs river | start s |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |");
     let river = median_of(&rivers, |r| r.throughput);
     match &river {
         Some(river) => queue_row(river, &rivers, None),
-        None => println!("| river: not run (no --riverqueue binary) | | | | | | |"),
+        None => println!("| river: not run (no --riverqueue binary) | | | | | | | |"),
     }
     for (&(backend, workers, _), runs) in shapes.iter().zip(&roadies) {
         let Some(roadie) = median_of(runs, |r| r.throughput) else {
@@ -892,13 +894,12 @@ async fn queue_part(options: &Options, results: &mut Results) -> anyhow::Result<
 }
 
 fn queue_row(report: &QueueReport, runs: &[QueueReport], river: Option<&QueueReport>) {
+    let seconds = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.2}"));
     println!(
-        "| {} | {} | {} | {:.2} | {:.0} | {} | {} |",
+        "| {} | {} | {} | {:.2} | {:.0} | {} | {} | {} |",
         report.name,
         report.jobs,
-        report
-            .insert_seconds
-            .map_or("-".to_owned(), |s| format!("{s:.2}")),
+        seconds(report.insert_seconds),
         report.work_seconds,
         report.throughput,
         every_round(runs, |r| r.throughput),
@@ -906,6 +907,7 @@ fn queue_row(report: &QueueReport, runs: &[QueueReport], river: Option<&QueueRep
             "{:.2}",
             report.throughput / r.throughput
         )),
+        seconds(report.start_seconds),
     );
 }
 

@@ -5,9 +5,10 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use axum::{Router, extract::Path, extract::State, routing};
@@ -17,20 +18,28 @@ use axum::{Router, extract::Path, extract::State, routing};
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
-    requests: Arc<AtomicU64>,
+    seen: Arc<Seen>,
+}
+
+/// What the upstream has answered.
+#[derive(Debug, Default)]
+struct Seen {
+    requests: AtomicU64,
+    first: OnceLock<Instant>,
 }
 
 impl Upstream {
     /// Starts the upstream on a free loopback port; it runs until the
     /// process ends.
     pub async fn start() -> anyhow::Result<Upstream> {
-        let requests = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Seen::default());
         let app = Router::new()
             .route(
                 "/api/{*path}",
                 routing::get(
-                    |State(requests): State<Arc<AtomicU64>>, Path(path): Path<String>| async move {
-                        requests.fetch_add(1, Ordering::Relaxed);
+                    |State(seen): State<Arc<Seen>>, Path(path): Path<String>| async move {
+                        seen.first.get_or_init(Instant::now);
+                        seen.requests.fetch_add(1, Ordering::Relaxed);
                         (
                             [("content-type", "application/json")],
                             format!("{{\"path\":\"{path}\"}}"),
@@ -38,11 +47,11 @@ impl Upstream {
                     },
                 ),
             )
-            .with_state(requests.clone());
+            .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Upstream { addr, requests })
+        Ok(Upstream { addr, seen })
     }
 
     /// `http://ADDR/api/`, the provider's base URL.
@@ -52,6 +61,11 @@ impl Upstream {
 
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.seen.requests.load(Ordering::Relaxed)
+    }
+
+    /// When the first request arrived, if one has.
+    pub fn first_request(&self) -> Option<Instant> {
+        self.seen.first.get().copied()
     }
 }
