@@ -30,8 +30,7 @@ use std::{
 };
 
 use roadie_store::{
-    Backend, CHANGE_CHANNEL, Change, ChangeKind, Committed, Entry, PollPace, Store, StoreError,
-    notified_revision,
+    Backend, Change, ChangeKind, Committed, Entry, PollPace, Store, StoreError, notified_revision,
 };
 use tokio::{
     sync::{Notify, broadcast},
@@ -85,6 +84,8 @@ pub struct Feed {
     bypassed: AtomicU64,
     /// `roadie.watch.lag`: commit to tail, per change.
     lag: opentelemetry::metrics::Histogram<f64>,
+    /// Another process committed changes the tail may not have (Postgres).
+    heard: Notify,
 }
 
 impl Feed {
@@ -114,6 +115,17 @@ impl Feed {
             buffer: settings.watch.buffer,
             bypassed: AtomicU64::new(0),
             lag,
+            heard: Notify::new(),
+        }
+    }
+
+    /// A notification on [`roadie_store::CHANGE_CHANNEL`] (Postgres; the server's listener
+    /// calls it): wakes the tail unless it has applied the revision named
+    /// (most often this server's own, taken as it committed). An empty
+    /// payload (a reconnect) wakes it: whatever was missed is in the log.
+    pub fn notified(&self, payload: &str) {
+        if notified_revision(payload).is_none_or(|r| r > self.last()) {
+            self.heard.notify_one();
         }
     }
 
@@ -309,27 +321,9 @@ impl Feed {
     pub async fn run(self: Arc<Self>, store: Store, settings: Settings, cancel: CancellationToken) {
         let mut committed = store.committed();
         let mut own = Some(store.own_commits());
-        let heard = Arc::new(Notify::new());
         let interval = match store.backend() {
             Backend::Sqlite => settings.watch.poll_interval,
-            Backend::Postgres => {
-                let (feed, store, heard, cancel) =
-                    (self.clone(), store.clone(), heard.clone(), cancel.clone());
-                tokio::spawn(async move {
-                    // A revision the tail has applied asks for nothing: most
-                    // often this server's own, read right after its commit.
-                    // An empty payload (a reconnect) wakes the tail: whatever
-                    // was missed meanwhile is in the log.
-                    store
-                        .listen(CHANGE_CHANNEL, cancel, |payload| {
-                            if notified_revision(payload).is_none_or(|r| r > feed.last()) {
-                                heard.notify_one();
-                            }
-                        })
-                        .await;
-                });
-                settings.watch.fallback_poll
-            }
+            Backend::Postgres => settings.watch.fallback_poll,
         };
         let mut version = DataVersionCheck::default();
         // SQLite: read the log's version quickly while commits keep coming.
@@ -372,7 +366,7 @@ impl Feed {
                 }
             }
             let Some(wake) = self
-                .next_wake(&mut own, &mut committed, &heard, &pace, &cancel)
+                .next_wake(&mut own, &mut committed, &self.heard, &pace, &cancel)
                 .await
             else {
                 return;

@@ -57,7 +57,7 @@ use std::{future::Future, sync::Arc, time::SystemTime};
 use roadie_proto::v1::{
     cache_server::CacheServer, jobs_server::JobsServer, snapshots_server::SnapshotsServer,
 };
-use roadie_store::{Store, StoreError};
+use roadie_store::{CHANGE_CHANNEL, JOB_CHANNEL, Store, StoreError};
 use roadie_telemetry::admin::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +122,23 @@ pub struct App {
     tokens: Arc<Tokens>,
 }
 
+/// The server's one LISTEN connection (Postgres; nothing on SQLite), until
+/// `cancel` fires: finished jobs to the waiting Fetches, other processes'
+/// commits to the change feed's tail.
+async fn listen(store: Store, waiter: JobWaiter, feed: Arc<Feed>, cancel: CancellationToken) {
+    store
+        .listen(
+            &[JOB_CHANNEL, CHANGE_CHANNEL],
+            cancel,
+            |channel, payload| match channel {
+                JOB_CHANNEL => waiter.heard(payload),
+                CHANGE_CHANNEL => feed.notified(payload),
+                _ => {}
+            },
+        )
+        .await;
+}
+
 impl App {
     /// Opens (and migrates) the store and cleans expired entries.
     pub async fn open(settings: Settings) -> Result<App, ServerError> {
@@ -147,7 +164,7 @@ impl App {
                     source,
                 })?;
         let background = CancellationToken::new();
-        let waiter = JobWaiter::start(&store, background.clone());
+        let waiter = JobWaiter::new(store.backend());
         let work = Arc::new(WorkSignal::default());
         tokio::spawn(work.clone().run(store.clone(), background.clone()));
         let revision = store
@@ -159,6 +176,12 @@ impl App {
             feed.clone()
                 .run(store.clone(), settings.clone(), background.clone()),
         );
+        tokio::spawn(listen(
+            store.clone(),
+            waiter.clone(),
+            feed.clone(),
+            background.clone(),
+        ));
         let state = Arc::new(AppState {
             feed,
             stopping: CancellationToken::new(),

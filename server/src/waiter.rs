@@ -1,10 +1,10 @@
 //! Notifications around jobs. [`JobWaiter`] wakes `Fetch` calls that wait
 //! for a job; [`WorkSignal`] wakes idle workers when jobs are enqueued.
 //!
-//! Waiting: On Postgres one LISTEN per
-//! server process hears each finished job's id (sent by the worker in the
-//! transaction that finishes it) and fans it out in memory, with a slow poll
-//! as a fallback. On both backends a change to the job's URL seen by the
+//! Waiting: On Postgres the server's one LISTEN connection hears each
+//! finished job's id on [`roadie_store::JOB_CHANNEL`] (sent by the worker in the
+//! transaction that finishes it), and [`JobWaiter::heard`] fans it out in
+//! memory, with a slow poll as a fallback. On both backends a change to the job's URL seen by the
 //! server's tail of the change log (the worker's result, written in the
 //! transaction that finishes the job) wakes the waiter too; that is how
 //! SQLite, which has no notifications, hears of it within
@@ -13,7 +13,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use roadie_store::{Backend, Entry, JOB_CHANNEL, Job, Store, StoreError, WORK_CHANNEL};
+use roadie_store::{Backend, Entry, Job, Store, StoreError, WORK_CHANNEL};
 use tokio::{
     sync::{Notify, broadcast},
     time::Instant,
@@ -23,35 +23,32 @@ use tokio_util::sync::CancellationToken;
 use crate::fanout::Live;
 
 /// Shared by every waiting call of one server.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct JobWaiter {
     finished: broadcast::Sender<u64>,
     poll: Duration,
 }
 
 impl JobWaiter {
-    /// Starts listening (on Postgres) until `cancel` fires.
-    pub fn start(store: &Store, cancel: CancellationToken) -> JobWaiter {
+    /// Waiters on `backend`: on Postgres they hear [`JobWaiter::heard`]
+    /// (the server's listener calls it) and poll slowly; on SQLite they
+    /// poll the job's row.
+    pub fn new(backend: Backend) -> JobWaiter {
         let (finished, _) = broadcast::channel(1024);
-        let poll = match store.backend() {
+        let poll = match backend {
             Backend::Sqlite => Duration::from_millis(20),
-            Backend::Postgres => {
-                let (store, sender) = (store.clone(), finished.clone());
-                tokio::spawn(async move {
-                    store
-                        .listen(JOB_CHANNEL, cancel, |payload| {
-                            // The ids of a batch of finished jobs, comma-separated;
-                            // an empty payload (a reconnect) wakes nobody: the polls cover it.
-                            for id in payload.split(',').filter_map(|id| id.parse::<u64>().ok()) {
-                                let _ = sender.send(id);
-                            }
-                        })
-                        .await;
-                });
-                Duration::from_millis(500)
-            }
+            Backend::Postgres => Duration::from_millis(500),
         };
         JobWaiter { finished, poll }
+    }
+
+    /// A notification on [`roadie_store::JOB_CHANNEL`]: the ids of a batch of finished
+    /// jobs, comma-separated. An empty payload (a reconnect) wakes nobody:
+    /// the polls cover it.
+    pub fn heard(&self, payload: &str) {
+        for id in payload.split(',').filter_map(|id| id.parse::<u64>().ok()) {
+            let _ = self.finished.send(id);
+        }
     }
 
     /// What a call that will wait hears: the finished jobs, and the

@@ -1,7 +1,8 @@
 //! Postgres notifications between processes. Writers send them from the
 //! application (never per-row triggers); each process holds one LISTEN
-//! connection per channel and fans out in memory. SQLite has none: its
-//! readers poll.
+//! connection for all the channels it hears and fans out in memory (Postgres
+//! wakes every listening connection of the database at each notifying
+//! commit, whatever its channels). SQLite has none: its readers poll.
 
 use std::time::Duration;
 
@@ -46,49 +47,57 @@ impl Store {
         Ok(())
     }
 
-    /// On Postgres, calls `on` with every payload sent on `channel` until
-    /// `cancel` fires, reconnecting after failures; returns at once on SQLite.
+    /// On Postgres, calls `on` with the channel and payload of every
+    /// notification sent on any of `channels` until `cancel` fires, on one
+    /// connection, reconnecting after failures; returns at once on SQLite.
+    /// After each (re)connect `on` hears an empty payload on every channel:
+    /// whatever was sent while no one listened is found by looking again.
     pub async fn listen(
         &self,
-        channel: &str,
+        channels: &[&str],
         cancel: CancellationToken,
-        mut on: impl FnMut(&str) + Send,
+        mut on: impl FnMut(&str, &str) + Send,
     ) {
         if self.backend != Backend::Postgres {
             return;
         }
         let mut announce = true;
+        let missed = |on: &mut dyn FnMut(&str, &str)| {
+            for channel in channels {
+                on(channel, "");
+            }
+        };
         loop {
             match PgListener::connect(&self.url).await {
-                Ok(mut listener) => match listener.listen(channel).await {
+                Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
                     Ok(()) => loop {
                         // Listening from here on. Whatever was sent before (a
                         // job enqueued while this process started) is found
                         // by looking once more, which an empty payload asks.
                         if std::mem::take(&mut announce) {
-                            on("");
+                            missed(&mut on);
                         }
                         tokio::select! {
                             () = cancel.cancelled() => return,
                             notification = listener.recv() => match notification {
-                                Ok(n) => on(n.payload()),
+                                Ok(n) => on(n.channel(), n.payload()),
                                 Err(error) => {
-                                    tracing::warn!(%error, channel, "notifications lost; reconnecting");
+                                    tracing::warn!(%error, ?channels, "notifications lost; reconnecting");
                                     break;
                                 }
                             }
                         }
                     },
                     Err(error) => {
-                        tracing::warn!(%error, channel, "cannot LISTEN; falling back to polling")
+                        tracing::warn!(%error, ?channels, "cannot LISTEN; falling back to polling")
                     }
                 },
                 Err(error) => {
-                    tracing::warn!(%error, channel, "cannot connect to LISTEN; falling back to polling")
+                    tracing::warn!(%error, ?channels, "cannot connect to LISTEN; falling back to polling")
                 }
             }
             // Whatever was missed meanwhile is found by the callers' polls.
-            on("");
+            missed(&mut on);
             announce = true;
             tokio::select! {
                 () = cancel.cancelled() => return,

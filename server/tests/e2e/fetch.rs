@@ -424,6 +424,51 @@ async fn postgres_workers_wake_on_notify() {
     server.stop().await;
 }
 
+/// A server hears finished jobs and other processes' commits on one LISTEN
+/// connection: Postgres wakes every listening connection of the database
+/// at each notifying commit, whatever its channels, so each one more is a
+/// backend woken by every Put batch and every worker's finish.
+#[tokio::test]
+async fn postgres_a_server_listens_on_one_connection() {
+    use sqlx::Connection as _;
+    let Some(server) = TestServer::start(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    let url = &server.db.as_ref().expect("the server's database").url;
+    let mut conn = sqlx::postgres::PgConnection::connect(url)
+        .await
+        .expect("connect");
+    // The listener connects as the server opens, its LISTEN the last query
+    // its backend ran.
+    let listening = "SELECT query FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let queries = loop {
+        let queries: Vec<String> = sqlx::query_scalar(listening)
+            .fetch_all(&mut conn)
+            .await
+            .expect("read pg_stat_activity");
+        let both = queries
+            .iter()
+            .any(|q| q.contains("roadie_jobs") && q.contains("roadie_changes"));
+        if both || Instant::now() > deadline {
+            break queries;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        queries.len(),
+        1,
+        "one connection listening to both channels: {queries:?}"
+    );
+    assert!(
+        queries[0].contains("roadie_jobs") && queries[0].contains("roadie_changes"),
+        "{queries:?}"
+    );
+    conn.close().await.expect("close");
+    server.stop().await;
+}
+
 /// A `roadie-server` process on `db`, killed when dropped.
 pub(crate) struct ServerProcess {
     // Held so the process lives as long as this value (killed on drop).

@@ -192,7 +192,7 @@ impl Worker {
             );
             tokio::spawn(async move {
                 store
-                    .listen(WORK_CHANNEL, listening, |provider| {
+                    .listen(&[WORK_CHANNEL], listening, |_, provider| {
                         if !provider.is_empty() {
                             let mut waited = waited.lock().unwrap_or_else(PoisonError::into_inner);
                             if !waited.iter().any(|p| p == provider) {
