@@ -119,10 +119,11 @@ impl Feed {
         }
     }
 
-    /// A notification on [`roadie_store::CHANGE_CHANNEL`] (Postgres; the server's listener
-    /// calls it): wakes the tail unless it has applied the revision named
-    /// (most often this server's own, taken as it committed). An empty
-    /// payload (a reconnect) wakes it: whatever was missed is in the log.
+    /// A notification on [`roadie_store::CHANGE_CHANNEL`] (Postgres; the
+    /// server's listener calls it): wakes the tail unless it has applied the
+    /// revision named (most often this server's own, taken as it
+    /// committed). An empty payload (a reconnect) wakes it: whatever was
+    /// missed is in the log.
     pub fn notified(&self, payload: &str) {
         if notified_revision(payload).is_none_or(|r| r > self.last()) {
             self.heard.notify_one();

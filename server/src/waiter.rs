@@ -2,13 +2,13 @@
 //! for a job; [`WorkSignal`] wakes idle workers when jobs are enqueued.
 //!
 //! Waiting: On Postgres the server's one LISTEN connection hears each
-//! finished job's id on [`roadie_store::JOB_CHANNEL`] (sent by the worker in the
-//! transaction that finishes it), and [`JobWaiter::heard`] fans it out in
-//! memory, with a slow poll as a fallback. On both backends a change to the job's URL seen by the
-//! server's tail of the change log (the worker's result, written in the
-//! transaction that finishes the job) wakes the waiter too; that is how
-//! SQLite, which has no notifications, hears of it within
-//! `watch.poll_interval`. On SQLite waiters also poll the job's row, a
+//! finished job's id on [`roadie_store::JOB_CHANNEL`] (sent by the worker
+//! in the transaction that finishes it), and [`JobWaiter::heard`] fans it
+//! out in memory, with a slow poll as a fallback. On both backends a change
+//! to the job's URL seen by the server's tail of the change log (the
+//! worker's result, written in the transaction that finishes the job) wakes
+//! the waiter too; that is how SQLite, which has no notifications, hears of
+//! it within `watch.poll_interval`. On SQLite waiters also poll the job's row, a
 //! primary-key read, for outcomes that write no entry.
 
 use std::{sync::Arc, time::Duration};
@@ -42,8 +42,8 @@ impl JobWaiter {
         JobWaiter { finished, poll }
     }
 
-    /// A notification on [`roadie_store::JOB_CHANNEL`]: the ids of a batch of finished
-    /// jobs, comma-separated. An empty payload (a reconnect) wakes nobody:
+    /// A notification on [`roadie_store::JOB_CHANNEL`]: the ids of a batch
+    /// of finished jobs, comma-separated. An empty payload (a reconnect) wakes nobody:
     /// the polls cover it.
     pub fn heard(&self, payload: &str) {
         for id in payload.split(',').filter_map(|id| id.parse::<u64>().ok()) {
