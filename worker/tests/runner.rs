@@ -141,6 +141,24 @@ fn worker_options(
     grace: Duration,
     concurrency: u32,
 ) -> Worker {
+    worker_polling(
+        store,
+        addr,
+        id,
+        grace,
+        concurrency,
+        Duration::from_millis(20),
+    )
+}
+
+fn worker_polling(
+    store: Store,
+    addr: SocketAddr,
+    id: &str,
+    grace: Duration,
+    concurrency: u32,
+    poll_interval: Duration,
+) -> Worker {
     let mut policy = ProviderPolicy::new(
         "test",
         Url::parse(&format!("http://{addr}/api/")).expect("url"),
@@ -158,7 +176,7 @@ fn worker_options(
     options.concurrency = concurrency;
     options.lease = Duration::from_secs(5);
     options.heartbeat = Duration::from_millis(500);
-    options.poll_interval = Duration::from_millis(20);
+    options.poll_interval = poll_interval;
     options.backoff_base = Duration::from_millis(20);
     options.backoff_max = Duration::from_millis(100);
     options.shutdown_grace = grace;
@@ -517,6 +535,97 @@ async fn a_slot_is_free_once_its_result_is_handed_over() {
     for id in &ids {
         let job = finished(&store, &mut finishes, *id).await;
         assert_eq!((job.state, job.attempt), (JobState::Completed, 1));
+    }
+    stop.cancel();
+    running.await.expect("worker");
+    db.finish().await;
+}
+
+/// A busy worker does not read the list of due work at every freed slot,
+/// only when the list may hold something: its last read filled every slot
+/// it asked for, or a server announced background work (the empty NOTIFY
+/// of `WorkSignal`). Either way the work is claimed as a slot frees, not at
+/// the next poll (a minute here, past the test's limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_claims_work_as_soon_as_it_may_be_due() {
+    use roadie_store::{WAIT_PRIORITY, WORK_CHANNEL};
+
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    let (arrived, mut arrivals) = watch::channel(0_u32);
+    let gate = Arc::new(Notify::new());
+    let app = Router::new()
+        .route(
+            "/api/held",
+            get(
+                |State((arrived, gate)): State<(Arc<watch::Sender<u32>>, Arc<Notify>)>| async move {
+                    arrived.send_modify(|count| *count += 1);
+                    gate.notified().await;
+                    "held"
+                },
+            ),
+        )
+        .route("/api/ok", get(|| async { "ok" }))
+        .with_state((Arc::new(arrived), gate.clone()));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Three jobs before the worker starts and no notification: its first
+    // read fills its one slot, so each freed slot reads the list again.
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let (job, _) = store
+            .job_enqueue(&job(addr, &format!("ok?n={n}"), 3))
+            .await
+            .expect("enqueue");
+        ids.push(job.id);
+    }
+    let w = worker_polling(
+        store.clone(),
+        addr,
+        "busy",
+        Duration::from_secs(5),
+        1,
+        Duration::from_secs(60),
+    );
+    let mut finishes = [w.finishes()];
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(w.run(stop.clone()));
+    for id in &ids {
+        let job = finished(&store, &mut finishes, *id).await;
+        assert_eq!(job.state, JobState::Completed, "job {id}");
+    }
+
+    // A waited job takes the slot (its enqueue announces it); background
+    // work enqueued and announced meanwhile is claimed once it ends.
+    let (held, _) = store
+        .job_enqueue(&JobNew {
+            priority: WAIT_PRIORITY,
+            ..job(addr, "held", 3)
+        })
+        .await
+        .expect("enqueue the waited job");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        arrivals.wait_for(|count| *count == 1),
+    )
+    .await
+    .expect("the waited job was not fetched")
+    .expect("the upstream is running");
+    let (background, _) = store
+        .job_enqueue(&job(addr, "ok?n=4", 3))
+        .await
+        .expect("enqueue");
+    store.notify(WORK_CHANNEL, "").await.expect("announce");
+    gate.notify_one();
+    for id in [held.id, background.id] {
+        let job = finished(&store, &mut finishes, id).await;
+        assert_eq!(job.state, JobState::Completed, "job {id}");
     }
     stop.cancel();
     running.await.expect("worker");

@@ -14,7 +14,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -173,14 +176,24 @@ impl Worker {
         // (slot-bound, 30 ms each) 1.04 (BENCHMARKS.md).
         let refill_batch = (options.concurrency / 2).max(1);
         let mut only_freed = false;
-        // When this worker last read the list of due work.
+        // When this worker last read the list of due work, and whether the
+        // list may hold jobs it has not claimed: its last read filled every
+        // slot it asked for (or failed), or something woke the loop that
+        // may have added some (`Wake::listed`, the poll, a throttled
+        // provider's budget). Only then does a round read it, and at least
+        // once a poll interval. Read at every freed slot, it ran beside each
+        // waited fetch's finish on the way to its caller.
         let mut due_read: Option<tokio::time::Instant> = None;
+        let mut due_maybe = true;
+        // When the earliest throttled provider's budget is back (store
+        // time): kept until it passes or a read of the list learns it anew.
+        let mut next_due = None;
         let (finished, to_finish) = mpsc::channel(options.concurrency.max(1) as usize);
         let completer = tokio::spawn(self.clone().complete(to_finish));
         // Postgres: servers NOTIFY (debounced) when they enqueue; the poll
         // stays as a fallback. A job a caller waits for is announced at
         // once, naming its provider: claimed before anything else.
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let waited = Arc::new(Mutex::new(Vec::<String>::new()));
         let listening = CancellationToken::new();
         {
@@ -198,8 +211,12 @@ impl Worker {
                             if !waited.iter().any(|p| p == provider) {
                                 waited.push(provider.to_owned());
                             }
+                            wake.named();
+                        } else {
+                            // Background work, or a reconnect (which may
+                            // have missed some).
+                            wake.listed();
                         }
-                        wake.notify_one();
                     })
                     .await
             });
@@ -225,7 +242,6 @@ impl Worker {
             let free = options
                 .concurrency
                 .saturating_sub(u32::try_from(inflight.len()).unwrap_or(u32::MAX));
-            let mut next_due = None;
             if free > 0 && (!only_freed || free >= refill_batch) {
                 // Each claim takes the time it starts at: a budget is
                 // measured from it.
@@ -264,13 +280,18 @@ impl Worker {
                 report.claimed += u64::from(waited_started);
                 let due_read_lately =
                     due_read.is_some_and(|at| at.elapsed() < options.poll_interval);
-                if waited_started == 0 || !due_read_lately {
+                due_maybe |= wake.take_listed();
+                if (waited_started == 0 && due_maybe) || !due_read_lately {
                     due_read = Some(tokio::time::Instant::now());
+                    next_due = None;
                     let now = now_ms();
                     let claim = self
                         .store
                         .job_claim_within(&options.id, free, lease(now), now, &self.rates)
                         .await;
+                    due_maybe = claim
+                        .as_ref()
+                        .map_or(true, |claim| claim.jobs.len() >= free as usize);
                     let started = self.start(claim, &mut inflight, &hard, &finished, &mut next_due);
                     report.claimed += u64::from(started);
                 }
@@ -283,9 +304,16 @@ impl Worker {
             only_freed = tokio::select! {
                 () = stop.cancelled() => break,
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => true,
-                () = tokio::time::sleep(options.poll_interval) => false,
-                () = wake.notified() => false,
-                () = sleep_until_some(budget_back) => false,
+                () = tokio::time::sleep(options.poll_interval) => {
+                    due_maybe = true;
+                    false
+                }
+                () = wake.notify.notified() => false,
+                () = sleep_until_some(budget_back) => {
+                    due_maybe = true;
+                    next_due = None;
+                    false
+                }
             };
         }
         listening.cancel();
@@ -523,12 +551,7 @@ fn budget_back(due: i64, now: i64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(u64::try_from(due - now).unwrap_or(0))
 }
 
-async fn wake_on_commits(
-    store: Store,
-    every: Duration,
-    wake: Arc<Notify>,
-    stop: CancellationToken,
-) {
+async fn wake_on_commits(store: Store, every: Duration, wake: Arc<Wake>, stop: CancellationToken) {
     let mut version = match store.data_version().await {
         Ok(Some(version)) => version,
         // Postgres: the LISTEN above.
@@ -544,7 +567,7 @@ async fn wake_on_commits(
         match version.read().await {
             Ok(now) if last != Some(now) => {
                 if last.is_some() {
-                    wake.notify_one();
+                    wake.listed();
                     pace.moved();
                 }
                 last = Some(now);
@@ -556,6 +579,34 @@ async fn wake_on_commits(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(pace.next()) => {}
         }
+    }
+}
+
+/// What wakes the claim loop, and whether the reason may have put jobs on
+/// the list of due work: anything but a notification naming a waited job's
+/// provider, whose own claim takes it.
+#[derive(Debug, Default)]
+pub(super) struct Wake {
+    notify: Notify,
+    listed: AtomicBool,
+}
+
+impl Wake {
+    /// Jobs may have become due (enqueued, rescued, committed by another
+    /// process on SQLite): the next round reads the list.
+    pub(super) fn listed(&self) {
+        self.listed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// A waited job of a named provider, claimed on its own.
+    fn named(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Whether [`Wake::listed`] was called since the last time this was.
+    fn take_listed(&self) -> bool {
+        self.listed.swap(false, Ordering::AcqRel)
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use super::Wake;
 use roadie_store::{Store, now_ms};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The rescuer, on a timer of its own: wakes when the earliest lease of a
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub(super) async fn rescue(
     store: Store,
     at_most: Duration,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stop: CancellationToken,
 ) {
     loop {
@@ -24,7 +24,7 @@ pub(super) async fn rescue(
             Ok((0, 0)) => {}
             Ok((retried, failed)) => {
                 tracing::info!(retried, failed, "rescued jobs of lost workers");
-                wake.notify_one();
+                wake.listed();
             }
             Err(error) => tracing::warn!(%error, "rescue failed; trying again later"),
         }
