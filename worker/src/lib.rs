@@ -112,10 +112,20 @@ pub async fn run(
         )
         .run(stop.clone()),
     );
-    let report = Worker::new(store.clone(), fetcher, providers, options)
-        .with_readiness(ready)
-        .run(stop.clone())
-        .await;
+    // On a thread of the runtime, not the one that started it: the jobs a
+    // claim spawns then start on the claiming thread, and a job's end wakes
+    // the loop there, instead of every job and every end crossing between
+    // the runtime's threads and the main one.
+    let runner = tokio::spawn(
+        Worker::new(store.clone(), fetcher, providers, options)
+            .with_readiness(ready)
+            .run(stop.clone()),
+    );
+    let report = match runner.await {
+        Ok(report) => report,
+        // A panic in the loop is the process's, as it was on the main thread.
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    };
     // The runner returns only after a stop; cancel anyway so retention never outlives it.
     stop.cancel();
     if let Err(error) = retention.await {
