@@ -29,12 +29,13 @@ use sqlx::{Any, AnyPool, Connection, pool::PoolConnection};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{
-    Backend, Compression, DeleteResult, StoreError, TRUSTED_IDLE,
+    Backend, Compression, DeleteResult, StoreError,
     change::{Committed, announce, revision_lock, revision_set},
     entry::{
         Delete, EntryPut, Invalidation, Lock, PutResult, entries_invalidate_at, entries_put_at,
         entry_delete_at, last_written, writes_alone,
     },
+    kept::Kept,
 };
 
 /// How the store's writes are grouped.
@@ -262,13 +263,13 @@ async fn run(mut queue: mpsc::Receiver<(Write, Reply)>, target: Target, batching
     // end cleanly; the next takes a fresh one.
     // Closing the pool waits for every connection to come back: the held
     // one goes back then, and the committer stops.
-    let mut held = None;
+    let kept = Kept::default();
     let closed = target.pool.close_event();
     tokio::pin!(closed);
     loop {
         tokio::select! {
             batch = gather(&mut queue, batching) => match batch {
-                Some(batch) => commit(&target, &mut held, batch).await,
+                Some(batch) => commit(&target, &kept, batch).await,
                 None => return,
             },
             () = &mut closed => return,
@@ -309,7 +310,7 @@ enum Failure {
     Commit(StoreError),
 }
 
-async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
+async fn commit(target: &Target, kept: &Kept, batch: Vec<(Write, Reply)>) {
     target.counts.batches.fetch_add(1, Ordering::Relaxed);
     target
         .counts
@@ -317,7 +318,7 @@ async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
     let began = Instant::now();
-    match write_all(target, held, &writes).await {
+    match write_all(target, kept, &writes).await {
         Ok(outcomes) => {
             // This server's tail takes the batch before it hears of it.
             hand_over(target, &writes, &outcomes, began);
@@ -332,7 +333,7 @@ async fn commit(target: &Target, held: &mut Held, batch: Vec<(Write, Reply)>) {
             // One bad write must not fail its neighbours: each alone.
             target.counts.split.fetch_add(1, Ordering::Relaxed);
             for (write, reply) in writes.iter().zip(replies) {
-                let result = match write_all(target, held, std::slice::from_ref(write)).await {
+                let result = match write_all(target, kept, std::slice::from_ref(write)).await {
                     Ok(mut outcomes) => {
                         announce_all(target, &outcomes);
                         outcomes.pop().ok_or_else(|| {
@@ -402,70 +403,24 @@ fn answer(replies: Vec<Reply>, outcomes: impl IntoIterator<Item = Result<Outcome
     }
 }
 
-/// The committer's connection between batches, when it was last used, and
-/// when its plans were last thrown away.
-type Held = Option<(PoolConnection<Any>, Instant, Instant)>;
-
-/// How long a plan the committer's connection keeps may be run. Postgres
-/// plans a statement prepared on a connection for its values for five runs,
-/// then keeps one generic plan when that costs no more: the batch statement
-/// of Puts (`entries_write.sql`, whose JSON rows are estimated alike
-/// whatever they hold) goes generic at once, which spares the planning of
-/// each batch. But a plan made while the tables were small (a new
-/// database) would go on scanning them whole once they are large, until
-/// an ANALYZE invalidates it (autovacuum's, which may be late or off).
-/// Thrown away this often, no plan outlives a second of the tables'
-/// growth.
-pub const REPLAN: Duration = Duration::from_secs(1);
-
-/// One transaction for `writes`, in order, on the held connection (or a
-/// fresh one); commits when any changed the store. The connection is held
-/// again only when the transaction ended cleanly.
+/// One transaction for `writes`, in order, on the kept connection (or a
+/// fresh one: see `kept`); commits when any changed the store. The
+/// connection is kept again only when the transaction ended cleanly.
 async fn write_all(
     target: &Target,
-    held: &mut Held,
+    kept: &Kept,
     writes: &[Write],
 ) -> Result<Vec<Outcome>, Failure> {
-    // One idle past `TRUSTED_IDLE` goes back to the pool, which checks it
-    // before anyone uses it again: the database may have ended it meanwhile.
-    // A connection from the pool holds plans of unknown age.
-    let (mut conn, planned) = match held.take() {
-        Some((conn, used, planned)) if used.elapsed() <= TRUSTED_IDLE => (conn, Some(planned)),
-        _ => (
-            target
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| Failure::Statement(e.into()))?,
-            None,
-        ),
-    };
-    let planned = match planned {
-        Some(at) if at.elapsed() <= REPLAN => at,
-        _ => {
-            replan(target, &mut conn)
-                .await
-                .map_err(Failure::Statement)?;
-            Instant::now()
-        }
-    };
-    let outcomes = write_on(target, &mut conn, writes).await?;
-    // A pool of one connection is everyone's: it goes back after each batch.
-    if target.pool.options().get_max_connections() > 1 {
-        *held = Some((conn, Instant::now(), planned));
-    }
-    Ok(outcomes)
-}
-
-/// Throws away the plans `conn` keeps (Postgres; SQLite keeps none that
-/// outlive its statistics): the next runs of every statement are planned
-/// for the tables as they are now.
-async fn replan(target: &Target, conn: &mut PoolConnection<Any>) -> Result<(), StoreError> {
-    if target.backend == Backend::Postgres {
-        sqlx::query("DISCARD PLANS").execute(&mut **conn).await?;
+    let mut taken = kept
+        .take(&target.pool, target.backend)
+        .await
+        .map_err(Failure::Statement)?;
+    if taken.replanned {
         target.counts.replans.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(())
+    let outcomes = write_on(target, &mut taken.conn, writes).await?;
+    kept.keep(taken, &target.pool);
+    Ok(outcomes)
 }
 
 async fn write_on(

@@ -563,10 +563,12 @@ impl Store {
     /// statement.
     async fn claim_ungated(&self, wanted: &Wanted<'_>) -> Result<Vec<Job>, StoreError> {
         let texts = claim_texts(self.backend);
+        let mut taken = self.claims.take(&self.pool, self.backend).await?;
         let rows = wanted
             .query(&texts.claim, i64::from(wanted.want))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *taken.conn)
             .await?;
+        self.claims.keep(taken, &self.pool);
         rows.iter().map(job_from_row).collect()
     }
 
@@ -582,13 +584,15 @@ impl Store {
     ) -> Result<Gated, StoreError> {
         let texts = claim_texts(self.backend);
         for _ in 0..2 {
+            let mut taken = self.claims.take(&self.pool, self.backend).await?;
             let rows = wanted
                 .query(&texts.gated, i64::from(wanted.want))
                 .bind(at)
                 .bind(rate.interval_ms())
                 .bind(rate.tolerance_ms())
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *taken.conn)
                 .await?;
+            self.claims.keep(taken, &self.pool);
             let Some(first) = rows.first() else {
                 self.provider_state_lock(wanted, rate, at, &self.pool)
                     .await?;
@@ -939,10 +943,10 @@ impl Store {
             worker,
             now,
         };
-        let mut conn = self.pool.acquire().await?;
+        let mut taken = self.finishes.take(&self.pool, self.backend).await?;
         let mut counter = 0;
         let written = match entries_put_at(
-            &mut conn,
+            &mut taken.conn,
             self.backend,
             &puts,
             self.compression.as_ref(),
@@ -951,7 +955,10 @@ impl Store {
         )
         .await
         {
-            Ok(written) => written,
+            Ok(written) => {
+                self.finishes.keep(taken, &self.pool);
+                written
+            }
             // A lease lost, or a rule the statement broke: nothing was
             // written; the careful way finds out which.
             Err(StoreError::Conflict(_)) => return Ok(None),

@@ -29,6 +29,7 @@ mod enqueue;
 pub mod entry;
 pub mod error;
 pub mod job;
+mod kept;
 pub mod notify;
 pub mod rate;
 pub mod snapshot;
@@ -51,7 +52,7 @@ use sqlx::{
 pub use change::{
     CHANGE_CHANNEL, Change, ChangeKind, Committed, DataVersion, PollPace, notified_revision,
 };
-pub use commit::{Batching, REPLAN, WriteBatches, gather};
+pub use commit::{Batching, WriteBatches, gather};
 pub use compress::{Compression, compressible};
 pub use enqueue::FirstLook;
 pub use entry::{
@@ -63,6 +64,7 @@ pub use job::{
     Claim, Finish, Job, JobFinish, JobNew, JobOutcome, JobState, ProviderState, QueueDepth,
     WAIT_PRIORITY,
 };
+pub use kept::REPLAN;
 pub use notify::{JOB_CHANNEL, WORK_CHANNEL};
 pub use rate::{Rate, Rates};
 pub use snapshot::{Merged, SNAPSHOT_POLICY, SnapshotDelta, SnapshotMeta, Track};
@@ -180,6 +182,9 @@ pub struct Store {
     enqueuer: enqueue::Enqueuer,
     // How writes are grouped, for the batched writers outside the store.
     batching: Batching,
+    // The connections a worker's claims and its finishes keep (`kept`).
+    claims: kept::Kept,
+    finishes: kept::Kept,
 }
 
 /// The default size SQLite cuts its WAL file back to after a checkpoint
@@ -345,6 +350,8 @@ impl Store {
             committer,
             enqueuer,
             batching: options.batching,
+            claims: kept::Kept::default(),
+            finishes: kept::Kept::default(),
         })
     }
 
@@ -443,7 +450,11 @@ impl Store {
 
     /// Closes every pooled connection.
     pub async fn close(&self) {
-        self.pool.close().await;
+        // Marked closed first, so no connection is kept again.
+        let closing = self.pool.close();
+        self.claims.release();
+        self.finishes.release();
+        closing.await;
     }
 }
 

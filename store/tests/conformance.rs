@@ -800,7 +800,44 @@ macro_rules! conformance {
     };
 }
 
+/// A worker's claims and finishes keep their connections between
+/// statements, as the committer keeps its own; closing the store still ends
+/// at once, every kept connection back in the pool first.
+async fn a_store_closes_with_its_kept_connections(store: Store) {
+    use roadie_store::{JobFinish, JobOutcome};
+    written(store.entry_put(&put("k", "v")).await.expect("put"));
+    store
+        .job_enqueue(&queue::job("u/kept", 2))
+        .await
+        .expect("enqueue");
+    let jobs = store
+        .job_claim("w", 10, T0 + 30_000, T0)
+        .await
+        .expect("claim");
+    assert_eq!(jobs.len(), 1);
+    let finishes: Vec<JobFinish> = jobs
+        .iter()
+        .map(|job| JobFinish {
+            id: job.id,
+            outcome: JobOutcome::Complete {
+                entry: Some(put(&job.url, "v")),
+            },
+        })
+        .collect();
+    let results = store
+        .job_finish_many_if_leased("w", &finishes, T0)
+        .await
+        .expect("finish");
+    assert_eq!(results.len(), 1);
+    // A bound on a failure (a kept connection never given back), not a wait.
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
+        .await
+        .expect("the store closed with its kept connections");
+    assert!(store.is_closed());
+}
+
 conformance!(
+    a_store_closes_with_its_kept_connections,
     round_trip_keeps_every_field,
     a_rewrite_replaces_the_tags,
     a_tag_named_twice_is_kept_once,
