@@ -82,11 +82,14 @@ impl Kept {
     /// Keeps `taken` for the next statement: call only when its statement
     /// (and any transaction) ended cleanly; dropped instead, a connection
     /// goes back to the pool, which closes it if a transaction was left
-    /// open. A pool of one connection is everyone's, and a closing pool's
-    /// connections must all come back: neither is kept.
+    /// open. It is kept only while the pool can still hand everyone else a
+    /// connection at once (an idle one, or room to open one), so kept
+    /// connections never starve the rest (a pool of one is everyone's), and
+    /// never once the pool is closing, whose connections must all come back.
     pub(crate) fn keep(&self, taken: Taken, pool: &AnyPool) {
+        let room = pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections();
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() && !pool.is_closed() && pool.options().get_max_connections() > 1 {
+        if slot.is_none() && room && !pool.is_closed() {
             *slot = Some(Held {
                 conn: taken.conn,
                 used: Instant::now(),

@@ -800,11 +800,22 @@ macro_rules! conformance {
     };
 }
 
+/// Each of `jobs` completed, its URL's entry written as `v`.
+fn completed(jobs: &[Job]) -> Vec<roadie_store::JobFinish> {
+    jobs.iter()
+        .map(|job| roadie_store::JobFinish {
+            id: job.id,
+            outcome: roadie_store::JobOutcome::Complete {
+                entry: Some(put(&job.url, "v")),
+            },
+        })
+        .collect()
+}
+
 /// A worker's claims and finishes keep their connections between
 /// statements, as the committer keeps its own; closing the store still ends
 /// at once, every kept connection back in the pool first.
 async fn a_store_closes_with_its_kept_connections(store: Store) {
-    use roadie_store::{JobFinish, JobOutcome};
     written(store.entry_put(&put("k", "v")).await.expect("put"));
     store
         .job_enqueue(&queue::job("u/kept", 2))
@@ -815,15 +826,7 @@ async fn a_store_closes_with_its_kept_connections(store: Store) {
         .await
         .expect("claim");
     assert_eq!(jobs.len(), 1);
-    let finishes: Vec<JobFinish> = jobs
-        .iter()
-        .map(|job| JobFinish {
-            id: job.id,
-            outcome: JobOutcome::Complete {
-                entry: Some(put(&job.url, "v")),
-            },
-        })
-        .collect();
+    let finishes = completed(&jobs);
     let results = store
         .job_finish_many_if_leased("w", &finishes, T0)
         .await
@@ -868,6 +871,39 @@ async fn batching_store(db: &TestDb, wait_ms: u64) -> Store {
         };
     })
     .await
+}
+
+/// Kept connections never starve the rest of a pool: of two connections a
+/// worker's claim and finish keep at most one, and a read after them gets
+/// the other at once (with both kept it would wait out the acquire timeout
+/// and fail).
+async fn kept_connections_leave_the_pool_room(db: &TestDb) {
+    let store = db
+        .store_with(|options| {
+            options.max_connections = 2;
+            options.acquire_timeout = std::time::Duration::from_secs(1);
+        })
+        .await;
+    store
+        .job_enqueue(&queue::job("u/room", 2))
+        .await
+        .expect("enqueue");
+    let jobs = store
+        .job_claim("w", 10, T0 + 30_000, T0)
+        .await
+        .expect("claim");
+    assert_eq!(jobs.len(), 1);
+    store
+        .job_finish_many_if_leased("w", &completed(&jobs), T0)
+        .await
+        .expect("finish");
+    let job = store
+        .job_get(jobs[0].id)
+        .await
+        .expect("a connection for the read")
+        .expect("the job");
+    assert_eq!(job.state, roadie_store::JobState::Completed);
+    store.close().await;
 }
 
 /// Inside one batch the conditions are judged in arrival order, each write
@@ -1503,6 +1539,7 @@ macro_rules! batched {
 }
 
 batched!(
+    kept_connections_leave_the_pool_room,
     a_batch_past_one_statements_limit_lands_whole,
     the_committer_replans_once_per_interval,
     a_batch_keeps_conditions_in_arrival_order,
@@ -1833,7 +1870,7 @@ async fn postgres_finished_jobs_are_announced_in_one_notification() {
 /// finish is the next thing heard).
 #[tokio::test]
 async fn postgres_a_workers_finish_notifies_its_revision_once() {
-    use roadie_store::{CHANGE_CHANNEL, Finish, JobFinish, JobOutcome};
+    use roadie_store::{CHANGE_CHANNEL, Finish};
     let Some(db) = TestDb::new(Backend::Postgres).await else {
         return;
     };
@@ -1850,15 +1887,7 @@ async fn postgres_a_workers_finish_notifies_its_revision_once() {
         .expect("claim");
     assert_eq!(jobs.len(), 2);
     let mut listener = listening(&db, CHANGE_CHANNEL).await;
-    let finishes: Vec<JobFinish> = jobs
-        .iter()
-        .map(|job| JobFinish {
-            id: job.id,
-            outcome: JobOutcome::Complete {
-                entry: Some(put(&job.url, "v")),
-            },
-        })
-        .collect();
+    let finishes = completed(&jobs);
     let results = store
         .job_finish_many_if_leased("w", &finishes, T0)
         .await
