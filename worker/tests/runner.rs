@@ -41,6 +41,16 @@ struct Counts {
     unavailable: AtomicU32,
 }
 
+/// Serves `app` on a free port of 127.0.0.1 until the test ends.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 async fn upstream() -> (SocketAddr, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
     let app = Router::new()
@@ -118,11 +128,7 @@ async fn upstream() -> (SocketAddr, Arc<Counts>) {
             ),
         )
         .with_state(counts.clone());
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
     (addr, counts)
 }
 
@@ -435,11 +441,7 @@ async fn a_hard_stop_hands_leases_back(backend: Backend) {
             }),
         )
         .with_state(arrived.clone());
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
 
     // A grace far shorter than the fetch timeout: the stop must turn hard.
     let w = worker(store.clone(), addr, "b", Duration::from_millis(300));
@@ -491,11 +493,7 @@ async fn a_slot_is_free_once_its_result_is_handed_over() {
             ),
         )
         .with_state(Arc::new(arrived));
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
 
     let mut holder = AnyConnection::connect(&db.url).await.expect("connect");
     let mut held = holder.begin().await.expect("begin");
@@ -569,11 +567,7 @@ async fn a_busy_worker_claims_work_as_soon_as_it_may_be_due() {
         )
         .route("/api/ok", get(|| async { "ok" }))
         .with_state((Arc::new(arrived), gate.clone()));
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
 
     // Three jobs before the worker starts and no notification: its first
     // read fills its one slot, so each freed slot reads the list again.
@@ -671,11 +665,7 @@ async fn pushback_pauses_the_provider_for_every_worker(backend: Backend) {
             ),
         )
         .with_state((arrivals.clone(), pushed_back.clone()));
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
 
     let mut ids = Vec::new();
     for i in 0..6 {
