@@ -812,13 +812,12 @@ fn completed(jobs: &[Job]) -> Vec<roadie_store::JobFinish> {
         .collect()
 }
 
-/// A worker's claims and finishes keep their connections between
-/// statements, as the committer keeps its own; closing the store still ends
-/// at once, every kept connection back in the pool first.
-async fn a_store_closes_with_its_kept_connections(store: Store) {
-    written(store.entry_put(&put("k", "v")).await.expect("put"));
+/// Enqueues a job for `url`, claims it as worker "w" and completes it
+/// with an entry: a worker's two statements, each on its kept connection.
+/// Returns the job's id.
+async fn one_job_claimed_and_finished(store: &Store, url: &str) -> u64 {
     store
-        .job_enqueue(&queue::job("u/kept", 2))
+        .job_enqueue(&queue::job(url, 2))
         .await
         .expect("enqueue");
     let jobs = store
@@ -826,12 +825,20 @@ async fn a_store_closes_with_its_kept_connections(store: Store) {
         .await
         .expect("claim");
     assert_eq!(jobs.len(), 1);
-    let finishes = completed(&jobs);
     let results = store
-        .job_finish_many_if_leased("w", &finishes, T0)
+        .job_finish_many_if_leased("w", &completed(&jobs), T0)
         .await
         .expect("finish");
     assert_eq!(results.len(), 1);
+    jobs[0].id
+}
+
+/// A worker's claims and finishes keep their connections between
+/// statements, as the committer keeps its own; closing the store still ends
+/// at once, every kept connection back in the pool first.
+async fn a_store_closes_with_its_kept_connections(store: Store) {
+    written(store.entry_put(&put("k", "v")).await.expect("put"));
+    one_job_claimed_and_finished(&store, "u/kept").await;
     // A bound on a failure (a kept connection never given back), not a wait.
     tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
         .await
@@ -884,21 +891,9 @@ async fn kept_connections_leave_the_pool_room(db: &TestDb) {
             options.acquire_timeout = std::time::Duration::from_secs(1);
         })
         .await;
-    store
-        .job_enqueue(&queue::job("u/room", 2))
-        .await
-        .expect("enqueue");
-    let jobs = store
-        .job_claim("w", 10, T0 + 30_000, T0)
-        .await
-        .expect("claim");
-    assert_eq!(jobs.len(), 1);
-    store
-        .job_finish_many_if_leased("w", &completed(&jobs), T0)
-        .await
-        .expect("finish");
+    let id = one_job_claimed_and_finished(&store, "u/room").await;
     let job = store
-        .job_get(jobs[0].id)
+        .job_get(id)
         .await
         .expect("a connection for the read")
         .expect("the job");
