@@ -270,7 +270,7 @@ impl crate::Store {
     /// reads (its round trips stay inside the process). Only for a caller
     /// who may enqueue, and whose provider's address is already known to
     /// be allowed: nothing is checked between the read and the enqueue.
-    #[tracing::instrument(name = "db entry_get_or_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_get_or_enqueue"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db entry_get_or_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_get_or_enqueue"))]
     pub async fn entry_get_or_enqueue(&self, job: &JobNew) -> Result<FirstLook, StoreError> {
         if self.backend != Backend::Postgres {
             return Ok(match self.entry_get(&job.url).await? {

@@ -365,7 +365,7 @@ impl Store {
     /// Writes an entry unless its conditions say otherwise. Goes through
     /// the process's group commit (`commit`): answered after the commit of
     /// the batch it joined.
-    #[tracing::instrument(name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db entry_put", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "entry_put"))]
     pub async fn entry_put(&self, put: &EntryPut) -> Result<PutResult, StoreError> {
         self.committer.put(put.clone()).await
     }

@@ -425,7 +425,7 @@ impl Store {
     /// that finished in between may have answered the call already). An
     /// unfinished job is shared whatever the entry. Enqueues waiting at the
     /// same moment go into one statement (`enqueue`).
-    #[tracing::instrument(name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db job_enqueue", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_enqueue"))]
     pub async fn job_enqueue_unless_written(
         &self,
         job: &JobNew,
@@ -456,7 +456,7 @@ impl Store {
     /// transaction that claims, so no worker holds a claim it may not use
     /// yet; on Postgres that is one statement per provider, which holds the
     /// provider's row only while it runs. Paused providers are skipped.
-    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
     pub async fn job_claim_within(
         &self,
         worker: &str,
@@ -512,7 +512,7 @@ impl Store {
     /// enqueue's notification names its provider) starts it one round trip
     /// sooner. Jobs of other providers at the same priority may be older;
     /// the worker's next round claims them.
-    #[tracing::instrument(name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db job_claim", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_claim"))]
     pub async fn job_claim_waited(
         &self,
         worker: &str,
@@ -792,7 +792,7 @@ impl Store {
     /// each with its entry. One commit for many jobs: writers take the
     /// revision counter in turn, so a busy worker that finishes a batch at
     /// once waits its turn once, not once per job. Results in `finishes` order.
-    #[tracing::instrument(name = "db job_finish", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_finish"))]
+    #[tracing::instrument(target = "roadie_store::db", name = "db job_finish", skip_all, fields(otel.kind = "client", db.system.name = self.backend.system_name(), db.operation.name = "job_finish"))]
     pub async fn job_finish_many_if_leased(
         &self,
         worker: &str,

@@ -265,18 +265,28 @@ fn traced() -> tracing_subscriber::filter::Targets {
         )
 }
 
-/// `RUST_LOG` if set, else `log.level`.
+/// The target of the store's client spans (`db entry_put`, `db job_claim`,
+/// ...: `#[tracing::instrument(target = "roadie_store::db", ...)]` in
+/// `roadie-store`). They follow OpenTelemetry's conventions for a database
+/// client and are for traces only: a log line gains nothing from them, and
+/// a span the log filter enables costs every call its making (about 5 µs a
+/// Put, BENCHMARKS.md), so the log filter never enables them.
+const CLIENT_SPANS: &str = "roadie_store::db";
+
+/// `RUST_LOG` if set, else `log.level`; never the store's client spans.
 fn filter(level: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
     let (setting, directives) = match rust_log {
         Some(directives) if !directives.trim().is_empty() => ("RUST_LOG", directives),
         _ => ("log.level", level.to_owned()),
     };
-    EnvFilter::builder()
+    let invalid = |message: String| TelemetryError::Level { setting, message };
+    let client_spans = format!("{CLIENT_SPANS}=off")
+        .parse()
+        .map_err(|e: tracing_subscriber::filter::ParseError| invalid(e.to_string()))?;
+    Ok(EnvFilter::builder()
         .parse(&directives)
-        .map_err(|e| TelemetryError::Level {
-            setting,
-            message: e.to_string(),
-        })
+        .map_err(|e| invalid(e.to_string()))?
+        .add_directive(client_spans))
 }
 
 impl Telemetry {
@@ -418,6 +428,25 @@ mod tests {
                 metrics: false
             }
         );
+    }
+
+    #[test]
+    fn log_lines_never_enable_the_stores_client_spans() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        for directives in [
+            None,
+            Some("debug".to_owned()),
+            Some("info,roadie_store=trace".to_owned()),
+        ] {
+            let filter = filter("info", directives.clone()).expect("filter");
+            let subscriber = tracing_subscriber::registry().with(filter);
+            tracing::subscriber::with_default(subscriber, || {
+                let client = tracing::info_span!(target: "roadie_store::db", "db entry_put");
+                assert!(client.is_disabled(), "{directives:?}");
+                let call = tracing::info_span!(target: "roadie_server::rpc", "rpc");
+                assert!(!call.is_disabled(), "{directives:?}");
+            });
+        }
     }
 
     #[test]
