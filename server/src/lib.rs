@@ -380,7 +380,8 @@ impl App {
             .max_concurrent_streams(transport.max_concurrent_streams)
             .http2_max_header_list_size(transport.max_header_bytes)
             // One span per call (continuing the caller's trace) and its
-            // duration; without telemetry, only the transport's span.
+            // duration; without telemetry, only the transport's span, at
+            // debug level.
             .trace_fn(rpc::log_span)
             .layer(CallLimitsLayer(limits))
             .layer(tower::util::option_layer(

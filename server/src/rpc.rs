@@ -21,11 +21,14 @@ const KEY_IN_SPAN: usize = 128;
 /// The transport's own span of a call, for the logs, while nothing is
 /// exported: the [`CallLayer`] makes a richer one otherwise (and is not
 /// there at all without telemetry, so the call path is as lean as it can be).
+/// At debug level (`roadie_server::rpc=debug`): a span the log filter
+/// enables costs every call its making, 7 % of a Get hit's CPU
+/// (BENCHMARKS.md), for a prefix on the few lines a call logs.
 pub(crate) fn log_span(request: &http::Request<()>) -> tracing::Span {
     if roadie_telemetry::traces_on() || roadie_telemetry::metrics_on() {
         return tracing::Span::none();
     }
-    tracing::info_span!("rpc", method = %request.uri().path())
+    tracing::debug_span!("rpc", method = %request.uri().path())
 }
 
 /// Whether calls go through the [`CallLayer`]: when anything reads spans or
