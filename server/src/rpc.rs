@@ -22,7 +22,7 @@ const KEY_IN_SPAN: usize = 128;
 /// exported: the [`CallLayer`] makes a richer one otherwise (and is not
 /// there at all without telemetry, so the call path is as lean as it can be).
 /// At debug level (`roadie_server::rpc=debug`): a span the log filter
-/// enables costs every call its making, 7 % of a Get hit's CPU
+/// enables costs every call its making, 5-7 % of a Get hit's CPU
 /// (BENCHMARKS.md), for a prefix on the few lines a call logs.
 pub(crate) fn log_span(request: &http::Request<()>) -> tracing::Span {
     if roadie_telemetry::traces_on() || roadie_telemetry::metrics_on() {
